@@ -1,0 +1,69 @@
+"""Settings: one pydantic-settings object, read from PROSPECT_* environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROSPECT_", extra="ignore")
+
+    home: Path = Field(default=Path("~/.prospect"), description="Holds prospect.db, runs/, "
+                       "datasets/ and models/.")
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_token: str | None = Field(default=None, description="Bearer token; required when "
+                                  "host is not a loopback address.")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host header "
+                                     "names to accept besides the loopback names.")
+    upload_limit_mb: int = Field(default=2048, ge=1)
+    max_concurrent_jobs: int = Field(default=1, ge=1)
+    cancel_grace_s: float = Field(default=60.0, gt=0, description="Seconds a worker has to "
+                                  "save after SIGTERM before it is killed.")
+    poll_interval_s: float = Field(default=0.25, gt=0, description="How often the supervisor "
+                                   "reads new events.")
+    python: str | None = Field(default=None, description="Interpreter that runs workers "
+                               "(default: the server's).")
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def db_path(self) -> Path:
+        return self.home_dir / "prospect.db"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home_dir / "runs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home_dir / "datasets"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home_dir / "models"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def ensure_dirs(self) -> None:
+        for d in (self.home_dir, self.runs_dir, self.datasets_dir, self.models_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,57 @@
+"""SQLite through SQLModel: WAL mode, foreign keys on, schema owned by Alembic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, create_engine
+
+ROOT = Path(__file__).resolve().parents[1]
+MIGRATIONS = ROOT / "migrations"
+
+
+def make_engine(db_path: Path | str) -> Engine:
+    url = "sqlite://" if str(db_path) == ":memory:" else f"sqlite:///{db_path}"
+    kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    if url == "sqlite://":
+        from sqlalchemy.pool import StaticPool
+
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record):  # noqa: ANN001 - DB-API connection
+        cur = dbapi_conn.cursor()
+        if url != "sqlite://":
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to Alembic's head (run at start and by `prospect init`)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with Session(request.app.state.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]

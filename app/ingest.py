@@ -1,0 +1,105 @@
+"""Reads a worker's events.jsonl into the database, idempotently on (job, seq).
+
+The byte offset and the last seq are stored on the job in the same transaction as the rows,
+so a re-read after a crash or restart adds nothing twice and loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.dialects.sqlite import insert
+from sqlmodel import Session
+
+from app.models import Event, Job, JobStatus, Metric
+from workers.protocol import EVENTS_FILE, LOG_FILE, read_events
+from workers.protocol import Event as ProtocolEvent
+
+log = logging.getLogger("prospect.ingest")
+
+
+def ingest(session: Session, job: Job) -> list[ProtocolEvent]:
+    """Ingest the events written since the last call; return the new ones (committed)."""
+    if not job.run_dir:
+        return []
+    parsed, offset = read_events(Path(job.run_dir) / EVENTS_FILE, job.events_offset)
+    if offset == job.events_offset:
+        return []
+    new: list[ProtocolEvent] = []
+    for item in parsed:
+        if not isinstance(item, ProtocolEvent):
+            log.warning("job %s: skipped a bad event line: %s", job.id, item)
+            continue
+        if item.seq <= job.last_seq:
+            continue  # already ingested (a file re-read from an older offset)
+        new.append(item)
+    for ev in new:
+        session.exec(
+            insert(Event)
+            .values(job_id=job.id, seq=ev.seq, t=ev.t, type=ev.type, data=ev.data)
+            .on_conflict_do_nothing()
+        )
+        if ev.type == "metric":
+            rows = [
+                {"job_id": job.id, "seq": ev.seq, "step": int(ev.data["step"]), "name": k,
+                 "value": v}
+                for k, v in ev.data["values"].items()
+            ]
+            if rows:
+                session.exec(insert(Metric).values(rows).on_conflict_do_nothing())
+        apply_event(job, ev)
+    job.events_offset = offset
+    session.add(job)
+    session.commit()
+    session.refresh(job)
+    return new
+
+
+def apply_event(job: Job, ev: ProtocolEvent) -> None:
+    """Fold one event into the job's summary fields."""
+    d = ev.data
+    job.last_seq = max(job.last_seq, ev.seq)
+    if job.status == JobStatus.starting:
+        job.status = JobStatus.running
+    if ev.type == "status":
+        job.phase = d.get("phase")
+    elif ev.type == "progress":
+        job.step = int(d.get("step") or 0)
+        job.total_steps = d.get("total_steps")
+        job.epoch = d.get("epoch")
+        job.tokens_per_s = d.get("tokens_per_s")
+        job.eta_s = d.get("eta_s")
+    elif ev.type == "metric":
+        job.step = max(job.step, int(d.get("step") or 0))
+    elif ev.type == "checkpoint":
+        job.last_checkpoint = d.get("path")
+    elif ev.type == "artifact" and d.get("kind") == "adapter":
+        job.adapter_path = d.get("path")
+    elif ev.type == "error":
+        job.error_type = d.get("error_type")
+        job.error = d.get("message")
+        job.hint = d.get("hint")
+    elif ev.type == "done":
+        job.status = JobStatus(d["status"])
+        job.summary = d.get("summary") or {}
+        job.finished_at = datetime.fromtimestamp(ev.t, UTC)
+        job.phase = "done"
+        if job.status == JobStatus.succeeded:
+            job.eta_s = 0.0
+
+
+def log_tail(run_dir: str, lines: int = 40, max_chars: int = 4000) -> str:
+    """The end of worker.log, for a failed job's error report."""
+    path = Path(run_dir) / LOG_FILE
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    tail = "\n".join(text.splitlines()[-lines:])
+    return tail[-max_chars:]

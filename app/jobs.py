@@ -1,0 +1,177 @@
+"""Job creation and the person's actions on a job: validated before anything starts."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from sqlmodel import Session, select
+
+from app.config import Settings
+from app.models import TRANSITIONS, DatasetEntry, Job, JobCreate, JobStatus, ModelEntry, utcnow
+from workers.params import ParamError, method_for
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+
+
+class JobInputError(ValueError):
+    """Bad input from a person or a script: ``field`` names it, ``message`` says the fix."""
+
+    def __init__(self, field: str, message: str, status_code: int = 422):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status_code = status_code
+
+
+class JobStateError(JobInputError):
+    def __init__(self, message: str):
+        super().__init__("status", message, status_code=409)
+
+
+def allowed_roots(settings: Settings) -> list[Path]:
+    return [Path.home().resolve(), settings.home_dir]
+
+
+def inside_allowed(path: Path, settings: Settings) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in allowed_roots(settings))
+
+
+def _local_path(value: str, settings: Settings, field: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise JobInputError(field, f"{value!r} is a relative path; give an absolute path")
+    path = path.resolve()
+    if not inside_allowed(path, settings):
+        roots = " or ".join(str(r) for r in allowed_roots(settings))
+        raise JobInputError(field, f"{path} is outside the folders Prospect may read ({roots})")
+    return path
+
+
+def resolve_model(session: Session, value: str, settings: Settings) -> str:
+    """A registered model id, a local folder with a config.json, or a Hugging Face hub id."""
+    value = value.strip()
+    if not value:
+        raise JobInputError("model", "choose a model: tiny-demo, a local folder or a hub id")
+    entry = session.get(ModelEntry, value)
+    if entry is not None:
+        if not (Path(entry.path) / "config.json").is_file():
+            raise JobInputError("model", f"registered model {value!r} is missing at "
+                                f"{entry.path}; run `prospect init` to rebuild the demo")
+        return entry.path
+    if value.startswith(("/", "~", ".")):
+        path = _local_path(value, settings, "model")
+        if not path.is_dir():
+            raise JobInputError("model", f"model folder {path} does not exist; check the path")
+        if not (path / "config.json").is_file():
+            raise JobInputError("model", f"{path} has no config.json; point at a model folder "
+                                "saved with save_pretrained (or an MLX model folder)")
+        return str(path)
+    if HUB_ID.match(value):
+        return value  # the worker loads it from the local cache (or the hub where online)
+    raise JobInputError("model", f"{value!r} is not a registered model, an absolute folder "
+                        "path or a hub id like Qwen/Qwen2-0.5B-Instruct")
+
+
+def resolve_dataset(session: Session, value: str, settings: Settings) -> str:
+    value = value.strip()
+    if not value:
+        raise JobInputError("dataset", "choose a dataset: demo-kto or a .jsonl/.json file path")
+    entry = session.get(DatasetEntry, value)
+    if entry is not None:
+        if not Path(entry.path).is_file():
+            raise JobInputError("dataset", f"registered dataset {value!r} is missing at "
+                                f"{entry.path}; run `prospect init` to rebuild the demo")
+        return entry.path
+    path = _local_path(value, settings, "dataset")
+    if not path.is_file():
+        raise JobInputError("dataset", f"dataset file {path} does not exist; give the path of "
+                            "a .jsonl or .json file, or a registered dataset id (demo-kto)")
+    if path.suffix.lower() not in (".jsonl", ".json"):
+        raise JobInputError("dataset", f"{path.name}: use a .jsonl or .json file")
+    return str(path)
+
+
+def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
+    """Check everything a worker would trip on; return an unsaved Job or raise."""
+    try:
+        spec = method_for(data.backend, data.method)
+    except ParamError as exc:
+        raise JobInputError("method", exc.message) from None
+    errors = spec.errors(data.params)
+    if errors:
+        raise JobInputError(f"params.{errors[0].field}", errors[0].message)
+    params = spec.validate(data.params)
+    model_path = resolve_model(session, data.model, settings)
+    dataset_path = resolve_dataset(session, data.dataset, settings)
+    name = data.name.strip() or f"{data.method}-{Path(data.model.rstrip('/')).name}"
+    return Job(name=name, backend=data.backend, method=data.method, model=data.model.strip(),
+               dataset=data.dataset.strip(), params=params, model_path=model_path,
+               dataset_path=dataset_path)
+
+
+def create_job(session: Session, data: JobCreate, settings: Settings) -> Job:
+    job = validate_job(session, data, settings)
+    session.add(job)
+    session.commit()
+    session.refresh(job)
+    job.run_dir = str(settings.runs_dir / f"{job.id:06d}")
+    session.add(job)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def transition(job: Job, to: JobStatus) -> None:
+    if to not in TRANSITIONS[job.status]:
+        raise JobStateError(f"job {job.id} is {job.status.value}; it cannot become {to.value}")
+    job.status = to
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """Queued jobs are cancelled at once; running ones are asked to save and stop."""
+    if job.status == JobStatus.queued:
+        transition(job, JobStatus.cancelled)
+        job.finished_at = utcnow()
+    elif job.status.is_active:
+        job.cancel_requested_at = job.cancel_requested_at or utcnow()
+    else:
+        raise JobStateError(f"job {job.id} is already {job.status.value}")
+    session.add(job)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def request_resume(session: Session, job: Job) -> Job:
+    """Queue a stopped job again; its worker continues from the last checkpoint."""
+    if job.status not in (JobStatus.cancelled, JobStatus.failed, JobStatus.interrupted):
+        raise JobStateError(f"job {job.id} is {job.status.value}; only cancelled, failed or "
+                            "interrupted jobs can be resumed")
+    if not job.last_checkpoint or not Path(job.last_checkpoint).is_dir():
+        raise JobStateError(f"job {job.id} has no checkpoint to resume from; clone it instead")
+    transition(job, JobStatus.queued)
+    job.finished_at = None
+    job.cancel_requested_at = None
+    job.error = job.error_type = job.hint = job.log_tail = None
+    job.exit_code = job.pid = job.pid_started_at = None
+    session.add(job)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def delete_job(session: Session, job: Job, settings: Settings) -> None:
+    if job.status.is_active:
+        raise JobStateError(f"job {job.id} is {job.status.value}; cancel it before deleting")
+    run_dir = Path(job.run_dir).resolve() if job.run_dir else None
+    session.delete(job)
+    session.commit()
+    # Only a folder under runs/ is ever removed, and only by deleting its job.
+    if run_dir and run_dir.parent == settings.runs_dir and run_dir.is_dir():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def queued_jobs(session: Session) -> list[Job]:
+    return list(session.exec(select(Job).where(Job.status == JobStatus.queued).order_by(Job.id)))

@@ -1,0 +1,70 @@
+"""The FastAPI application: one light process that never imports an ML library."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.config import Settings, get_settings
+from app.db import ROOT, make_engine, migrate
+from app.jobs import JobInputError
+from app.routes import api, pages
+from app.security import LocalOnlyMiddleware
+from app.supervisor import Supervisor
+
+log = logging.getLogger("prospect")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if not settings.is_loopback and not settings.api_token:
+        raise SystemExit(f"refusing to listen on {settings.host} without an API token: set "
+                         "PROSPECT_API_TOKEN, or bind 127.0.0.1")
+    settings.ensure_dirs()
+    engine = make_engine(settings.db_path)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        migrate(engine)
+        await app.state.supervisor.start()
+        log.info("Prospect home %s", settings.home_dir)
+        yield
+        await app.state.supervisor.stop()
+        engine.dispose()
+
+    app = FastAPI(title="Prospect", version="0.1.0", lifespan=lifespan,
+                  description="Local KTO and LoRA fine-tuning: jobs, live metrics, adapters.")
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.supervisor = Supervisor(engine, settings)
+    app.add_middleware(LocalOnlyMiddleware, settings=settings)
+
+    @app.exception_handler(JobInputError)
+    async def _bad_input(request: Request, exc: JobInputError) -> JSONResponse:
+        loc = ["body", *exc.field.split(".")]
+        return JSONResponse(status_code=exc.status_code, content={
+            "detail": [{"loc": loc, "field": exc.field, "msg": exc.message,
+                        "type": "value_error"}]})
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ())]
+            field = ".".join(p for p in loc if p not in ("body", "query", "path", "header"))
+            msg = err.get("msg", "invalid")
+            if err.get("type") == "extra_forbidden":
+                msg = (f"unknown field {field!r}; a job takes name, backend, method, model, "
+                       "dataset and params")
+            detail.append({"loc": loc, "field": field, "msg": msg, "type": err.get("type")})
+        return JSONResponse(status_code=422, content={"detail": detail})
+
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
+    return app

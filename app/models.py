@@ -1,0 +1,185 @@
+"""Tables and API shapes: one model family per table (JobBase / Job / JobCreate / JobPublic)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ConfigDict
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life.
+
+    queued       waiting in the FIFO queue for a free slot
+    starting     the supervisor has started the worker; no event read yet
+    running      the worker has reported at least one event
+    succeeded    the worker said done/succeeded; the adapter is saved
+    failed       the worker said done/failed, or exited without saying done
+    cancelled    cancelled by a person: before it started, or the worker saved and stopped
+    interrupted  the server found the worker gone without a done event (e.g. after a restart)
+    """
+
+    queued = "queued"
+    starting = "starting"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    interrupted = "interrupted"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+    @property
+    def is_active(self) -> bool:
+        return self in (JobStatus.starting, JobStatus.running)
+
+
+FINAL_STATUSES = frozenset(
+    {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.interrupted}
+)
+
+# The only moves the lifecycle allows (DESIGN.md, "Job lifecycle"); anything else is a bug.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.queued: frozenset({JobStatus.starting, JobStatus.cancelled}),
+    JobStatus.starting: frozenset(
+        {JobStatus.running, JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled,
+         JobStatus.interrupted}
+    ),
+    JobStatus.running: frozenset(
+        {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.interrupted}
+    ),
+    JobStatus.succeeded: frozenset(),
+    JobStatus.failed: frozenset({JobStatus.queued}),
+    JobStatus.cancelled: frozenset({JobStatus.queued}),
+    JobStatus.interrupted: frozenset({JobStatus.queued}),
+}
+
+
+class JobBase(SQLModel):
+    name: str = Field(default="", max_length=200)
+    backend: str = Field(max_length=20)
+    method: str = Field(max_length=20)
+    model: str = Field(max_length=1000)
+    dataset: str = Field(max_length=1000)
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Job(JobBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    status: JobStatus = Field(default=JobStatus.queued, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    phase: str | None = None
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    error_type: str | None = None
+    error: str | None = None
+    hint: str | None = None
+    log_tail: str | None = None
+    exit_code: int | None = None
+    run_dir: str = ""
+    model_path: str = ""
+    dataset_path: str = ""
+    adapter_path: str | None = None
+    last_checkpoint: str | None = None
+    summary: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    pid: int | None = None
+    pid_started_at: float | None = None
+    cancel_requested_at: datetime | None = None
+    events_offset: int = 0
+    last_seq: int = 0
+
+
+class JobCreate(JobBase):
+    """What a script posts to create a job. Unknown top-level fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    backend: str = "torch"
+    method: str = "kto"
+
+
+class JobPublic(JobBase):
+    id: int
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    phase: str | None
+    step: int
+    total_steps: int | None
+    epoch: float | None
+    tokens_per_s: float | None
+    eta_s: float | None
+    error_type: str | None
+    error: str | None
+    hint: str | None
+    log_tail: str | None
+    exit_code: int | None
+    run_dir: str
+    model_path: str
+    dataset_path: str
+    adapter_path: str | None
+    last_checkpoint: str | None
+    summary: dict[str, Any] | None
+    last_seq: int
+
+
+class Metric(SQLModel, table=True):
+    """One number a worker logged at a step; (job, seq, name) is unique, so ingestion is
+    idempotent."""
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq", "name"),
+        Index("ix_metric_job_name_step", "job_id", "name", "step"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", ondelete="CASCADE")
+    seq: int
+    step: int
+    name: str = Field(max_length=200)
+    value: float | None
+
+
+class Event(SQLModel, table=True):
+    """Every protocol event as the worker wrote it, for SSE replay and for finished jobs."""
+
+    job_id: int = Field(foreign_key="job.id", primary_key=True, ondelete="CASCADE")
+    seq: int = Field(primary_key=True)
+    t: float
+    type: str = Field(max_length=20)
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class ModelEntry(SQLModel, table=True):
+    """A registered base model: the demo, a local folder, a fused model."""
+
+    __tablename__ = "model_entry"
+    id: str = Field(primary_key=True, max_length=200)
+    path: str
+    source: str = Field(default="local", max_length=20)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DatasetEntry(SQLModel, table=True):
+    """A registered dataset file."""
+
+    __tablename__ = "dataset_entry"
+    id: str = Field(primary_key=True, max_length=200)
+    path: str
+    format: str = Field(default="kto", max_length=40)
+    rows: int | None = None
+    created_at: datetime = Field(default_factory=utcnow)

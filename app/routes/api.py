@@ -1,0 +1,164 @@
+"""The REST contract (DESIGN.md, "REST API"): thin handlers over app.jobs and app.metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlmodel import Session, select
+
+from app.db import SessionDep
+from app.jobs import create_job, delete_job, request_cancel, request_resume
+from app.metrics import columnar
+from app.models import DatasetEntry, Event, Job, JobCreate, JobPublic, JobStatus, ModelEntry
+from workers.params import METHODS
+from workers.protocol import LOG_FILE
+
+router = APIRouter(prefix="/api")
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} does not exist")
+    return job
+
+
+@router.post("/jobs", status_code=201, response_model=JobPublic)
+def create(data: JobCreate, session: SessionDep, request: Request) -> Job:
+    job = create_job(session, data, request.app.state.settings)
+    request.app.state.supervisor.wake()
+    return job
+
+
+@router.get("/jobs", response_model=list[JobPublic])
+def list_jobs(session: SessionDep, status: JobStatus | None = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+              offset: Annotated[int, Query(ge=0)] = 0) -> list[Job]:
+    q = select(Job)
+    if status is not None:
+        q = q.where(Job.status == status)
+    return list(session.exec(q.order_by(Job.id.desc()).offset(offset).limit(limit)))
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic)
+def read_job(job_id: int, session: SessionDep) -> Job:
+    return get_job(session, job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
+def cancel(job_id: int, session: SessionDep, request: Request) -> Job:
+    job = request_cancel(session, get_job(session, job_id))
+    if job.status.is_active:
+        request.app.state.supervisor.cancel_now(job)
+    return job
+
+
+@router.post("/jobs/{job_id}/resume", response_model=JobPublic)
+def resume(job_id: int, session: SessionDep, request: Request) -> Job:
+    job = request_resume(session, get_job(session, job_id))
+    request.app.state.supervisor.wake()
+    return job
+
+
+@router.delete("/jobs/{job_id}", status_code=204)
+def delete(job_id: int, session: SessionDep, request: Request) -> Response:
+    delete_job(session, get_job(session, job_id), request.app.state.settings)
+    return Response(status_code=204)
+
+
+@router.get("/jobs/{job_id}/metrics")
+def metrics(job_id: int, session: SessionDep, names: str | None = None,
+            since_step: int | None = None,
+            max_points: Annotated[int | None, Query(ge=10, le=100_000)] = None) -> dict:
+    get_job(session, job_id)
+    wanted = [n for n in (names or "").split(",") if n] or None
+    return columnar(session, job_id, wanted, since_step, max_points)
+
+
+@router.get("/jobs/{job_id}/logs")
+def logs(job_id: int, session: SessionDep, offset: int = 0,
+         limit: Annotated[int, Query(ge=1, le=1_048_576)] = 65536) -> dict:
+    """Bytes of worker.log from ``offset``; a negative offset counts from the end."""
+    job = get_job(session, job_id)
+    path = Path(job.run_dir) / LOG_FILE
+    size = path.stat().st_size if path.is_file() else 0
+    start = max(0, size + offset) if offset < 0 else min(offset, size)
+    data = b""
+    if size:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(limit)
+    return {"offset": start, "next_offset": start + len(data), "size": size,
+            "text": data.decode("utf-8", errors="replace")}
+
+
+def _events_after(engine, job_id: int, after: int, limit: int = 500) -> tuple[list, bool]:
+    with Session(engine) as session:
+        job = session.get(Job, job_id)
+        rows = session.exec(select(Event).where(Event.job_id == job_id, Event.seq > after)
+                            .order_by(Event.seq).limit(limit)).all()
+        finished = job is None or (job.status.is_final and job.pid is None)
+        return [(e.seq, e.type, {"seq": e.seq, "t": e.t, "type": e.type, **e.data})
+                for e in rows], finished
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}, 204: {}})
+async def events(job_id: int, request: Request, session: SessionDep,
+                 after: Annotated[int, Query(ge=0)] = 0,
+                 last_event_id: Annotated[str | None, Header()] = None) -> Response:
+    """Server-sent events: every protocol event of the job, `id` = its seq. Resumable with
+    Last-Event-ID (or ?after=seq). Ends after a finished job's last event; a reconnect then
+    gets 204, which tells EventSource to stop."""
+    get_job(session, job_id)
+    if last_event_id and last_event_id.isdigit():
+        after = max(after, int(last_event_id))
+    engine, supervisor = request.app.state.engine, request.app.state.supervisor
+    first, finished = await asyncio.to_thread(_events_after, engine, job_id, after)
+    if finished and not first:
+        return Response(status_code=204)
+
+    async def stream():
+        nonlocal after
+        batch, done = first, finished
+        yield "retry: 2000\n\n"
+        while True:
+            for seq, etype, payload in batch:
+                yield f"id: {seq}\nevent: {etype}\ndata: {json.dumps(payload)}\n\n"
+                after = seq
+            if batch:
+                batch, done = await asyncio.to_thread(_events_after, engine, job_id, after)
+                continue
+            if done or await request.is_disconnected():
+                return
+            if not await supervisor.wait_for_change(timeout=15):
+                yield ": keep-alive\n\n"
+            batch, done = await asyncio.to_thread(_events_after, engine, job_id, after)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/methods")
+def methods() -> list[dict]:
+    """The knobs of each backend/method with defaults and help (what the form draws)."""
+    return [{"backend": m.backend, "method": m.method,
+             "params": [{"name": k.name, "type": k.type.__name__, "default": k.default,
+                         "help": k.help, "group": k.group, "min": k.min, "max": k.max,
+                         "choices": list(k.choices) if k.choices else None} for k in m.knobs]}
+            for m in METHODS.values()]
+
+
+@router.get("/models")
+def models(session: SessionDep) -> list[ModelEntry]:
+    return list(session.exec(select(ModelEntry).order_by(ModelEntry.id)))
+
+
+@router.get("/datasets")
+def datasets(session: SessionDep) -> list[DatasetEntry]:
+    return list(session.exec(select(DatasetEntry).order_by(DatasetEntry.id)))

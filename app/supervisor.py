@@ -1,0 +1,256 @@
+"""The supervisor alone starts and stops workers.
+
+One asyncio task: every poll interval it ingests new events of active jobs, notices workers
+that ended (or were killed) without a `done` event, enforces the cancel grace period, and
+starts queued jobs in FIFO order while a slot is free. Every transition is one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from app.config import Settings
+from app.db import ROOT
+from app.ingest import ingest, log_tail
+from app.jobs import queued_jobs, transition
+from app.models import Job, JobStatus, utcnow
+from workers.protocol import CONFIG_FILE, LOG_FILE
+
+log = logging.getLogger("prospect.supervisor")
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+class Supervisor:
+    def __init__(self, engine: Engine, settings: Settings):
+        self.engine = engine
+        self.settings = settings
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.changed = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    # --- the loop -------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self.recover)
+        self._task = asyncio.create_task(self._run(), name="prospect-supervisor")
+
+    async def stop(self) -> None:
+        """Stop watching; workers keep running and are found again at the next start."""
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                changed = await asyncio.to_thread(self.tick)
+            except Exception:  # keep supervising whatever one tick hit
+                log.exception("supervisor tick failed")
+                changed = False
+            if changed:
+                await self.notify()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """Run the next pass now (a job was queued), not at the next poll."""
+        self._wake.set()
+
+    async def notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        """Wait until a pass ingests something; False when ``timeout`` passed first."""
+        async with self.changed:
+            try:
+                await asyncio.wait_for(self.changed.wait(), timeout)
+                return True
+            except TimeoutError:
+                return False
+
+    def tick(self) -> bool:
+        """One pass; returns whether anything changed (so SSE listeners wake up)."""
+        changed = False
+        with Session(self.engine) as session:
+            active = session.exec(
+                select(Job).where(Job.status.in_([JobStatus.starting, JobStatus.running]))
+            ).all()
+            for job in active:
+                changed |= self._watch(session, job)
+            n_active = sum(1 for j in active if j.status.is_active)
+            for job in queued_jobs(session):
+                if n_active >= self.settings.max_concurrent_jobs:
+                    break
+                self._launch(session, job)
+                n_active += 1
+                changed = True
+        return changed
+
+    # --- one active job -------------------------------------------------------------------
+    def _watch(self, session: Session, job: Job) -> bool:
+        changed = bool(ingest(session, job))
+        alive, exit_code = self._poll(job)
+        if alive:
+            if job.cancel_requested_at is not None:
+                self._enforce_cancel(job)
+            return changed
+        ingest(session, job)  # the last lines written before it exited
+        self.procs.pop(job.id, None)
+        job.exit_code = exit_code
+        if not job.status.is_final:
+            self._ended_without_done(job, exit_code)
+        job.pid = None
+        job.finished_at = job.finished_at or utcnow()
+        session.add(job)
+        session.commit()
+        log.info("job %s: worker exited (code %s), job is %s", job.id, exit_code,
+                 job.status.value)
+        return True
+
+    def _ended_without_done(self, job: Job, exit_code: int | None) -> None:
+        tail = log_tail(job.run_dir)
+        job.log_tail = tail
+        if job.cancel_requested_at is not None:
+            transition(job, JobStatus.cancelled)
+            job.error = job.error or "the worker did not stop by itself after the cancel and " \
+                                     "was killed"
+            return
+        transition(job, JobStatus.failed)
+        job.error_type = job.error_type or "WorkerExited"
+        if exit_code is not None and exit_code < 0:
+            sig = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() \
+                else str(-exit_code)
+            job.error = job.error or f"the worker was killed by {sig} before it finished"
+            job.hint = job.hint or ("SIGKILL with no error often means the system ran out of "
+                                    "memory: lower the batch size or max_length, or turn on "
+                                    "gradient checkpointing" if sig == "SIGKILL" else None)
+        else:
+            job.error = job.error or f"the worker exited with code {exit_code} without " \
+                                     "finishing; see the end of its log"
+
+    def _poll(self, job: Job) -> tuple[bool, int | None]:
+        proc = self.procs.get(job.id)
+        if proc is not None:
+            code = proc.poll()
+            return code is None, code
+        return self._adopted_alive(job), None
+
+    def _adopted_alive(self, job: Job) -> bool:
+        """A worker started by an earlier server: the same PID *and* start time."""
+        if not job.pid:
+            return False
+        try:
+            p = psutil.Process(job.pid)
+            same = job.pid_started_at is None or abs(p.create_time() - job.pid_started_at) < 1
+            return same and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def _enforce_cancel(self, job: Job) -> None:
+        """SIGTERM went out with the cancel; past the grace period the worker is killed."""
+        waited = (utcnow() - _aware(job.cancel_requested_at)).total_seconds()
+        if waited > self.settings.cancel_grace_s:
+            self._signal(job, signal.SIGKILL)
+
+    def _signal(self, job: Job, sig: signal.Signals) -> None:
+        if not job.pid:
+            return
+        try:
+            os.killpg(job.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        if sig == signal.SIGKILL:
+            log.warning("job %s: no exit %.0fs after SIGTERM, sent SIGKILL", job.id,
+                        self.settings.cancel_grace_s)
+
+    # --- starting a worker ----------------------------------------------------------------
+    def _launch(self, session: Session, job: Job) -> None:
+        run_dir = Path(job.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resume = job.last_checkpoint if job.last_checkpoint and \
+            Path(job.last_checkpoint).is_dir() else None
+        config = {
+            "job_id": job.id, "backend": job.backend, "method": job.method,
+            "model": job.model_path, "dataset": job.dataset_path, "run_dir": str(run_dir),
+            "params": job.params, "resume_from_checkpoint": resume,
+        }
+        (run_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        cmd = [self.settings.python or sys.executable, "-m", f"workers.{job.backend}",
+               "--config", str(run_dir / CONFIG_FILE)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env.pop("PROSPECT_API_TOKEN", None)  # the worker needs no secret of the server
+        transition(job, JobStatus.starting)
+        try:
+            with open(run_dir / LOG_FILE, "ab") as logf:
+                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=env,
+                                        start_new_session=True)
+        except OSError as exc:
+            transition(job, JobStatus.failed)
+            job.error_type, job.error = "WorkerStartFailed", f"could not start the worker: {exc}"
+            job.finished_at = utcnow()
+            session.add(job)
+            session.commit()
+            log.error("job %s: queued -> failed (%s)", job.id, exc)
+            return
+        self.procs[job.id] = proc
+        job.pid = proc.pid
+        try:
+            job.pid_started_at = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            job.pid_started_at = None
+        job.started_at = utcnow()
+        job.phase = "starting"
+        session.add(job)
+        session.commit()
+        log.info("job %s: queued -> starting (pid %s%s)", job.id, proc.pid,
+                 f", resuming from {resume}" if resume else "")
+
+    # --- after a restart ------------------------------------------------------------------
+    def recover(self) -> None:
+        """Find workers an earlier server started; ingest what they wrote meanwhile."""
+        with Session(self.engine) as session:
+            active = session.exec(
+                select(Job).where(Job.status.in_([JobStatus.starting, JobStatus.running]))
+            ).all()
+            for job in active:
+                ingest(session, job)
+                if job.status.is_final:
+                    continue
+                if self._adopted_alive(job):
+                    log.info("job %s: found its worker again (pid %s)", job.id, job.pid)
+                    continue
+                job.log_tail = log_tail(job.run_dir)
+                transition(job, JobStatus.interrupted)
+                job.error_type = "Interrupted"
+                job.error = "the worker was gone when the server started, without a done event"
+                job.hint = "resume the job from its last checkpoint"
+                job.finished_at = utcnow()
+                session.add(job)
+                session.commit()
+                log.info("job %s: running -> interrupted", job.id)
+
+    def cancel_now(self, job: Job) -> None:
+        """Send SIGTERM right away (the API's cancel), so the worker starts saving."""
+        self._signal(job, signal.SIGTERM)

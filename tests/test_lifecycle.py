@@ -1,0 +1,127 @@
+"""Status transitions and the supervisor, driven by a fake worker that speaks the protocol."""
+
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session
+
+from app.config import Settings
+from app.db import make_engine, migrate
+from app.jobs import JobStateError, request_cancel, request_resume, transition
+from app.metrics import columnar
+from app.models import Job, JobStatus
+from app.supervisor import Supervisor
+
+FAKE = Path(__file__).with_name("fake_worker.py")
+
+
+def test_allowed_and_refused_transitions():
+    job = Job(backend="torch", method="kto", model="m", dataset="d")
+    transition(job, JobStatus.starting)
+    transition(job, JobStatus.running)
+    transition(job, JobStatus.succeeded)
+    with pytest.raises(JobStateError):
+        transition(job, JobStatus.running)
+    with pytest.raises(JobStateError):
+        transition(Job(backend="t", method="k", model="m", dataset="d"), JobStatus.succeeded)
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    python = tmp_path / "fake-python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    settings = Settings(home=tmp_path / "home", python=str(python), cancel_grace_s=1.0)
+    settings.ensure_dirs()
+    engine = make_engine(settings.db_path)
+    migrate(engine)
+    return settings, engine, Supervisor(engine, settings)
+
+
+def add_job(engine, settings) -> int:
+    with Session(engine) as s:
+        job = Job(backend="torch", method="kto", model="m", dataset="d")
+        s.add(job)
+        s.commit()
+        job.run_dir = str(settings.runs_dir / f"{job.id:06d}")
+        s.add(job)
+        s.commit()
+        return job.id
+
+
+def run_until(engine, sup, job_id, statuses, timeout=20) -> Job:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        sup.tick()
+        with Session(engine) as s:
+            job = s.get(Job, job_id)
+            if job.status in statuses and job.pid is None:
+                return job
+        time.sleep(0.05)
+    raise TimeoutError(job.status)
+
+
+def test_fifo_one_at_a_time_and_success(world, monkeypatch):
+    settings, engine, sup = world
+    monkeypatch.setenv("FAKE_SCENARIO", "succeed")
+    a, b = add_job(engine, settings), add_job(engine, settings)
+    sup.tick()
+    with Session(engine) as s:
+        assert s.get(Job, a).status == JobStatus.starting
+        assert s.get(Job, b).status == JobStatus.queued  # one job at a time
+    job = run_until(engine, sup, a, {JobStatus.succeeded})
+    assert job.exit_code == 0 and job.step == 3
+    with Session(engine) as s:
+        assert columnar(s, a, ["loss"])["step"] == [1, 2, 3]
+    run_until(engine, sup, b, {JobStatus.succeeded})
+
+
+def test_a_worker_that_exits_without_done_fails_with_code_and_log_tail(world, monkeypatch):
+    settings, engine, sup = world
+    monkeypatch.setenv("FAKE_SCENARIO", "crash")
+    job = run_until(engine, sup, add_job(engine, settings), {JobStatus.failed})
+    assert job.exit_code == 3
+    assert "exited with code 3" in job.error
+    assert "RuntimeError: boom" in job.log_tail
+    with Session(engine) as s:  # what it logged before dying is kept
+        assert columnar(s, job.id, ["loss"])["step"] == [1, 2]
+
+
+def test_cancel_saves_a_checkpoint_and_resume_requeues(world, monkeypatch):
+    settings, engine, sup = world
+    monkeypatch.setenv("FAKE_SCENARIO", "slow")
+    job_id = add_job(engine, settings)
+    sup.tick()
+    time.sleep(0.5)
+    with Session(engine) as s:
+        job = request_cancel(s, s.get(Job, job_id))
+        sup.cancel_now(job)
+    job = run_until(engine, sup, job_id, {JobStatus.cancelled})
+    assert job.last_checkpoint and Path(job.last_checkpoint).is_dir()
+    with Session(engine) as s:
+        assert request_resume(s, s.get(Job, job_id)).status == JobStatus.queued
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(world, monkeypatch):
+    settings, engine, sup = world
+    monkeypatch.setenv("FAKE_SCENARIO", "ignore_term")
+    job_id = add_job(engine, settings)
+    sup.tick()
+    time.sleep(0.5)
+    with Session(engine) as s:
+        job = request_cancel(s, s.get(Job, job_id))
+        sup.cancel_now(job)
+    job = run_until(engine, sup, job_id, {JobStatus.cancelled}, timeout=15)
+    assert job.exit_code == -9 and "killed" in job.error
+
+
+def test_cancelling_a_queued_job_needs_no_worker(world):
+    settings, engine, _ = world
+    with Session(engine) as s:
+        job = request_cancel(s, s.get(Job, add_job(engine, settings)))
+        assert job.status == JobStatus.cancelled
+        with pytest.raises(JobStateError):
+            request_cancel(s, job)

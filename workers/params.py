@@ -1,0 +1,204 @@
+"""The knobs of each training method: defaults, help text and validation, in one place.
+
+Names are the libraries' own (TRL's KTOConfig, PEFT's LoraConfig), so the seed guide and the
+libraries' docs carry over. Defaults are the seed guide's KTO recipe for an M4 with 24 GB.
+Plain Python: the server imports this to validate a job before anything starts and to draw the
+new-job form; the worker imports it to read its config. Unknown keys are an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    type: type
+    default: Any
+    help: str
+    group: str = "training"
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+    nullable: bool = False
+
+
+class ParamError(ValueError):
+    """One invalid parameter: ``field`` names it, the message says what to do."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class Method:
+    backend: str
+    method: str
+    knobs: list[Knob] = field(default_factory=list)
+
+    def defaults(self) -> dict[str, Any]:
+        return {k.name: k.default for k in self.knobs}
+
+    def knob(self, name: str) -> Knob | None:
+        return next((k for k in self.knobs if k.name == name), None)
+
+    def validate(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        """Return the full parameter set (defaults filled in) or raise the first ParamError."""
+        errors = self.errors(params)
+        if errors:
+            raise errors[0]
+        return self._coerced(params or {})
+
+    def errors(self, params: dict[str, Any] | None) -> list[ParamError]:
+        params = params or {}
+        if not isinstance(params, dict):
+            return [ParamError("params", "must be a JSON object of knob names to values")]
+        errs: list[ParamError] = []
+        for name in params:
+            if self.knob(name) is None:
+                known = ", ".join(k.name for k in self.knobs)
+                errs.append(
+                    ParamError(
+                        name,
+                        f"unknown parameter for {self.backend} {self.method}; known: {known}",
+                    )
+                )
+        for knob in self.knobs:
+            if knob.name in params:
+                try:
+                    _coerce(knob, params[knob.name])
+                except ParamError as exc:
+                    errs.append(exc)
+        if not errs:
+            errs.extend(self._cross_check(self._coerced(params)))
+        return errs
+
+    def _coerced(self, params: dict[str, Any]) -> dict[str, Any]:
+        out = self.defaults()
+        for name, value in params.items():
+            out[name] = _coerce(self.knob(name), value)
+        return out
+
+    def _cross_check(self, p: dict[str, Any]) -> list[ParamError]:
+        errs = []
+        if self.method == "kto" and p.get("per_device_train_batch_size", 2) < 2:
+            errs.append(
+                ParamError(
+                    "per_device_train_batch_size",
+                    "KTO needs a batch of at least 2: its KL term pairs each prompt with "
+                    "another example's completion in the same batch. Use 2 or more "
+                    "(raise gradient_accumulation_steps to keep the effective batch).",
+                )
+            )
+        if p.get("max_steps", -1) <= 0 and p.get("num_train_epochs", 1) <= 0:
+            errs.append(ParamError("max_steps", "set max_steps > 0 or num_train_epochs > 0"))
+        return errs
+
+
+def _coerce(knob: Knob, value: Any) -> Any:
+    name = knob.name
+    if value is None:
+        if knob.nullable:
+            return None
+        raise ParamError(name, f"must not be empty (default {knob.default!r})")
+    if knob.type is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "1", "0"):
+            return value.lower() in ("true", "on", "1")
+        raise ParamError(name, f"must be true or false, got {value!r}")
+    if knob.type in (int, float):
+        if isinstance(value, bool):
+            raise ParamError(name, f"must be a number, got {value!r}")
+        try:
+            number = knob.type(value) if not isinstance(value, str) else knob.type(value.strip())
+        except (TypeError, ValueError):
+            kind = "a whole number" if knob.type is int else "a number"
+            raise ParamError(name, f"must be {kind}, got {value!r}") from None
+        if knob.type is int and isinstance(value, float) and value != int(value):
+            raise ParamError(name, f"must be a whole number, got {value!r}")
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ParamError(name, "must be a finite number")
+        if knob.min is not None and number < knob.min:
+            raise ParamError(name, f"must be at least {knob.min:g}, got {number:g}")
+        if knob.max is not None and number > knob.max:
+            raise ParamError(name, f"must be at most {knob.max:g}, got {number:g}")
+        return number
+    if knob.type is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ParamError(name, "must be a list of module names, e.g. q_proj,v_proj")
+        return value
+    if not isinstance(value, str):
+        raise ParamError(name, f"must be text, got {value!r}")
+    if knob.choices and value not in knob.choices:
+        raise ParamError(name, f"must be one of {', '.join(knob.choices)}, got {value!r}")
+    return value
+
+
+TORCH_KTO = Method(
+    backend="torch",
+    method="kto",
+    knobs=[
+        Knob("per_device_train_batch_size", int, 2, "Examples per step on the device. KTO "
+             "needs at least 2 (its KL term pairs examples within a batch).", min=1, max=4096),
+        Knob("gradient_accumulation_steps", int, 8, "Steps whose gradients add up before one "
+             "optimizer update; effective batch = batch size × this.", min=1, max=4096),
+        Knob("learning_rate", float, 5e-7, "Peak learning rate. KTO wants small values "
+             "(5e-7 to 5e-6 with LoRA).", min=0.0, max=1.0),
+        Knob("num_train_epochs", float, 1.0, "Passes over the dataset (ignored when max_steps "
+             "> 0).", min=0.0, max=1000),
+        Knob("max_steps", int, -1, "Stop after this many optimizer steps; -1 trains for "
+             "num_train_epochs.", min=-1, max=10_000_000),
+        Knob("max_length", int, 512, "Longest prompt + completion in tokens; longer rows are "
+             "truncated. Shorter saves memory.", min=8, max=131072),
+        Knob("beta", float, 0.1, "KTO β: how far the policy may move from the reference "
+             "model.", group="kto", min=0.0, max=100),
+        Knob("desirable_weight", float, 1.0, "λD, the loss weight of desirable examples. "
+             "Choose λD·nD / λU·nU in [1, 4/3].", group="kto", min=0.0, max=1000),
+        Knob("undesirable_weight", float, 1.0, "λU, the loss weight of undesirable examples.",
+             group="kto", min=0.0, max=1000),
+        Knob("precompute_ref_log_probs", bool, False, "Compute the reference log-probs once "
+             "before training: faster steps, a pass over the data first.", group="kto"),
+        Knob("gradient_checkpointing", bool, True, "Recompute activations in the backward "
+             "pass: much less memory, about 30% slower.", group="memory"),
+        Knob("r", int, 8, "LoRA rank: the adapter's capacity.", group="lora", min=1, max=1024),
+        Knob("lora_alpha", int, 16, "LoRA scaling numerator (scale = alpha / r).",
+             group="lora", min=1, max=4096),
+        Knob("lora_dropout", float, 0.05, "Dropout on the LoRA path.", group="lora",
+             min=0.0, max=0.9),
+        Knob("target_modules", list, ["all-linear"], "Modules that get an adapter, comma "
+             "separated; all-linear means every linear layer but the output head.",
+             group="lora"),
+        Knob("logging_steps", int, 10, "Log loss and rewards every this many steps.",
+             group="logging", min=1, max=1_000_000),
+        Knob("save_steps", int, 100, "Save a checkpoint every this many steps.",
+             group="logging", min=1, max=1_000_000),
+        Knob("save_total_limit", int, 3, "Keep at most this many checkpoints.",
+             group="logging", min=1, max=1000),
+        Knob("warmup_ratio", float, 0.1, "Fraction of steps for linear warm-up.", min=0.0,
+             max=1.0),
+        Knob("seed", int, 42, "Random seed for data order and adapter init.", min=0,
+             max=2**32 - 1),
+        Knob("device", str, "auto", "Where to train: auto picks CUDA, then MPS, then CPU.",
+             group="hardware", choices=("auto", "cuda", "mps", "cpu")),
+        Knob("dtype", str, "auto", "Weights and compute precision: auto is bf16 on CUDA "
+             "where supported, fp32 on MPS and CPU.", group="hardware",
+             choices=("auto", "float32", "bfloat16", "float16")),
+    ],
+)
+
+METHODS: dict[tuple[str, str], Method] = {(m.backend, m.method): m for m in (TORCH_KTO,)}
+
+
+def method_for(backend: str, method: str) -> Method:
+    try:
+        return METHODS[(backend, method)]
+    except KeyError:
+        pairs = ", ".join(f"{b}/{m}" for b, m in METHODS)
+        raise ParamError("method", f"{backend}/{method} is not available; choose {pairs}") from None
