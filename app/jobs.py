@@ -10,6 +10,7 @@ from sqlmodel import Session, select
 
 from app.config import Settings
 from app.models import TRANSITIONS, DatasetEntry, Job, JobCreate, JobStatus, ModelEntry, utcnow
+from workers.data import DatasetError, kto_stats, load_kto_dataset
 from workers.params import ParamError, method_for
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
@@ -93,6 +94,19 @@ def resolve_dataset(session: Session, value: str, settings: Settings) -> str:
     return str(path)
 
 
+def check_kto_dataset(path: str) -> None:
+    """Read every row now, so a bad row is a 422 naming it, not a failed job minutes later."""
+    try:
+        rows = load_kto_dataset(path)
+    except DatasetError as exc:
+        raise JobInputError("dataset", f"{Path(path).name}: {exc}; fix that row or remove it")
+    stats = kto_stats(rows)
+    if not stats["desirable"] or not stats["undesirable"]:
+        raise JobInputError("dataset", f"{Path(path).name} has {stats['desirable']} desirable "
+                            f"and {stats['undesirable']} undesirable rows; KTO needs both "
+                            "labels (label true and label false)")
+
+
 def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
     """Check everything a worker would trip on; return an unsaved Job or raise."""
     try:
@@ -105,6 +119,8 @@ def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
     params = spec.validate(data.params)
     model_path = resolve_model(session, data.model, settings)
     dataset_path = resolve_dataset(session, data.dataset, settings)
+    if data.method == "kto":
+        check_kto_dataset(dataset_path)
     name = data.name.strip() or f"{data.method}-{Path(data.model.rstrip('/')).name}"
     return Job(name=name, backend=data.backend, method=data.method, model=data.model.strip(),
                dataset=data.dataset.strip(), params=params, model_path=model_path,

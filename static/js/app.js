@@ -1,0 +1,57 @@
+// Small page helpers shared by every page (no build step, no framework beyond htmx).
+(function () {
+  'use strict';
+
+  function pad(n) { return String(n).padStart(2, '0'); }
+
+  function localTime(iso) {
+    const d = new Date(iso);
+    if (isNaN(d)) return null;
+    return d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ' +
+      pad(d.getHours()) + ':' + pad(d.getMinutes());
+  }
+
+  function duration(s) {
+    s = Math.max(0, Math.round(s));
+    if (s < 60) return s + 's';
+    if (s < 3600) return Math.floor(s / 60) + 'm ' + pad(s % 60) + 's';
+    return Math.floor(s / 3600) + 'h ' + pad(Math.floor(s % 3600 / 60)) + 'm';
+  }
+
+  // Server renders UTC; show the person's local time (the title keeps the UTC one).
+  function localizeTimes(root) {
+    root.querySelectorAll('time[datetime]').forEach(function (el) {
+      const text = localTime(el.getAttribute('datetime'));
+      if (text && !el.dataset.localized) {
+        el.title = el.textContent;
+        el.textContent = text;
+        el.dataset.localized = '1';
+      }
+    });
+  }
+
+  // A running job's elapsed time ticks between card refreshes.
+  function tickElapsed() {
+    document.querySelectorAll('[data-elapsed-since]').forEach(function (el) {
+      const since = Date.parse(el.getAttribute('data-elapsed-since'));
+      if (!isNaN(since)) el.textContent = duration((Date.now() - since) / 1000);
+    });
+  }
+
+  // After htmx swaps a form back with errors, bring the first one into view.
+  function focusFirstError(root) {
+    const field = root.querySelector && root.querySelector('.field.has-error');
+    if (!field) return;
+    field.scrollIntoView({ block: 'center' });
+    const input = field.querySelector('input, select');
+    if (input) input.focus({ preventScroll: true });
+  }
+
+  // htmx:load fires for the body at start and for every piece of swapped-in content.
+  document.addEventListener('htmx:load', function (evt) {
+    const el = evt.target;
+    localizeTimes(el);
+    if (el.id === 'job-form') focusFirstError(el);
+  });
+  setInterval(tickElapsed, 1000);
+})();

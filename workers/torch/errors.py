@@ -1,0 +1,91 @@
+"""What went wrong, in plain words: each failure becomes an ``error`` event with a hint.
+
+No torch import: errors are recognised by their class and message, so this also works for a
+failure that happens before torch is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.data import DatasetError
+from workers.params import ParamError
+from workers.torch.config import ConfigError
+from workers.torch.device import DeviceError
+
+
+class Cancelled(BaseException):  # noqa: N818 - like KeyboardInterrupt, not caught by `except Exception`
+    """SIGTERM before training started: nothing worth saving yet, so stop at once."""
+
+
+class ModelNotFound(OSError):  # noqa: N818
+    """The model is neither a loadable local folder nor a hub id in the local cache."""
+
+
+OOM_HINT = (
+    "The model ran out of {where} memory. Lower per_device_train_batch_size (keep it "
+    "at least 2 and raise gradient_accumulation_steps instead), lower max_length, "
+    "turn gradient_checkpointing on, or pick a smaller model."
+)
+
+
+def describe_error(exc: BaseException) -> dict[str, Any]:
+    """The fields of an ``error`` event: error_type, message, hint."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, ParamError):
+        return _error(
+            "invalid_params",
+            message,
+            f"Change the parameter {exc.field}: {exc.message}",
+            field=exc.field,
+        )
+    if isinstance(exc, ConfigError):
+        return _error(
+            "invalid_config",
+            message,
+            "The worker's config.json is wrong; this is a bug in whatever wrote it.",
+            field=exc.field,
+        )
+    if isinstance(exc, DatasetError):
+        where = f"row {exc.row} of the dataset" if exc.row is not None else "the dataset file"
+        return _error(
+            "dataset",
+            message,
+            f"Fix {where}, then launch again. Each row needs "
+            "prompt, completion and label (true or false), or prompt, chosen and "
+            "rejected.",
+            row=exc.row,
+        )
+    if isinstance(exc, ModelNotFound):
+        return _error(
+            "model_not_found",
+            message,
+            "Check the model's folder path, or that the "
+            "hub id is already in the local Hugging Face cache: Prospect trains "
+            "offline and never downloads.",
+        )
+    if isinstance(exc, DeviceError):
+        return _error("device", exc.message, exc.hint)
+    lowered = message.lower()
+    if "out of memory" in lowered or type(exc).__name__ == "OutOfMemoryError":
+        where = "Apple GPU (MPS)" if "mps" in lowered else ("GPU" if "cuda" in lowered else "")
+        return _error("out_of_memory", message, OOM_HINT.format(where=where or "device"))
+    if "chat template" in lowered or "chat_template" in lowered:
+        return _error(
+            "chat_template",
+            message,
+            "This model's tokenizer has no chat template. "
+            "Use an instruct/chat model, or add a chat_template to its "
+            "tokenizer_config.json.",
+        )
+    if isinstance(exc, MemoryError):
+        return _error("out_of_memory", message, OOM_HINT.format(where="system"))
+    return _error(
+        type(exc).__name__,
+        message,
+        "An unexpected error: worker.log in the run folder has the full traceback.",
+    )
+
+
+def _error(error_type: str, message: str, hint: str, **extra: Any) -> dict[str, Any]:
+    return {"error_type": error_type, "message": message, "hint": hint, **extra}
