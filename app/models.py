@@ -135,6 +135,7 @@ class JobPublic(JobBase):
     adapter_path: str | None
     last_checkpoint: str | None
     summary: dict[str, Any] | None
+    pid: int | None
     last_seq: int
 
 

@@ -93,12 +93,14 @@ class Supervisor:
         """One pass; returns whether anything changed (so SSE listeners wake up)."""
         changed = False
         with Session(self.engine) as session:
-            active = session.exec(
-                select(Job).where(Job.status.in_([JobStatus.starting, JobStatus.running]))
-            ).all()
-            for job in active:
+            # A job whose worker wrote `done` is final but its process may still be exiting:
+            # it holds its slot (and its memory) until the process is gone.
+            watched = session.exec(select(Job).where(
+                Job.status.in_([JobStatus.starting, JobStatus.running]) | Job.pid.is_not(None)
+            )).all()
+            for job in watched:
                 changed |= self._watch(session, job)
-            n_active = sum(1 for j in active if j.status.is_active)
+            n_active = sum(1 for j in watched if j.status.is_active or j.pid is not None)
             for job in queued_jobs(session):
                 if n_active >= self.settings.max_concurrent_jobs:
                     break
@@ -231,15 +233,18 @@ class Supervisor:
     def recover(self) -> None:
         """Find workers an earlier server started; ingest what they wrote meanwhile."""
         with Session(self.engine) as session:
-            active = session.exec(
-                select(Job).where(Job.status.in_([JobStatus.starting, JobStatus.running]))
-            ).all()
-            for job in active:
+            watched = session.exec(select(Job).where(
+                Job.status.in_([JobStatus.starting, JobStatus.running]) | Job.pid.is_not(None)
+            )).all()
+            for job in watched:
                 ingest(session, job)
-                if job.status.is_final:
-                    continue
                 if self._adopted_alive(job):
                     log.info("job %s: found its worker again (pid %s)", job.id, job.pid)
+                    continue
+                job.pid = None
+                if job.status.is_final:
+                    session.add(job)
+                    session.commit()
                     continue
                 job.log_tail = log_tail(job.run_dir)
                 transition(job, JobStatus.interrupted)

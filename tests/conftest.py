@@ -109,7 +109,7 @@ class LiveServer:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             job = self.get(f"/api/jobs/{job_id}")
-            if job["status"] in statuses:
+            if job["status"] in statuses and job["pid"] is None:  # and its process is gone
                 return job
             time.sleep(0.3)
         raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
