@@ -99,7 +99,8 @@ def check_kto_dataset(path: str) -> None:
     try:
         rows = load_kto_dataset(path)
     except DatasetError as exc:
-        raise JobInputError("dataset", f"{Path(path).name}: {exc}; fix that row or remove it")
+        raise JobInputError("dataset", f"{Path(path).name}: {exc}; fix that row or remove it") \
+            from None
     stats = kto_stats(rows)
     if not stats["desirable"] or not stats["undesirable"]:
         raise JobInputError("dataset", f"{Path(path).name} has {stats['desirable']} desirable "

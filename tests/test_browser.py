@@ -103,6 +103,9 @@ def test_launch_a_job_from_the_form_and_watch_it_train(browser, live_server):
     shot(page, "03-new-job-error-light", full_page=False)
 
     page.fill("#f-per_device_train_batch_size", "2")
+    # Keep CI quick: one micro-batch per step and short rows (the seed defaults are for an M4).
+    page.fill("#f-gradient_accumulation_steps", "1")
+    page.fill("#f-max_length", "128")
     page.click(".page-head button[type=submit]")  # the top button submits the form too
     page.wait_for_url(re.compile(r".*/jobs/\d+$"))
     job_id = int(page.url.rsplit("/", 1)[1])
@@ -191,7 +194,8 @@ def test_cancel_from_the_card_while_training(browser, live_server):
     page.evaluate("window.__samePage = true")
     status, job = live_server.post("/api/jobs", {
         "name": "to cancel", "model": "tiny-demo", "dataset": "demo-kto",
-        "params": {"max_steps": 5000, "logging_steps": 1, "save_steps": 5000}})
+        "params": {"max_steps": 5000, "logging_steps": 1, "save_steps": 5000,
+                   "gradient_accumulation_steps": 1, "max_length": 128}})
     assert status == 201, job
     # The list refreshes itself (every 3 s): the job a script posted shows up without a reload.
     link = page.locator("#jobs-body a", has_text="to cancel")

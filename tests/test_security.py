@@ -41,3 +41,26 @@ def test_api_token_is_required_when_set():
 def test_a_non_loopback_bind_without_token_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="API token"):
         create_app(Settings(home=tmp_path, host="0.0.0.0"))
+
+
+def test_the_token_also_guards_pages_and_a_cookie_carries_it(tmp_path):
+    m = mw(api_token="s3cret")
+    h = {"host": "127.0.0.1:8000"}
+    assert m.check("GET", "/", h)[0] == 401
+    assert m.check("GET", "/static/css/app.css", h) is None
+    assert m.check("GET", "/jobs/1", {**h, "cookie": "prospect_token=s3cret"}) is None
+    assert m.check("GET", "/jobs/1", {**h, "cookie": "prospect_token=nope"})[0] == 401
+
+
+def test_opening_the_dashboard_with_the_token_sets_the_cookie(tmp_path):
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings(home=tmp_path, api_token="s3cret"))
+    client = TestClient(app, base_url="http://127.0.0.1:8000")
+    assert client.get("/api/methods").status_code == 401
+    resp = client.get("/?token=s3cret", follow_redirects=False)
+    assert resp.status_code == 303 and "prospect_token=s3cret" in resp.headers["set-cookie"]
+    assert "httponly" in resp.headers["set-cookie"].lower()
+    assert client.get("/api/methods", cookies={"prospect_token": "s3cret"}).status_code == 200
+    client.cookies.clear()
+    assert client.get("/?token=wrong", follow_redirects=False).status_code == 401
