@@ -27,6 +27,8 @@ class Settings(BaseSettings):
                                   "save after SIGTERM before it is killed.")
     poll_interval_s: float = Field(default=0.25, gt=0, description="How often the supervisor "
                                    "reads new events.")
+    allow_downloads: bool = Field(default=False, description="Let workers download a hub "
+                                  "model that is not in the local cache (off: fully offline).")
     python: str | None = Field(default=None, description="Interpreter that runs workers "
                                "(default: the server's).")
 

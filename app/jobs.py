@@ -11,6 +11,7 @@ from sqlmodel import Session, select
 from app.config import Settings
 from app.models import TRANSITIONS, DatasetEntry, Job, JobCreate, JobStatus, ModelEntry, utcnow
 from workers.data import DatasetError, kto_stats, load_kto_dataset
+from workers.mlx.data import load_sft_rows
 from workers.params import ParamError, method_for
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
@@ -108,6 +109,16 @@ def check_kto_dataset(path: str) -> None:
                             "labels (label true and label false)")
 
 
+def check_sft_dataset(path: str) -> None:
+    """An SFT dataset: text, prompt/completion or messages rows, or a KTO file (its desirable
+    rows are used); a bad row is a 422 naming it."""
+    try:
+        load_sft_rows(path)
+    except DatasetError as exc:
+        raise JobInputError("dataset", f"{Path(path).name}: {exc}; fix that row or remove it") \
+            from None
+
+
 def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
     """Check everything a worker would trip on; return an unsaved Job or raise."""
     try:
@@ -122,6 +133,8 @@ def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
     dataset_path = resolve_dataset(session, data.dataset, settings)
     if data.method == "kto":
         check_kto_dataset(dataset_path)
+    elif data.method == "sft":
+        check_sft_dataset(dataset_path)
     name = data.name.strip() or f"{data.method}-{Path(data.model.rstrip('/')).name}"
     return Job(name=name, backend=data.backend, method=data.method, model=data.model.strip(),
                dataset=data.dataset.strip(), params=params, model_path=model_path,

@@ -202,6 +202,8 @@ class Supervisor:
                "--config", str(run_dir / CONFIG_FILE)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         env.pop("PROSPECT_API_TOKEN", None)  # the worker needs no secret of the server
+        if self.settings.allow_downloads:  # workers default to offline (HF_HUB_OFFLINE=1)
+            env.update(HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0")
         transition(job, JobStatus.starting)
         try:
             with open(run_dir / LOG_FILE, "ab") as logf:

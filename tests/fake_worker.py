@@ -28,7 +28,7 @@ def on_term(signum, frame):
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN if scenario == "ignore_term" else on_term)
 events.emit("status", phase="training", message=f"fake {scenario}")
-print("fake worker starting", flush=True)
+print(f"fake worker starting; HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')}", flush=True)
 for step in range(1, 4 if scenario != "slow" and scenario != "ignore_term" else 10_000):
     events.emit("metric", step=step, values={"loss": 1.0 / step})
     events.emit("progress", step=step, total_steps=3, epoch=0.0, tokens_per_s=1.0, eta_s=1.0)

@@ -65,7 +65,9 @@ def test_demo_assets_are_registered(live_server):
     assert [m["id"] for m in live_server.get("/api/models")] == ["tiny-demo"]
     [ds] = live_server.get("/api/datasets")
     assert ds["id"] == "demo-kto" and ds["rows"] >= 200
-    [kto] = live_server.get("/api/methods")
+    methods = {(m["backend"], m["method"]): m for m in live_server.get("/api/methods")}
+    assert set(methods) == {("torch", "kto"), ("mlx", "sft"), ("mlx", "kto")}
+    kto = methods[("torch", "kto")]
     assert {p["name"] for p in kto["params"]} >= {"beta", "per_device_train_batch_size", "r"}
 
 

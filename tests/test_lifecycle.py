@@ -90,31 +90,30 @@ def test_a_worker_that_exits_without_done_fails_with_code_and_log_tail(world, mo
         assert columnar(s, job.id, ["loss"])["step"] == [1, 2]
 
 
-def test_cancel_saves_a_checkpoint_and_resume_requeues(world, monkeypatch):
+def start_then_cancel(world, monkeypatch, scenario: str, timeout: float = 20) -> Job:
+    """Start a fake worker, cancel it half a second in, supervise until its process ends."""
     settings, engine, sup = world
-    monkeypatch.setenv("FAKE_SCENARIO", "slow")
+    monkeypatch.setenv("FAKE_SCENARIO", scenario)
     job_id = add_job(engine, settings)
     sup.tick()
     time.sleep(0.5)
     with Session(engine) as s:
         job = request_cancel(s, s.get(Job, job_id))
         sup.cancel_now(job)
-    job = run_until(engine, sup, job_id, {JobStatus.cancelled})
+    return run_until(engine, sup, job_id, {JobStatus.cancelled}, timeout=timeout)
+
+
+def test_cancel_saves_a_checkpoint_and_resume_requeues(world, monkeypatch):
+    _, engine, _ = world
+    job = start_then_cancel(world, monkeypatch, "slow")
+    job_id = job.id
     assert job.last_checkpoint and Path(job.last_checkpoint).is_dir()
     with Session(engine) as s:
         assert request_resume(s, s.get(Job, job_id)).status == JobStatus.queued
 
 
 def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(world, monkeypatch):
-    settings, engine, sup = world
-    monkeypatch.setenv("FAKE_SCENARIO", "ignore_term")
-    job_id = add_job(engine, settings)
-    sup.tick()
-    time.sleep(0.5)
-    with Session(engine) as s:
-        job = request_cancel(s, s.get(Job, job_id))
-        sup.cancel_now(job)
-    job = run_until(engine, sup, job_id, {JobStatus.cancelled}, timeout=15)
+    job = start_then_cancel(world, monkeypatch, "ignore_term", timeout=15)
     assert job.exit_code == -9 and "killed" in job.error
 
 
@@ -125,3 +124,14 @@ def test_cancelling_a_queued_job_needs_no_worker(world):
         assert job.status == JobStatus.cancelled
         with pytest.raises(JobStateError):
             request_cancel(s, job)
+
+
+def test_workers_stay_offline_unless_downloads_are_allowed(world, monkeypatch):
+    settings, engine, sup = world
+    monkeypatch.setenv("FAKE_SCENARIO", "succeed")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    job = run_until(engine, sup, add_job(engine, settings), {JobStatus.succeeded})
+    assert "HF_HUB_OFFLINE=None" in (Path(job.run_dir) / "worker.log").read_text()
+    settings.allow_downloads = True
+    job = run_until(engine, sup, add_job(engine, settings), {JobStatus.succeeded})
+    assert "HF_HUB_OFFLINE=0" in (Path(job.run_dir) / "worker.log").read_text()

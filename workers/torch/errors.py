@@ -60,9 +60,9 @@ def describe_error(exc: BaseException) -> dict[str, Any]:
         return _error(
             "model_not_found",
             message,
-            "Check the model's folder path, or that the "
-            "hub id is already in the local Hugging Face cache: Prospect trains "
-            "offline and never downloads.",
+            "Check the model's folder path, or that the hub id is in the local Hugging "
+            "Face cache: workers run offline unless the server is started with "
+            "PROSPECT_ALLOW_DOWNLOADS=1 (then a hub id is downloaded once and cached).",
         )
     if isinstance(exc, DeviceError):
         return _error("device", exc.message, exc.hint)
