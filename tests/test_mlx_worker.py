@@ -227,3 +227,77 @@ def test_a_cancelled_mlx_job_resumes_where_it_stopped(live_server):
     theirs = dict(zip(reference["step"], reference["loss"], strict=True))
     for s in after:
         assert ours[s] == pytest.approx(theirs[s], rel=1e-5), s
+
+
+# --- fuse -----------------------------------------------------------------------------------
+def test_fused_model_generates_what_base_plus_adapter_does(tmp_path, demo):
+    """An adapter with non-zero B (as after training), fused: the same greedy tokens."""
+    import mlx.core as mx
+    from mlx_lm import generate, load
+
+    from workers.mlx.common import adapter_config, add_lora, save_adapter
+    from workers.mlx.fuse import main as fuse_main
+    from workers.torch.config import JobConfig
+
+    job = JobConfig(job_id=1, model=str(demo["model"]), dataset=Path(demo["dataset"]),
+                    run_dir=tmp_path, params=MLX_SFT.validate({"rank": 4, "scale": 4.0}),
+                    backend="mlx", method="sft")
+    model, _ = load(job.model)
+    num_layers = add_lora(model, job)
+    for _, module in model.named_modules():
+        if hasattr(module, "lora_b"):
+            module.lora_b = mx.random.normal(module.lora_b.shape) * 0.5
+    save_adapter(model, tmp_path / "adapter", adapter_config(job, num_layers))
+
+    rc = fuse_main(["--model", job.model, "--adapter-path", str(tmp_path / "adapter"),
+                    "--save-path", str(tmp_path / "fused"), "--run-dir", str(tmp_path)])
+    assert rc == 0
+    events = events_of(tmp_path)
+    assert of_type(events, "artifact") == [{"kind": "fused_model",
+                                            "path": str((tmp_path / "fused").resolve())}]
+    assert events[-1].data["status"] == "succeeded"
+
+    prompt = "<|bos|><|user|>\nWhat colour is grass?<|end|>\n<|assistant|>\n"
+
+    def greedy(model_dir, adapter=None) -> str:
+        m, t = load(str(model_dir), adapter_path=str(adapter) if adapter else None)
+        return generate(m, t, prompt, max_tokens=12)
+
+    with_adapter = greedy(demo["model"], tmp_path / "adapter")
+    assert greedy(tmp_path / "fused") == with_adapter
+    assert greedy(demo["model"]) != with_adapter  # the adapter does change the output
+
+    assert fuse_main(["--model", job.model, "--adapter-path", str(tmp_path / "nowhere"),
+                      "--save-path", str(tmp_path / "x"), "--run-dir", str(tmp_path)]) == 1
+    assert of_type(events_of(tmp_path), "error")[-1]["error_type"] == "FileNotFoundError"
+
+
+# --- data-parallel over processes -----------------------------------------------------------
+@pytest.mark.slow
+def test_sft_data_parallel_over_two_local_processes(tmp_path, demo):
+    """`mlx.launch -n 2 --backend ring` on loopback: each process takes half of every batch,
+    gradients are averaged, only rank 0 writes events and the adapter."""
+    import shutil
+    import subprocess
+    import sys
+
+    launcher = Path(sys.executable).with_name("mlx.launch")
+    if not launcher.exists() and shutil.which("mlx.launch") is None:
+        pytest.skip("mlx.launch is not installed")
+    write_config(tmp_path, demo, "sft", SFT_FAST)
+    with open(tmp_path / LOG_FILE, "ab") as log:
+        proc = subprocess.run(
+            [str(launcher if launcher.exists() else "mlx.launch"), "-n", "2", "--backend",
+             "ring", sys.executable, "-m", "workers.mlx", "--config",
+             str(tmp_path / CONFIG_FILE)],
+            cwd=Path(__file__).parents[1], stdout=log, stderr=subprocess.STDOUT, timeout=180)
+    assert proc.returncode == 0, (tmp_path / LOG_FILE).read_text()[-3000:]
+    events = events_of(tmp_path)  # one file, one writer: seq strictly increasing
+    assert [p["step"] for p in of_type(events, "progress")] == list(range(1, 13))
+    done = events[-1]
+    assert done.data["status"] == "succeeded" and done.data["summary"]["processes"] == 2
+    train = [m["values"]["loss"] for m in of_type(events, "metric") if "loss" in m["values"]]
+    val = [m["values"]["val_loss"] for m in of_type(events, "metric") if "val_loss" in m["values"]]
+    assert len(train) == 3 and train[-1] < val[0]
+    assert (tmp_path / "adapter" / "adapters.safetensors").is_file()
+    assert (tmp_path / LOG_FILE).read_text().count("job 1: mlx sft") == 2  # both ranks ran

@@ -61,6 +61,7 @@ def test_opening_the_dashboard_with_the_token_sets_the_cookie(tmp_path):
     resp = client.get("/?token=s3cret", follow_redirects=False)
     assert resp.status_code == 303 and "prospect_token=s3cret" in resp.headers["set-cookie"]
     assert "httponly" in resp.headers["set-cookie"].lower()
-    assert client.get("/api/methods", cookies={"prospect_token": "s3cret"}).status_code == 200
+    client.cookies.set("prospect_token", "s3cret")
+    assert client.get("/api/methods").status_code == 200
     client.cookies.clear()
     assert client.get("/?token=wrong", follow_redirects=False).status_code == 401
