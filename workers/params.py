@@ -193,7 +193,87 @@ TORCH_KTO = Method(
     ],
 )
 
-METHODS: dict[tuple[str, str], Method] = {(m.backend, m.method): m for m in (TORCH_KTO,)}
+def _mlx_lora_knobs() -> list[Knob]:
+    """The LoRA knobs both MLX methods share, under mlx-lm's own config names."""
+    return [
+        Knob("num_layers", int, 16, "Transformer blocks, counted from the last, that get LoRA "
+             "adapters (mlx-lm's --num-layers; the seed guide's --lora-layers). A model with "
+             "fewer blocks gets them all.", group="lora", min=1, max=1024),
+        Knob("rank", int, 8, "LoRA rank: the adapter's capacity.", group="lora", min=1,
+             max=1024),
+        Knob("scale", float, 20.0, "LoRA scale: the adapter's output is multiplied by this "
+             "(mlx-lm's name; PEFT's lora_alpha / r).", group="lora", min=0.0, max=1e4),
+        Knob("dropout", float, 0.0, "Dropout on the LoRA path.", group="lora", min=0.0,
+             max=0.9),
+    ]
+
+
+MLX_SFT = Method(
+    backend="mlx",
+    method="sft",
+    knobs=[
+        Knob("iters", int, 1000, "Training iterations (optimizer steps).", min=1,
+             max=10_000_000),
+        Knob("batch_size", int, 4, "Examples per step.", min=1, max=4096),
+        Knob("learning_rate", float, 1e-5, "Adam learning rate.", min=0.0, max=1.0),
+        Knob("max_seq_length", int, 2048, "Longest example in tokens; longer ones are "
+             "truncated. The seed guide uses 512 to 2048: shorter saves memory.", min=8,
+             max=131072),
+        Knob("grad_checkpoint", bool, False, "Recompute activations in the backward pass: "
+             "less memory, slower.", group="memory"),
+        Knob("mask_prompt", bool, False, "Train on the completion only: the prompt's tokens "
+             "add nothing to the loss (prompt/completion and chat data).", group="data"),
+        Knob("fine_tune_type", str, "lora", "lora, or dora (weight-decomposed LoRA).",
+             group="lora", choices=("lora", "dora")),
+        *_mlx_lora_knobs(),
+        Knob("steps_per_report", int, 10, "Report the training loss every this many steps.",
+             group="logging", min=1, max=1_000_000),
+        Knob("steps_per_eval", int, 100, "Compute the validation loss every this many "
+             "steps.", group="logging", min=1, max=1_000_000),
+        Knob("val_batches", int, 25, "Validation batches per evaluation; -1 uses the whole "
+             "validation split.", group="logging", min=-1, max=1_000_000),
+        Knob("steps_per_save", int, 100, "Save a checkpoint (adapter, optimizer state, step) "
+             "every this many steps.", group="logging", min=1, max=1_000_000),
+        Knob("seed", int, 0, "Random seed for the train/valid split, data order and adapter "
+             "init.", min=0, max=2**32 - 1),
+    ],
+)
+
+MLX_KTO = Method(
+    backend="mlx",
+    method="kto",
+    knobs=[
+        Knob("iters", int, 1000, "Training iterations (optimizer steps).", min=1,
+             max=10_000_000),
+        Knob("batch_size", int, 4, "Examples per step. KTO needs at least 2 (its KL term "
+             "pairs each prompt with another example's completion in the batch).", min=2,
+             max=4096),
+        Knob("learning_rate", float, 5e-7, "Peak learning rate. KTO wants small values "
+             "(5e-7 to 5e-6 with LoRA).", min=0.0, max=1.0),
+        Knob("max_seq_length", int, 512, "Longest prompt + completion in tokens; longer rows "
+             "are truncated (rows whose prompt alone fills it are dropped, as TRL does).",
+             min=8, max=131072),
+        Knob("beta", float, 0.1, "KTO β: how far the policy may move from the reference "
+             "model.", group="kto", min=0.0, max=100),
+        Knob("desirable_weight", float, 1.0, "λD, the loss weight of desirable examples. "
+             "Choose λD·nD / λU·nU in [1, 4/3].", group="kto", min=0.0, max=1000),
+        Knob("undesirable_weight", float, 1.0, "λU, the loss weight of undesirable examples.",
+             group="kto", min=0.0, max=1000),
+        Knob("grad_checkpoint", bool, False, "Recompute activations in the backward pass: "
+             "less memory, slower.", group="memory"),
+        *_mlx_lora_knobs(),
+        Knob("steps_per_report", int, 10, "Report loss and rewards every this many steps.",
+             group="logging", min=1, max=1_000_000),
+        Knob("steps_per_save", int, 100, "Save a checkpoint (adapter, optimizer state, step) "
+             "every this many steps.", group="logging", min=1, max=1_000_000),
+        Knob("seed", int, 0, "Random seed for data order and adapter init.", min=0,
+             max=2**32 - 1),
+    ],
+)
+
+METHODS: dict[tuple[str, str], Method] = {
+    (m.backend, m.method): m for m in (TORCH_KTO, MLX_SFT, MLX_KTO)
+}
 
 
 def method_for(backend: str, method: str) -> Method:

@@ -1,0 +1,203 @@
+"""What both MLX methods share: loading the model, the LoRA layers, checkpoints, the adapter
+folder, and one reporter that turns steps into ``progress`` and ``metric`` events.
+
+A checkpoint is ``checkpoints/checkpoint-<step>/`` holding the adapter (``adapters.safetensors``
+and ``adapter_config.json``, loadable like the final adapter), the optimizer state
+(``optimizer.safetensors``) and ``state.json`` (step, tokens seen). mlx-lm itself reloads only
+the weights and starts again at iteration 1; a Prospect job continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+from mlx_lm.tuner.utils import linear_to_lora_layers
+from mlx_lm.utils import load
+
+from workers.protocol import EventWriter
+from workers.torch.config import JobConfig
+from workers.torch.errors import ModelNotFound
+
+ADAPTER_FILE = "adapters.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+KEEP_CHECKPOINTS = 3
+
+
+@dataclass
+class RunResult:
+    status: str  # "succeeded" | "cancelled"
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def load_model(model_id: str, **kwargs):
+    """(model, tokenizer) from a local folder or the hub cache (offline), as mlx-lm loads it;
+    ``kwargs`` go to ``mlx_lm.load`` (adapter_path, return_config)."""
+    local = Path(model_id).expanduser()
+    if not local.exists() and model_id.startswith(("/", ".", "~")):
+        raise ModelNotFound(f"no model folder at {model_id}")
+    source = str(local) if local.exists() else model_id
+    try:
+        loaded = load(source, **kwargs)
+    except (FileNotFoundError, OSError) as exc:
+        if local.exists():
+            raise ModelNotFound(f"the folder {source} holds no loadable model: {exc}") from exc
+        raise ModelNotFound(
+            f"{model_id!r} is neither a local folder nor a hub id in the local "
+            "Hugging Face cache (Prospect runs offline)"
+        ) from exc
+    return loaded
+
+
+def adapter_config(job: JobConfig, num_layers: int) -> dict[str, Any]:
+    """mlx-lm's adapter_config.json: what ``mlx_lm.load(..., adapter_path=)`` reads back."""
+    p = job.params
+    return {
+        "model": job.model,
+        "fine_tune_type": p.get("fine_tune_type", "lora"),
+        "num_layers": num_layers,
+        "lora_parameters": {"rank": p["rank"], "scale": p["scale"], "dropout": p["dropout"]},
+        "prospect": {"job_id": job.job_id, "method": job.method, "params": p},
+    }
+
+
+def add_lora(model: nn.Module, job: JobConfig) -> int:
+    """Freeze the base, put LoRA (or DoRA) on the last num_layers blocks; return that count."""
+    p = job.params
+    mx.random.seed(p["seed"])
+    model.freeze()
+    num_layers = min(p["num_layers"], len(model.layers))
+    linear_to_lora_layers(
+        model,
+        num_layers,
+        {"rank": p["rank"], "scale": p["scale"], "dropout": p["dropout"]},
+        use_dora=p.get("fine_tune_type") == "dora",
+    )
+    return num_layers
+
+
+def use_compile() -> bool:
+    """Compile the step on the GPU, as mlx-lm does. On the CPU, MLX compiles each new batch
+    shape with a C++ compiler (tens of seconds a shape), which costs more than it saves."""
+    return mx.default_device().type == mx.DeviceType.gpu
+
+
+def trainable_count(model: nn.Module) -> int:
+    return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+
+
+def save_adapter(model: nn.Module, folder: Path, config: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = dict(tree_flatten(model.trainable_parameters()))
+    mx.save_safetensors(str(folder / ADAPTER_FILE), weights)
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def save_checkpoint(job: JobConfig, model, optimizer, config: dict, step: int,
+                    extra: dict[str, Any]) -> Path:
+    """Write checkpoint-<step> into a temp folder, then rename: a checkpoint is whole or absent."""
+    job.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    final = job.checkpoints_dir / f"checkpoint-{step}"
+    tmp = job.checkpoints_dir / f".checkpoint-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_adapter(model, tmp, config)
+    mx.save_safetensors(str(tmp / OPTIMIZER_FILE), dict(tree_flatten(optimizer.state)))
+    (tmp / STATE_FILE).write_text(json.dumps({"step": step, **extra}))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    old = sorted(job.checkpoints_dir.glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
+    for path in old[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(folder: Path, model, optimizer) -> dict[str, Any]:
+    """Adapter weights and optimizer state back in place; return state.json."""
+    model.load_weights(str(folder / ADAPTER_FILE), strict=False)
+    optimizer.init(model.trainable_parameters())
+    for key, value in mx.load(str(folder / OPTIMIZER_FILE)).items():
+        _set_path(optimizer.state, key.split("."), value)
+    mx.eval(model.parameters(), optimizer.state)
+    return json.loads((folder / STATE_FILE).read_text())
+
+
+def _set_path(tree, keys: list[str], value) -> None:
+    for key in keys[:-1]:
+        tree = tree[int(key)] if isinstance(tree, list) else tree.setdefault(key, {})
+    if isinstance(tree, list):
+        tree[int(keys[-1])] = value
+    else:
+        tree[keys[-1]] = value
+
+
+class Reporter:
+    """One ``progress`` event per step (tokens/s and ETA over a recent window); metrics
+    averaged over each report interval, as TRL and mlx-lm report them."""
+
+    def __init__(self, events: EventWriter, total_steps: int, rows: int, batch_size: int,
+                 start_step: int = 0, tokens: int = 0, window: int = 20):
+        self.events = events
+        self.total_steps = total_steps
+        self.rows = max(rows, 1)
+        self.batch_size = batch_size
+        self.tokens = tokens  # seen so far, a resumed run's earlier ones included
+        self.last_loss: float | None = None
+        self._recent: deque[tuple[float, int, int]] = deque(maxlen=window)
+        self._recent.append((time.perf_counter(), start_step, tokens))
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self._interval_tokens = 0
+        self._interval_time = 0.0
+
+    def restart_clock(self, step: int) -> None:
+        """After an evaluation or a save: that time is not training time."""
+        self._recent.clear()
+        self._recent.append((time.perf_counter(), step, self.tokens))
+
+    def step_done(self, step: int, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self._interval_tokens += tokens
+        self._interval_time += seconds
+        now = time.perf_counter()
+        t0, step0, tokens0 = self._recent[0]
+        self._recent.append((now, step, self.tokens))
+        elapsed = now - t0
+        tokens_per_s = (self.tokens - tokens0) / elapsed if elapsed > 0 else None
+        eta = (self.total_steps - step) * elapsed / (step - step0) if step > step0 else None
+        self.events.emit(
+            "progress",
+            step=step,
+            total_steps=self.total_steps,
+            epoch=round(step * self.batch_size / self.rows, 4),
+            tokens_per_s=round(tokens_per_s, 1) if tokens_per_s is not None else None,
+            eta_s=round(eta, 1) if eta is not None else None,
+        )
+
+    def add(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self._sums[name] = self._sums.get(name, 0.0) + float(value)
+            self._counts[name] = self._counts.get(name, 0) + 1
+
+    def report(self, step: int, extra: dict[str, float]) -> dict[str, float]:
+        values = {name: self._sums[name] / self._counts[name] for name in self._sums}
+        if self._interval_time > 0:
+            values["tokens_per_s"] = self._interval_tokens / self._interval_time
+        values.update(extra)
+        values["peak_memory_gb"] = mx.get_peak_memory() / 1e9
+        if "loss" in values:
+            self.last_loss = values["loss"]
+        self.events.emit("metric", step=step, values=values)
+        self._sums, self._counts = {}, {}
+        self._interval_tokens, self._interval_time = 0, 0.0
+        return values

@@ -1,0 +1,168 @@
+"""Datasets for the MLX worker, as mlx-lm reads them, and KTO rows tokenized as TRL does.
+
+SFT accepts a .jsonl (or .json list) file whose rows are all one of mlx-lm's shapes:
+``{"text"}``, ``{"prompt", "completion"}`` (strings) or ``{"messages": [...]}``. A KTO file
+(``label`` or ``chosen``/``rejected`` rows) is converted as the seed guide describes: the
+desirable rows only, each as a chat ``{"messages": prompt + completion}``, because mlx-lm's
+CompletionsDataset wants plain strings and KTO prompts may be conversations.
+
+A file named ``train.jsonl`` with a ``valid.jsonl`` beside it uses that as the validation split
+(mlx-lm's folder layout); any other file is split 90/10, reproducibly from the seed (a file
+of fewer than 10 rows has no validation split).
+
+Plain Python at module level: the server imports this to check an SFT dataset before a job
+starts. The tokenizing functions take the tokenizer as an argument.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from workers.data import DatasetError, _completion, _prompt, _raw_rows, load_kto_dataset
+
+SFT_SHAPES = ("text", "prompt/completion", "messages")
+VALID_FRACTION = 0.1
+
+
+def is_kto_row(raw: Any) -> bool:
+    return isinstance(raw, dict) and ("label" in raw or "chosen" in raw or "rejected" in raw)
+
+
+def _read(path: Path) -> list[tuple[int, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"no dataset file at {path}", path=path) from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path} is a folder; give a .jsonl or .json file", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path} is not UTF-8 text ({exc.reason})", path=path) from None
+    rows = _raw_rows(text, path)
+    if not rows:
+        raise DatasetError(f"{path.name} holds no rows", path=path)
+    return rows
+
+
+def _shape(raw: Any, number: int) -> str:
+    if not isinstance(raw, dict):
+        raise DatasetError(f"expected a JSON object, got {type(raw).__name__}", row=number)
+    if "prompt" in raw and "completion" in raw:
+        if not isinstance(raw["prompt"], str) or not isinstance(raw["completion"], str):
+            return "conversational prompt/completion"
+        return "prompt/completion"
+    if "messages" in raw:
+        messages = raw["messages"]
+        if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m
+            for m in messages
+        ):
+            raise DatasetError("messages must be a non-empty list of {role, content}", row=number)
+        return "messages"
+    if "text" in raw:
+        if not isinstance(raw["text"], str) or not raw["text"]:
+            raise DatasetError("text must be a non-empty string", row=number)
+        return "text"
+    raise DatasetError(
+        "an SFT row needs text, prompt and completion, or messages (or a KTO row with "
+        "prompt, completion and label)",
+        row=number,
+    )
+
+
+def _as_messages(raw: dict, number: int) -> dict:
+    """A prompt/completion row as one chat conversation, for mlx-lm's ChatDataset (its
+    CompletionsDataset wants plain strings)."""
+    prompt = _prompt(raw["prompt"], number)
+    return {"messages": prompt + _completion(raw["completion"], number, "completion")}
+
+
+def load_sft_rows(path: Path | str) -> tuple[list[dict], dict[str, Any]]:
+    """All rows of an SFT dataset in one mlx-lm shape, and a description of what was read."""
+    path = Path(path)
+    raw_rows = _read(path)
+    if is_kto_row(raw_rows[0][1]):
+        rows = load_kto_dataset(path)
+        kept = [{"messages": r["prompt"] + r["completion"]} for r in rows if r["label"]]
+        if not kept:
+            raise DatasetError(f"{path.name} is a KTO dataset without desirable rows; SFT "
+                               "trains on the desirable (label true) rows only", path=path)
+        info = {"format": "kto", "rows": len(rows), "kept": len(kept),
+                "dropped_undesirable": len(rows) - len(kept)}
+        return kept, info
+    shapes = [(number, raw, _shape(raw, number)) for number, raw in raw_rows]
+    first = shapes[0][2].replace("conversational ", "")
+    for number, _, shape in shapes:
+        if shape.replace("conversational ", "") != first:
+            raise DatasetError(f"this row is {shape} but the first row is {first}; mlx-lm "
+                               "needs every row in one shape", row=number)
+    if first == "prompt/completion" and any(s.startswith("conv") for _, _, s in shapes):
+        # Some prompts are conversations: every row becomes a chat conversation.
+        out = [_as_messages(raw, number) for number, raw, _ in shapes]
+    elif first == "prompt/completion":
+        out = [{"prompt": raw["prompt"], "completion": raw["completion"]} for _, raw, _ in shapes]
+    else:
+        out = [{first: raw[first]} for _, raw, _ in shapes]
+    shape = "messages" if "messages" in out[0] else first
+    return out, {"format": shape, "rows": len(out), "kept": len(out)}
+
+
+def split_rows(rows: list, seed: int, fraction: float = VALID_FRACTION) -> tuple[list, list]:
+    """A reproducible train/valid split: shuffled by ``seed``, ``fraction`` to valid."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_valid = int(round(len(rows) * fraction)) if len(rows) >= 10 else 0
+    valid = [rows[i] for i in sorted(order[:n_valid])]
+    train = [rows[i] for i in sorted(order[n_valid:])]
+    return train, valid
+
+
+def load_sft_splits(path: Path | str, seed: int) -> tuple[list[dict], list[dict], dict]:
+    path = Path(path)
+    rows, info = load_sft_rows(path)
+    sibling = path.with_name("valid.jsonl")
+    if path.name == "train.jsonl" and sibling.is_file():
+        valid, _ = load_sft_rows(sibling)
+        info["split"] = "valid.jsonl"
+        return rows, valid, info
+    train, valid = split_rows(rows, seed)
+    info["split"] = f"{len(train)} train / {len(valid)} valid, by seed {seed}"
+    return train, valid, info
+
+
+# --- KTO rows, tokenized the way TRL 1.16's KTOTrainer does -----------------------------------
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _ids(tokenizer, messages: list[dict], **kwargs) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False, **kwargs)
+    if isinstance(ids, dict):  # some tokenizers answer a BatchEncoding whatever is asked
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def tokenize_kto(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """Each conversational row → {prompt_ids, completion_ids, label}, as TRL does.
+
+    The completion starts where the tokenized prompt (with the generation prompt) and the
+    tokenized prompt + completion diverge. Rows whose prompt alone fills ``max_length`` are
+    dropped (their count is returned); the rest are truncated to it at batching time.
+    """
+    out, dropped = [], 0
+    for row in rows:
+        prompt_ids = _ids(tokenizer, row["prompt"], add_generation_prompt=True)
+        full_ids = _ids(tokenizer, row["prompt"] + row["completion"])
+        n = common_prefix_length(prompt_ids, full_ids)
+        if n >= max_length:
+            dropped += 1
+            continue
+        out.append({"prompt_ids": full_ids[:n], "completion_ids": full_ids[n:],
+                    "label": bool(row["label"])})
+    return out, dropped

@@ -1,0 +1,274 @@
+"""KTO in MLX with a LoRA adapter (Ethayarajh et al., 2024; DESIGN.md, "KTO in one paragraph").
+
+Reads top to bottom: load model → LoRA layers → tokenize as TRL does → per step:
+reference terms (no gradient) → KTO loss and its gradient → Adam → events.
+
+- Log-probs are the sums over the completion tokens only (the prompt is masked out).
+- The reference model is the same model with the adapter switched off (LoRA scale 0): no
+  second copy in memory.
+- z0, the KL reference point: each prompt x_i is paired with the completion of the example
+  before it in the batch, y_{i-1} (TRL's rotation by one); z0 = max(0, mean of
+  log πθ(y_{i-1}|x_i) − log πref(y_{i-1}|x_i)), not back-propagated (TRL computes it under
+  no_grad and detaches it).
+- Loss per example λD·(1 − σ(β(r − z0))) if desirable else λU·(1 − σ(β(z0 − r))),
+  r = log πθ(y|x) − log πref(y|x); the batch loss is the mean over examples, as TRL's.
+- Metrics are TRL's names and reductions: kl (= z0), rewards/chosen = mean β·r of the desirable
+  examples, rewards/rejected, rewards/margins (when both are in the batch), logps/chosen,
+  logps/rejected; averaged over each report interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.nn.utils import average_gradients
+
+from workers.data import Row
+from workers.memory import MemorySampler, mlx_probe
+from workers.mlx.common import (
+    Reporter,
+    RunResult,
+    adapter_config,
+    add_lora,
+    load_checkpoint,
+    load_model,
+    save_adapter,
+    save_checkpoint,
+    trainable_count,
+)
+from workers.mlx.data import tokenize_kto
+from workers.protocol import EventWriter
+from workers.torch.config import JobConfig
+
+
+# --- the loss -------------------------------------------------------------------------------
+def make_batch(examples: list[dict], max_length: int, pad_id: int) -> dict[str, mx.array]:
+    """input_ids / completion_mask, and the KL pairs (x_i, y_{i-1}), right-padded, truncated
+    to ``max_length`` from the end as TRL's collator does."""
+    completions = [e["completion_ids"] for e in examples]
+    kl_completions = [completions[-1], *completions[:-1]]
+    out: dict[str, mx.array] = {}
+    for prefix, answers in (("", completions), ("KL_", kl_completions)):
+        seqs, masks = [], []
+        for e, answer in zip(examples, answers, strict=True):
+            seqs.append((e["prompt_ids"] + answer)[:max_length])
+            masks.append(([0] * len(e["prompt_ids"]) + [1] * len(answer))[:max_length])
+        width = max(len(s) for s in seqs)
+        ids = np.full((len(seqs), width), pad_id, dtype=np.int32)
+        mask = np.zeros((len(seqs), width), dtype=np.float32)
+        for i, (s, m) in enumerate(zip(seqs, masks, strict=True)):
+            ids[i, : len(s)] = s
+            mask[i, : len(m)] = m
+        out[f"{prefix}input_ids"] = mx.array(ids)
+        out[f"{prefix}completion_mask"] = mx.array(mask)
+    out["label"] = mx.array([bool(e["label"]) for e in examples])
+    return out
+
+
+def batch_tokens(examples: list[dict], max_length: int) -> int:
+    """Non-padding tokens of the batch's main sequences (TRL's num_tokens counts these)."""
+    return sum(min(len(e["prompt_ids"]) + len(e["completion_ids"]), max_length)
+               for e in examples)
+
+
+def completion_logps(model: nn.Module, input_ids: mx.array, mask: mx.array) -> mx.array:
+    """Sum of log p(token) over the completion tokens of each sequence, in float32."""
+    logits = model(input_ids[:, :-1]).astype(mx.float32)
+    token_logps = -nn.losses.cross_entropy(logits, input_ids[:, 1:])
+    return (token_logps * mask[:, 1:]).sum(axis=-1)
+
+
+@contextlib.contextmanager
+def adapter_off(model: nn.Module):
+    """The reference model: every LoRA layer's scale at 0, put back afterwards."""
+    layers = [m for _, m in model.named_modules() if hasattr(m, "lora_a") and hasattr(m, "scale")]
+    scales = [m.scale for m in layers]
+    for m in layers:
+        m.scale = 0.0
+    try:
+        yield
+    finally:
+        for m, s in zip(layers, scales, strict=True):
+            m.scale = s
+
+
+def reference_terms(model: nn.Module, batch: dict, size: int = 1) -> tuple[mx.array, mx.array]:
+    """(reference log-probs of the batch, z0): constants for the gradient step. With several
+    processes z0 is the mean over all of them, as TRL gathers it across devices."""
+    with adapter_off(model):
+        ref_logps = completion_logps(model, batch["input_ids"], batch["completion_mask"])
+        ref_kl = completion_logps(model, batch["KL_input_ids"], batch["KL_completion_mask"])
+    kl_logps = completion_logps(model, batch["KL_input_ids"], batch["KL_completion_mask"])
+    kl = mx.mean(kl_logps - ref_kl)
+    if size > 1:
+        kl = mx.distributed.all_sum(kl, stream=mx.cpu) / size
+    z0 = mx.maximum(kl, 0.0)
+    return mx.stop_gradient(ref_logps), mx.stop_gradient(z0)
+
+
+def kto_loss(model, input_ids, completion_mask, labels, ref_logps, z0, beta: float,
+             desirable_weight: float, undesirable_weight: float):
+    """(mean KTO loss, policy log-probs): the first is differentiated, the second reported."""
+    logps = completion_logps(model, input_ids, completion_mask)
+    r = logps - ref_logps
+    desirable = desirable_weight * (1 - mx.sigmoid(beta * (r - z0)))
+    undesirable = undesirable_weight * (1 - mx.sigmoid(beta * (z0 - r)))
+    return mx.where(labels, desirable, undesirable).mean(), logps
+
+
+def batch_metrics(loss, logps, ref_logps, z0, labels, beta: float) -> dict[str, float]:
+    """TRL's per-step metrics (a side missing from the batch is left out, as TRL does)."""
+    logps_np, labels_np = np.array(logps), np.array(labels)
+    rewards = beta * (logps_np - np.array(ref_logps))
+    values = {"loss": loss.item(), "kl": z0.item()}
+    for side, pick in (("chosen", labels_np), ("rejected", ~labels_np)):
+        if pick.any():
+            values[f"rewards/{side}"] = float(rewards[pick].mean())
+            values[f"logps/{side}"] = float(logps_np[pick].mean())
+    if "rewards/chosen" in values and "rewards/rejected" in values:
+        values["rewards/margins"] = values["rewards/chosen"] - values["rewards/rejected"]
+    return values
+
+
+class KTOStep:
+    """One optimizer step of KTO; returns the step's metrics."""
+
+    def __init__(self, model, optimizer, beta: float, desirable_weight: float,
+                 undesirable_weight: float, size: int = 1):
+        self.model, self.optimizer = model, optimizer
+        self.size = size  # processes of a distributed launch, each with its part of the batch
+        self.beta = beta
+        self.weights = (desirable_weight, undesirable_weight)
+        self.value_and_grad = nn.value_and_grad(model, kto_loss)
+
+    def __call__(self, batch: dict, update: bool = True) -> dict[str, float]:
+        ref_logps, z0 = reference_terms(self.model, batch, self.size)
+        (loss, logps), grads = self.value_and_grad(
+            self.model, batch["input_ids"], batch["completion_mask"], batch["label"],
+            ref_logps, z0, self.beta, *self.weights)
+        if update:
+            self.optimizer.update(self.model, average_gradients(grads))  # no-op in 1 process
+        mx.eval(self.model.parameters(), self.optimizer.state, loss, logps)
+        labels = batch["label"]
+        if self.size > 1:  # the metrics of the whole batch, from every process
+            loss = mx.distributed.all_sum(loss, stream=mx.cpu) / self.size
+            logps, ref_logps, labels = (
+                mx.distributed.all_gather(x, stream=mx.cpu)
+                for x in (logps, ref_logps, labels.astype(mx.int32)))
+            labels = labels.astype(mx.bool_)
+        return batch_metrics(loss, logps, ref_logps, z0, labels, self.beta)
+
+
+def batch_order(n_rows: int, batch_size: int, seed: int):
+    """Index lists of full batches, reshuffled each epoch by a generator of its own."""
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(n_rows)
+        for i in range(0, n_rows - batch_size + 1, batch_size):
+            yield order[i : i + batch_size].tolist()
+
+
+# --- the job --------------------------------------------------------------------------------
+def train(job: JobConfig, rows: list[Row], events: EventWriter, stop,
+          sampler: MemorySampler) -> RunResult:
+    p = job.params
+    sampler.backend_probe = mlx_probe
+    events.emit("status", phase="loading_model",
+                message=f"loading {job.model} with mlx-lm on {mx.default_device()}")
+    model, tokenizer = load_model(job.model)
+    num_layers = add_lora(model, job)
+    config = adapter_config(job, num_layers)
+    if num_layers < p["num_layers"]:
+        events.emit("log", level="info", message=f"the model has {num_layers} blocks: LoRA "
+                    f"goes on all of them (num_layers={p['num_layers']})")
+
+    events.emit("status", phase="preparing_data", message=f"tokenizing {len(rows)} rows")
+    examples, dropped = tokenize_kto(rows, tokenizer, p["max_seq_length"])
+    if dropped:
+        events.emit("log", level="warning", message=f"{dropped} rows dropped: their prompt "
+                    f"alone fills max_seq_length={p['max_seq_length']}")
+    if len(examples) < p["batch_size"]:
+        raise ValueError(f"the dataset has {len(examples)} usable examples, fewer than "
+                         f"batch_size={p['batch_size']}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # Under `mlx.launch -n N` each process takes its 1/N of every batch (TRL's per-device
+    # batch, with its own KL pairs); z0 and the gradients are averaged over the processes.
+    world = mx.distributed.init()
+    rank, size = world.rank(), world.size()
+    local = p["batch_size"] // size
+    if p["batch_size"] % size or local < 2:
+        raise ValueError(f"batch_size={p['batch_size']} must split into {size} equal parts "
+                         "of at least 2 (the processes of the distributed launch)")
+
+    optimizer = optim.Adam(learning_rate=p["learning_rate"])
+    start, tokens = 0, 0
+    if job.resume_from_checkpoint:
+        state = load_checkpoint(job.resume_from_checkpoint, model, optimizer)
+        start, tokens = state["step"], state.get("tokens", 0)
+    if p["grad_checkpoint"]:
+        from mlx_lm.tuner.trainer import grad_checkpoint
+
+        grad_checkpoint(model.layers[0])
+    step = KTOStep(model, optimizer, p["beta"], p["desirable_weight"], p["undesirable_weight"],
+                   size)
+
+    iters = p["iters"]
+    order = batch_order(len(examples), p["batch_size"], p["seed"])
+    for _ in range(start):  # the same data order as an uninterrupted run
+        next(order)
+    reporter = Reporter(events, iters, len(examples), p["batch_size"], start_step=start,
+                        tokens=tokens)
+
+    stop.interrupt = False  # from here on SIGTERM only sets the flag; the loop acts on it
+    events.emit("status", phase="training",
+                message=f"resuming at step {start} from {job.resume_from_checkpoint}" if start
+                else f"training {trainable_count(model):,} adapter parameters")
+    model.train()
+    started, it, cancelled = time.perf_counter(), start, False
+    for it in range(start + 1, iters + 1):
+        chosen = [examples[i] for i in next(order)]
+        batch = make_batch(chosen[rank * local : (rank + 1) * local], p["max_seq_length"],
+                           pad_id)
+        tic = time.perf_counter()
+        reporter.add(step(batch))
+        reporter.step_done(it, batch_tokens(chosen, p["max_seq_length"]),
+                           time.perf_counter() - tic)
+        stopping = stop()
+        if size > 1:  # every process stops at the same step
+            stopping = mx.distributed.all_sum(mx.array(int(stopping)), stream=mx.cpu).item() > 0
+        cancelled = stopping and it < iters
+        if it % p["steps_per_report"] == 0 or it == iters or cancelled:
+            reporter.report(it, {"learning_rate": optimizer.learning_rate.item()})
+        if (it % p["steps_per_save"] == 0 or cancelled) and rank == 0:
+            path = save_checkpoint(job, model, optimizer, config, it, {"tokens": reporter.tokens})
+            events.emit("checkpoint", step=it, path=str(path.resolve()))
+            reporter.restart_clock(it)
+        if cancelled:
+            break
+    runtime = time.perf_counter() - started
+
+    events.emit("status", phase="saving", message=f"saving the adapter to {job.adapter_dir}")
+    if rank == 0:
+        save_adapter(model, job.adapter_dir, config)
+    events.emit("artifact", kind="adapter", path=str(job.adapter_dir))
+    summary = {
+        "steps": it,
+        "total_steps": iters,
+        "train_runtime_s": round(runtime, 3),
+        "steps_per_s": round((it - start) / runtime, 4) if runtime > 0 else None,
+        "samples_per_s": round((it - start) * p["batch_size"] / runtime, 3) if runtime > 0
+        else None,
+        "final_loss": reporter.last_loss,
+        "tokens": reporter.tokens,
+        "trainable_params": trainable_count(model),
+        "lora_layers": num_layers,
+        "device": str(mx.default_device()),
+        "processes": size,
+        "adapter_path": str(job.adapter_dir),
+    }
+    return RunResult("cancelled" if cancelled else "succeeded", summary)

@@ -1,0 +1,168 @@
+"""LoRA SFT with mlx-lm's tuner, in-process. Reads top to bottom:
+
+    load model → LoRA layers → mlx-lm datasets → Adam (+ checkpoint state on resume)
+    → compiled step (mlx-lm's default loss) → loop: progress, metrics, eval, checkpoints
+    → save the adapter.
+
+The loop is mlx-lm's ``tuner.trainer.train`` with what it lacks for a job: a start step and
+optimizer state on resume, a stop flag checked after each step, and events instead of prints.
+Its pieces (``iterate_batches``, ``default_loss``, ``evaluate``, the datasets) are mlx-lm's own.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from types import SimpleNamespace
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.nn.utils import average_gradients
+from mlx_lm.tuner.datasets import CacheDataset, create_dataset
+from mlx_lm.tuner.trainer import default_loss, evaluate, grad_checkpoint, iterate_batches
+
+from workers.memory import MemorySampler, mlx_probe
+from workers.mlx.common import (
+    Reporter,
+    RunResult,
+    adapter_config,
+    add_lora,
+    load_checkpoint,
+    load_model,
+    save_adapter,
+    save_checkpoint,
+    trainable_count,
+    use_compile,
+)
+from workers.protocol import EventWriter
+from workers.torch.config import JobConfig
+
+
+def train(job: JobConfig, train_rows: list[dict], valid_rows: list[dict], events: EventWriter,
+          stop, sampler: MemorySampler) -> RunResult:
+    p = job.params
+    sampler.backend_probe = mlx_probe
+    events.emit("status", phase="loading_model",
+                message=f"loading {job.model} with mlx-lm on {mx.default_device()}")
+    model, tokenizer = load_model(job.model)
+    num_layers = add_lora(model, job)
+    config = adapter_config(job, num_layers)
+    if num_layers < p["num_layers"]:
+        events.emit("log", level="info", message=f"the model has {num_layers} blocks: LoRA "
+                    f"goes on all of them (num_layers={p['num_layers']})")
+
+    events.emit("status", phase="preparing_data",
+                message=f"tokenizing {len(train_rows)} train and {len(valid_rows)} valid rows")
+    options = SimpleNamespace(mask_prompt=p["mask_prompt"])
+    train_set = CacheDataset(create_dataset(train_rows, tokenizer, options))
+    valid_set = CacheDataset(create_dataset(valid_rows, tokenizer, options)) if valid_rows \
+        else None
+    if len(train_set) < p["batch_size"]:
+        raise ValueError(f"the train split has {len(train_set)} examples, fewer than "
+                         f"batch_size={p['batch_size']}")
+    if valid_set is not None and (len(valid_set) < p["batch_size"] or p["val_batches"] == 0):
+        events.emit("log", level="warning", message=f"no validation: {len(valid_set)} valid "
+                    f"rows for batch_size {p['batch_size']} (or val_batches is 0)")
+        valid_set = None
+
+    # Under `mlx.launch -n N` each process takes 1/N of every batch; gradients are averaged.
+    world = mx.distributed.init()
+    rank, size = world.rank(), world.size()
+    if p["batch_size"] % size:
+        raise ValueError(f"batch_size={p['batch_size']} must be divisible by the {size} "
+                         "processes of the distributed launch")
+
+    optimizer = optim.Adam(learning_rate=p["learning_rate"])
+    start, tokens = 0, 0
+    if job.resume_from_checkpoint:
+        state = load_checkpoint(job.resume_from_checkpoint, model, optimizer)
+        start, tokens = state["step"], state.get("tokens", 0)
+    if p["grad_checkpoint"]:
+        grad_checkpoint(model.layers[0])
+
+    loss_value_and_grad = nn.value_and_grad(model, default_loss)
+    compiled_state = [model.state, optimizer.state, mx.random.state]
+
+    def step(batch, lengths):
+        (loss, ntoks), grad = loss_value_and_grad(model, batch, lengths)
+        optimizer.update(model, average_gradients(grad))  # a no-op in one process
+        return loss, ntoks
+
+    if use_compile():
+        step = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)(step)
+
+    iters = p["iters"]
+    batches = iterate_batches(train_set, p["batch_size"], p["max_seq_length"], loop=True,
+                              seed=p["seed"], comm_group=world)
+    for _ in range(start):  # the same data order as an uninterrupted run
+        next(batches)
+    reporter = Reporter(events, iters, len(train_set), p["batch_size"], start_step=start,
+                        tokens=tokens)
+
+    def validate(at: int) -> float:
+        # The same validation batches every time (and after a resume): seeded, and the
+        # training order's random state put back afterwards.
+        saved = np.random.get_state()
+        np.random.seed(p["seed"])
+        loss = evaluate(model, valid_set, p["batch_size"], p["val_batches"],
+                        max_seq_length=p["max_seq_length"])
+        np.random.set_state(saved)
+        model.train()
+        events.emit("metric", step=at, values={"val_loss": loss})
+        reporter.restart_clock(at)
+        return loss
+
+    stop.interrupt = False  # from here on SIGTERM only sets the flag; the loop acts on it
+    events.emit("status", phase="training",
+                message=f"resuming at step {start} from {job.resume_from_checkpoint}" if start
+                else f"training {trainable_count(model):,} adapter parameters")
+    model.train()
+    val_loss = validate(start) if valid_set is not None and start == 0 else None
+    started, it, cancelled = time.perf_counter(), start, False
+    for it in range(start + 1, iters + 1):
+        batch = next(batches)
+        tic = time.perf_counter()
+        loss, ntoks = step(*batch)
+        mx.eval(compiled_state, loss, ntoks)
+        if size > 1:  # every process reports the whole batch, and stops at the same step
+            loss = mx.distributed.all_sum(loss, stream=mx.cpu) / size
+            ntoks = mx.distributed.all_sum(ntoks, stream=mx.cpu)
+            stopping = mx.distributed.all_sum(mx.array(int(stop())), stream=mx.cpu).item() > 0
+        else:
+            stopping = stop()
+        reporter.add({"loss": loss.item()})
+        reporter.step_done(it, int(ntoks.item()), time.perf_counter() - tic)
+        cancelled = stopping and it < iters
+        if it % p["steps_per_report"] == 0 or it == iters or cancelled:
+            reporter.report(it, {"learning_rate": optimizer.learning_rate.item()})
+        if valid_set is not None and (it % p["steps_per_eval"] == 0 or it == iters):
+            val_loss = validate(it)
+        if (it % p["steps_per_save"] == 0 or cancelled) and rank == 0:
+            path = save_checkpoint(job, model, optimizer, config, it, {"tokens": reporter.tokens})
+            events.emit("checkpoint", step=it, path=str(path.resolve()))
+            reporter.restart_clock(it)
+        if cancelled:
+            break
+    runtime = time.perf_counter() - started
+
+    events.emit("status", phase="saving", message=f"saving the adapter to {job.adapter_dir}")
+    if rank == 0:
+        save_adapter(model, job.adapter_dir, config)
+    events.emit("artifact", kind="adapter", path=str(job.adapter_dir))
+    summary = {
+        "steps": it,
+        "total_steps": iters,
+        "train_runtime_s": round(runtime, 3),
+        "steps_per_s": round((it - start) / runtime, 4) if runtime > 0 else None,
+        "final_loss": reporter.last_loss,
+        "val_loss": val_loss,
+        "tokens": reporter.tokens,
+        "trainable_params": trainable_count(model),
+        "lora_layers": num_layers,
+        "device": str(mx.default_device()),
+        "processes": size,
+        "adapter_path": str(job.adapter_dir),
+    }
+    return RunResult("cancelled" if cancelled else "succeeded", summary)
