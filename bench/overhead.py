@@ -14,30 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, Server, init_home  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = {"max_steps": 200, "per_device_train_batch_size": 8,
                   "gradient_accumulation_steps": 1, "learning_rate": 1e-4,
                   "logging_steps": 10, "save_steps": 10_000, "max_length": 256}
-
-
-def call(url: str, body: dict | None = None) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode() if body else None,
-                                 headers={"Content-Type": "application/json"},
-                                 method="POST" if body else "GET")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
 
 
 def run_bare(model: str, dataset: str, params: dict) -> dict:
@@ -50,44 +39,15 @@ def run_bare(model: str, dataset: str, params: dict) -> dict:
 
 
 def run_prospect(home: Path, model: str, dataset: str, params: dict) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PROSPECT_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    t0 = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port),
-                               "--log-level", "warning"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            try:
-                call(f"{url}/api/jobs")
-                break
-            except OSError:
-                if time.perf_counter() - t0 > 30:
-                    raise SystemExit("the server did not start in 30 s") from None
-                time.sleep(0.01)
-        startup = time.perf_counter() - t0
+    with Server(home) as server:
         t1 = time.perf_counter()
-        job = call(f"{url}/api/jobs", {"name": "bench", "model": model, "dataset": dataset,
-                                       "params": params})
-        proc, peak_rss = psutil.Process(server.pid), 0
-        while job["status"] not in ("succeeded", "failed", "cancelled", "interrupted"):
-            peak_rss = max(peak_rss, proc.memory_info().rss)
-            time.sleep(0.25)
-            job = call(f"{url}/api/jobs/{job['id']}")
-        if job["status"] != "succeeded":
-            raise SystemExit(f"the Prospect job ended {job['status']}: {job['error']}\n"
-                             f"{job['log_tail']}")
-        summary = job["summary"]
-        return {"train_steps_per_second": summary["steps_per_s"], "startup_s": startup,
-                "server_rss_bytes": peak_rss, "wall_s": time.perf_counter() - t1,
-                "train_runtime": summary["train_runtime_s"], "steps": summary["steps"],
-                "summary": summary}
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+        job = server.run_job({"name": "bench", "model": model, "dataset": dataset,
+                              "params": params})
+    summary = job["summary"]
+    return {"train_steps_per_second": summary["steps_per_s"], "startup_s": server.startup_s,
+            "server_rss_bytes": server.peak_rss, "wall_s": time.perf_counter() - t1,
+            "train_runtime": summary["train_runtime_s"], "steps": summary["steps"],
+            "summary": summary}
 
 
 def main() -> None:
@@ -102,11 +62,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="prospect-bench-") as tmp:
         home = Path(tmp)
-        env = {**os.environ, "PROSPECT_HOME": str(home)}
-        subprocess.run([sys.executable, "-m", "app.cli", "init"], cwd=ROOT, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        model = args.model or str(home / "models" / "tiny-demo")
-        dataset = args.dataset or str(home / "datasets" / "demo-kto.jsonl")
+        demo = init_home(home)
+        model, dataset = args.model or demo["model"], args.dataset or demo["dataset"]
         print(f"config: model={model} params={json.dumps(params)}", flush=True)
         bare, ours = [], []
         for i in range(args.repeat):
