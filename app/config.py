@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = Field(default=1, ge=1)
     cancel_grace_s: float = Field(default=60.0, gt=0, description="Seconds a worker has to "
                                   "save after SIGTERM before it is killed.")
+    hang_timeout_s: float = Field(default=900.0, gt=0, description="A running worker that "
+                                  "writes no event for this long (they report memory every "
+                                  "2 s) is taken as hung and stopped.")
+    stall_timeout_s: float = Field(default=3600.0, gt=0, description="A training worker "
+                                   "that finishes no step for this long, while still alive, "
+                                   "is taken as hung and stopped.")
     poll_interval_s: float = Field(default=0.25, gt=0, description="How often the supervisor "
                                    "reads new events.")
     allow_downloads: bool = Field(default=False, description="Let workers download a hub "

@@ -144,10 +144,8 @@ def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
 def create_job(session: Session, data: JobCreate, settings: Settings) -> Job:
     job = validate_job(session, data, settings)
     session.add(job)
-    session.commit()
-    session.refresh(job)
+    session.flush()  # the id, inside the same transaction: no job is ever seen without run_dir
     job.run_dir = str(settings.runs_dir / f"{job.id:06d}")
-    session.add(job)
     session.commit()
     session.refresh(job)
     return job

@@ -17,6 +17,9 @@ def columnar(session: Session, job_id: int, names: list[str] | None = None,
         q = q.where(Metric.step > since_step)
     by_step: dict[int, dict[str, float | None]] = {}
     seen: dict[str, None] = {}
+    # A step logged twice (a run interrupted after its last checkpoint, then resumed from it,
+    # logs those steps again) keeps the later write by seq: the resumed attempt, the one the
+    # adapter comes from. events.jsonl and the SSE stream keep both.
     for step, name, value in session.exec(q.order_by(Metric.step, Metric.seq)):
         by_step.setdefault(step, {})[name] = value
         seen.setdefault(name, None)

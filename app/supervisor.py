@@ -1,8 +1,10 @@
 """The supervisor alone starts and stops workers.
 
 One asyncio task: every poll interval it ingests new events of active jobs, notices workers
-that ended (or were killed) without a `done` event, enforces the cancel grace period, and
-starts queued jobs in FIFO order while a slot is free. Every transition is one log line.
+that ended (or were killed) without a `done` event, stops hung ones, enforces the cancel grace
+period, and starts queued jobs in FIFO order while a slot is free. Every transition is one log
+line. Workers outlive the server: after a restart `recover()` finds them again by PID and
+start time, and the events they wrote meanwhile are ingested from the stored byte offset.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,13 +30,35 @@ from app.db import ROOT
 from app.ingest import ingest, log_tail
 from app.jobs import queued_jobs, transition
 from app.models import Job, JobStatus, utcnow
-from workers.protocol import CONFIG_FILE, LOG_FILE
+from workers.protocol import CONFIG_FILE, EVENTS_FILE, LOG_FILE
 
 log = logging.getLogger("prospect.supervisor")
 
 
 def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def same_process(pid: int | None, started_at: float | None) -> bool:
+    """Whether ``pid`` is still the process that started at ``started_at`` (unix time).
+
+    PIDs are reused: a live process with the PID but another start time is someone else, and
+    without a recorded start time there is no telling, so it is not taken for the worker.
+    """
+    if not pid or started_at is None:
+        return False
+    try:
+        p = psutil.Process(pid)
+        return abs(p.create_time() - started_at) < 1 and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+HANG_HINT = ("The worker stopped making progress, so it was stopped. Resume the job from its "
+             "last checkpoint; if it hangs again, look at the end of worker.log (a stuck data "
+             "loader, a deadlocked device, a machine swapping hard). A step that is simply "
+             "slow needs a larger PROSPECT_STALL_TIMEOUT_S (no finished step) or "
+             "PROSPECT_HANG_TIMEOUT_S (no event at all).")
 
 
 class Supervisor:
@@ -45,6 +70,15 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        # Workers found again after a restart: not our children, so no exit code.
+        self.adopted: set[int] = set()
+        # Hung workers sent SIGTERM: job id -> monotonic time of the signal.
+        self._hung_since: dict[int, float] = {}
+        # Job id -> wall time of its last event other than a memory report.
+        self._progress_at: dict[int, float] = {}
+        # Silence is not counted across a sleep of the machine (or a paused server): both the
+        # worker and the server were frozen, and the wall clock jumped on waking.
+        self._awake_since = self._last_tick = time.time()
 
     # --- the loop -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -91,6 +125,7 @@ class Supervisor:
 
     def tick(self) -> bool:
         """One pass; returns whether anything changed (so SSE listeners wake up)."""
+        self.note_clock(time.time())
         changed = False
         with Session(self.engine) as session:
             # A job whose worker wrote `done` is final but its process may still be exiting:
@@ -104,6 +139,8 @@ class Supervisor:
             for job in queued_jobs(session):
                 if n_active >= self.settings.max_concurrent_jobs:
                     break
+                if not job.run_dir:  # create_job commits twice: no folder yet, next pass
+                    break
                 self._launch(session, job)
                 n_active += 1
                 changed = True
@@ -111,17 +148,28 @@ class Supervisor:
 
     # --- one active job -------------------------------------------------------------------
     def _watch(self, session: Session, job: Job) -> bool:
-        changed = bool(ingest(session, job))
+        new = ingest(session, job)
+        if any(ev.type != "memory" for ev in new) or job.id not in self._progress_at:
+            self._progress_at[job.id] = time.time()  # since this server watches it
+        changed = bool(new)
         alive, exit_code = self._poll(job)
         if alive:
             if job.cancel_requested_at is not None:
                 self._enforce_cancel(job)
+            elif not job.status.is_final:
+                changed |= self._check_hung(session, job)
             return changed
         ingest(session, job)  # the last lines written before it exited
         self.procs.pop(job.id, None)
+        adopted = job.id in self.adopted
+        self.adopted.discard(job.id)
+        self._hung_since.pop(job.id, None)
+        self._progress_at.pop(job.id, None)
         job.exit_code = exit_code
         if not job.status.is_final:
-            self._ended_without_done(job, exit_code)
+            self._ended_without_done(job, exit_code, adopted)
+        elif job.status in (JobStatus.failed, JobStatus.interrupted) and not job.log_tail:
+            job.log_tail = log_tail(job.run_dir)  # the worker said why; the log says more
         job.pid = None
         job.finished_at = job.finished_at or utcnow()
         session.add(job)
@@ -130,13 +178,23 @@ class Supervisor:
                  job.status.value)
         return True
 
-    def _ended_without_done(self, job: Job, exit_code: int | None) -> None:
+    def _ended_without_done(self, job: Job, exit_code: int | None, adopted: bool) -> None:
         tail = log_tail(job.run_dir)
         job.log_tail = tail
         if job.cancel_requested_at is not None:
             transition(job, JobStatus.cancelled)
             job.error = job.error or "the worker did not stop by itself after the cancel and " \
                                      "was killed"
+            return
+        if job.error_type == "Hung" or adopted:
+            # A hung worker we stopped, or one started by an earlier server (not our child,
+            # so its exit code is unknown): either way it ended without saying done.
+            transition(job, JobStatus.interrupted)
+            if job.error_type != "Hung":
+                job.error_type = "Interrupted"
+                job.error = "the worker ended without a done event while this server " \
+                            "watched it after a restart (its exit code is unknown)"
+                job.hint = "resume the job from its last checkpoint; see the end of its log"
             return
         transition(job, JobStatus.failed)
         job.error_type = job.error_type or "WorkerExited"
@@ -160,14 +218,58 @@ class Supervisor:
 
     def _adopted_alive(self, job: Job) -> bool:
         """A worker started by an earlier server: the same PID *and* start time."""
-        if not job.pid:
+        return same_process(job.pid, job.pid_started_at)
+
+    def _check_hung(self, session: Session, job: Job) -> bool:
+        """No event for hang_timeout_s, or in training no finished step for stall_timeout_s:
+        SIGTERM, then SIGKILL after the cancel grace.
+
+        Silence is measured from the events file's mtime (or the start), so it survives a
+        server restart; workers write a memory event every few seconds while alive.
+        """
+        sent = self._hung_since.get(job.id)
+        if sent is not None:
+            if time.monotonic() - sent > self.settings.cancel_grace_s:
+                self._signal(job, signal.SIGKILL)
             return False
+        now = time.time()
+        silent = now - self._last_activity(job)
+        # The memory thread goes on reporting while a training loop is stuck (a deadlocked
+        # collective, a data loader that never returns): in training, no finished step for
+        # stall_timeout_s is a hang too. Loading and precomputing have no steps to count.
+        stalled = now - max(self._progress_at.get(job.id, now), self._awake_since)
+        if silent > self.settings.hang_timeout_s:
+            job.error = f"the worker wrote no event for {silent:.0f} s (at step {job.step})"
+        elif job.phase == "training" and stalled > self.settings.stall_timeout_s:
+            job.error = f"the worker finished no training step for {stalled:.0f} s (at step " \
+                        f"{job.step}) though its process was still alive"
+        else:
+            return False
+        job.error += "; it was stopped"
+        job.error_type = "Hung"
+        job.hint = HANG_HINT
+        session.add(job)
+        session.commit()
+        log.warning("job %s: hung (%s), sending SIGTERM", job.id, job.error)
+        self._hung_since[job.id] = time.monotonic()
+        self._signal(job, signal.SIGTERM)
+        return True
+
+    def _last_activity(self, job: Job) -> float:
+        started = _aware(job.started_at).timestamp() if job.started_at else time.time()
+        started = max(started, self._awake_since)
         try:
-            p = psutil.Process(job.pid)
-            same = job.pid_started_at is None or abs(p.create_time() - job.pid_started_at) < 1
-            return same and p.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
+            return max(started, (Path(job.run_dir) / EVENTS_FILE).stat().st_mtime)
+        except OSError:
+            return started
+
+    def note_clock(self, now: float) -> None:
+        """A long gap between passes means the machine slept: count silence from now."""
+        if now - self._last_tick > max(30.0, 20 * self.settings.poll_interval_s):
+            log.info("no pass for %.0fs (the machine slept?); hang timers restart",
+                     now - self._last_tick)
+            self._awake_since = now
+        self._last_tick = now
 
     def _enforce_cancel(self, job: Job) -> None:
         """SIGTERM went out with the cancel; past the grace period the worker is killed."""
@@ -242,6 +344,7 @@ class Supervisor:
                 ingest(session, job)
                 if self._adopted_alive(job):
                     log.info("job %s: found its worker again (pid %s)", job.id, job.pid)
+                    self.adopted.add(job.id)
                     continue
                 job.pid = None
                 if job.status.is_final:

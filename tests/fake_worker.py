@@ -1,7 +1,9 @@
 """A stand-in worker for supervisor tests: speaks the protocol, trains nothing.
 
-Invoked as `fake_worker.py -m workers.torch --config <run_dir>/config.json`; FAKE_SCENARIO
-picks what it does.
+Invoked as `fake_worker.py -m workers.torch --config <run_dir>/config.json`; the job's
+params["scenario"], else FAKE_SCENARIO, picks what it does: succeed, slow, ignore_term, crash
+(exits 3 at step 2), oom (reports out of memory and fails), hang (goes silent at step 2 and
+ignores SIGTERM), stall (at step 2 only its memory reports go on; ignores SIGTERM).
 """
 
 import json
@@ -17,7 +19,7 @@ from workers.protocol import EventWriter  # noqa: E402
 config = json.loads(Path(sys.argv[sys.argv.index("--config") + 1]).read_text())
 run_dir = Path(config["run_dir"])
 events = EventWriter(run_dir / "events.jsonl")
-scenario = os.environ.get("FAKE_SCENARIO", "succeed")
+scenario = config.get("params", {}).get("scenario") or os.environ.get("FAKE_SCENARIO", "succeed")
 stop = False
 
 
@@ -26,15 +28,30 @@ def on_term(signum, frame):
     stop = True
 
 
-signal.signal(signal.SIGTERM, signal.SIG_IGN if scenario == "ignore_term" else on_term)
+deaf = scenario in ("ignore_term", "hang", "stall")
+signal.signal(signal.SIGTERM, signal.SIG_IGN if deaf else on_term)
 events.emit("status", phase="training", message=f"fake {scenario}")
 print(f"fake worker starting; HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')}", flush=True)
-for step in range(1, 4 if scenario != "slow" and scenario != "ignore_term" else 10_000):
+for step in range(1, 4 if scenario not in ("slow", "ignore_term") else 10_000):
     events.emit("metric", step=step, values={"loss": 1.0 / step})
     events.emit("progress", step=step, total_steps=3, epoch=0.0, tokens_per_s=1.0, eta_s=1.0)
     if scenario == "crash" and step == 2:
         print("Traceback (most recent call last):\nRuntimeError: boom", flush=True)
         os._exit(3)
+    if scenario == "oom" and step == 2:
+        from workers.torch.errors import describe_error
+
+        print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", flush=True)
+        events.emit("error", **describe_error(RuntimeError("CUDA out of memory. Tried to "
+                                                           "allocate 2.00 GiB")))
+        events.emit("done", status="failed", summary={})
+        sys.exit(1)
+    if scenario in ("hang", "stall") and step == 2:
+        print("stuck in a collective that never returns", flush=True)
+        while True:
+            if scenario == "stall":  # the memory thread is alive; the training loop is not
+                events.emit("memory", rss_bytes=1)
+            time.sleep(0.2)
     if stop:
         ckpt = run_dir / "checkpoints" / f"checkpoint-{step}"
         ckpt.mkdir(parents=True)

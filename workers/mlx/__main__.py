@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 from workers.data import kto_stats, load_kto_dataset
+from workers.keep_awake import KeepAwake, keep_awake
 from workers.memory import MemorySampler
 from workers.mlx.config import parse_config
 from workers.mlx.data import load_sft_splits
@@ -55,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     events = EventWriter(run_dir / EVENTS_FILE) if rank == 0 else SilentEvents()
     sampler = MemorySampler(events.emit, interval=cli.memory_interval)
     method = raw.get("method", "sft")
+    awake = KeepAwake()
     try:
         stop.arm()
         if error is not None:
             raise error
         job = parse_config(raw)
+        awake = keep_awake()  # on macOS: no idle sleep until this process ends
         print(f"job {job.job_id}: mlx {job.method} of {job.model} on {job.dataset}", flush=True)
         events.emit("status", phase="preparing_data", message=f"reading {job.dataset.name}")
         if job.method == "sft":
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         events.emit("error", **describe_error(exc, method))
         _finish(events, sampler, "failed", {})
         return 1
+    finally:
+        awake.stop()
     _finish(events, sampler, result.status, result.summary)
     return 0
 

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from workers.data import kto_stats, load_kto_dataset
+from workers.keep_awake import KeepAwake, keep_awake
 from workers.memory import MemorySampler
 from workers.protocol import EVENTS_FILE, EventWriter
 from workers.torch.config import parse_config, read_config_file
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     events = EventWriter(run_dir / EVENTS_FILE)
     sampler = MemorySampler(events.emit, interval=cli.memory_interval)
+    awake = KeepAwake()
     try:
         stop.arm()
         if error is not None:
@@ -107,27 +109,30 @@ def main(argv: list[str] | None = None) -> int:
         level, line = _stats_line(stats, job.params)
         events.emit("log", level=level, message=line)
         sampler.start()
+        awake = keep_awake()  # on macOS: no idle sleep until this process ends
 
         from workers.torch import kto  # torch, transformers, trl and peft load here
 
         result = kto.train(job, rows, events, stop, sampler)
     except Cancelled as exc:
         print(f"cancelled: {exc}", flush=True)
-        _finish(events, sampler, "cancelled", {"steps": 0})
+        _finish(events, sampler, awake, "cancelled", {"steps": 0})
         return 0
     except Exception as exc:
         stop.interrupt = False
         traceback.print_exc()
         sys.stderr.flush()
         events.emit("error", **describe_error(exc))
-        _finish(events, sampler, "failed", {})
+        _finish(events, sampler, awake, "failed", {})
         return 1
-    _finish(events, sampler, result.status, result.summary)
+    _finish(events, sampler, awake, result.status, result.summary)
     return 0
 
 
-def _finish(events: EventWriter, sampler: MemorySampler, status: str, summary: dict) -> None:
+def _finish(events: EventWriter, sampler: MemorySampler, awake: KeepAwake, status: str,
+            summary: dict) -> None:
     StopFlag.ignore_further()
+    awake.stop()
     sampler.stop()  # a last memory event, and the peaks it saw
     events.emit("done", status=status, summary={**summary, **sampler.peaks()})
     events.close()

@@ -29,6 +29,7 @@ class EventCallback(TrainerCallback):
         self.token_count = token_count or (lambda: 0)
         self.cancelled = False
         self.last_loss: float | None = None
+        self.last_checkpoint: Path | None = None  # the last one saved completely
         self._recent: deque[tuple[float, int, int]] = deque(maxlen=window)  # (time, step, tokens)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -71,6 +72,7 @@ class EventCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.last_checkpoint = path
         self.events.emit("checkpoint", step=state.global_step, path=str(path.resolve()))
 
 

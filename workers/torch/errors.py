@@ -6,6 +6,9 @@ failure that happens before torch is loaded.
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
 from typing import Any
 
 from workers.data import DatasetError
@@ -20,6 +23,39 @@ class Cancelled(BaseException):  # noqa: N818 - like KeyboardInterrupt, not caug
 
 class ModelNotFound(OSError):  # noqa: N818
     """The model is neither a loadable local folder nor a hub id in the local cache."""
+
+
+class DiskFull(OSError):  # noqa: N818
+    """The disk filled up while a checkpoint was being written."""
+
+    def __init__(self, step: int, folder: Path, previous: Path | None):
+        self.step, self.folder, self.previous = step, folder, previous
+        super().__init__(errno.ENOSPC, f"disk full while saving the checkpoint at step {step}; "
+                         f"free space on the disk that holds {folder.parent} "
+                         f"({_free(folder.parent)} free now)")
+
+
+def checkpoint_disk_full(exc: OSError, step: int, checkpoints_dir: Path,
+                         previous: Path | None) -> OSError:
+    """Map ENOSPC during training to DiskFull when a checkpoint was being written.
+
+    HF Trainer writes checkpoint-<step> in place and deletes old checkpoints only after a
+    complete save, so the earlier checkpoints are intact. The half-written folder cannot be
+    resumed from and holds the space the person must free: it is removed.
+    """
+    folder = Path(checkpoints_dir) / f"checkpoint-{step}"
+    if exc.errno != errno.ENOSPC or not folder.is_dir():
+        return exc
+    if previous is None or folder.resolve() != Path(previous).resolve():
+        shutil.rmtree(folder, ignore_errors=True)
+    return DiskFull(step, folder, previous)
+
+
+def _free(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(path).free / 2**30:.1f} GiB"
+    except OSError:
+        return "unknown"
 
 
 OOM_HINT = (
@@ -66,6 +102,15 @@ def describe_error(exc: BaseException) -> dict[str, Any]:
         )
     if isinstance(exc, DeviceError):
         return _error("device", exc.message, exc.hint)
+    if isinstance(exc, DiskFull):
+        kept = (f"The previous checkpoint ({exc.previous.name}) is intact: resume the job "
+                "and it continues from there." if exc.previous else
+                "No earlier checkpoint exists, so a resume starts from step 0.")
+        return _error("disk_full", exc.strerror, "Free disk space (delete old runs or other "
+                      f"files), or lower save_total_limit. {kept}", step=exc.step)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return _error("disk_full", message, "The disk is full: free space (delete old runs or "
+                      "other files), then resume the job from its last checkpoint.")
     lowered = message.lower()
     if "out of memory" in lowered or type(exc).__name__ == "OutOfMemoryError":
         where = "Apple GPU (MPS)" if "mps" in lowered else ("GPU" if "cuda" in lowered else "")

@@ -26,7 +26,7 @@ from workers.protocol import EventWriter
 from workers.torch.callback import EventCallback
 from workers.torch.config import JobConfig
 from workers.torch.device import DeviceChoice, Platform, choose_device
-from workers.torch.errors import ModelNotFound
+from workers.torch.errors import ModelNotFound, checkpoint_disk_full
 
 
 @dataclass
@@ -84,7 +84,14 @@ def train(job: JobConfig, rows: list[Row], events: EventWriter, stop, sampler: M
         "status", phase="training", message=f"resuming from {resume}" if resume else "training"
     )
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume)
+    except OSError as exc:
+        mapped = checkpoint_disk_full(exc, trainer.state.global_step, job.checkpoints_dir,
+                                      callback.last_checkpoint or job.resume_from_checkpoint)
+        if mapped is exc:
+            raise
+        raise mapped from exc
     runtime = time.perf_counter() - started
 
     events.emit("status", phase="saving", message=f"saving the adapter to {job.adapter_dir}")
