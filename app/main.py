@@ -14,7 +14,7 @@ from app.config import Settings, get_settings
 from app.db import ROOT, make_engine, migrate
 from app.jobs import JobInputError
 from app.routes import api, pages
-from app.security import LocalOnlyMiddleware
+from app.security import LocalOnlyMiddleware, new_csrf_token
 from app.supervisor import Supervisor
 
 log = logging.getLogger("prospect")
@@ -42,7 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.supervisor = Supervisor(engine, settings)
-    app.add_middleware(LocalOnlyMiddleware, settings=settings)
+    app.state.csrf_token = new_csrf_token()  # per process: pages embed it, forms return it
+    app.add_middleware(LocalOnlyMiddleware, settings=settings, csrf_token=app.state.csrf_token)
 
     @app.exception_handler(JobInputError)
     async def _bad_input(request: Request, exc: JobInputError) -> JSONResponse:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, field_validator
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -110,6 +110,14 @@ class JobCreate(JobBase):
     model_config = ConfigDict(extra="forbid")
     backend: str = "torch"
     method: str = "kto"
+
+    @field_validator("name", "model", "dataset")
+    @classmethod
+    def _no_control_characters(cls, value: str) -> str:
+        # A NUL cannot be in a path (resolving one raises); no name needs the others either.
+        if any(ord(c) < 32 and c not in "\t\n\r" or c == "\x7f" for c in value):
+            raise ValueError("contains a control character; give plain text")
+        return value
 
 
 class JobPublic(JobBase):

@@ -8,6 +8,7 @@ to tests/artifacts/ (gitignored) for a person to look at.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,6 +23,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 TRAIN_TIMEOUT_MS = 180_000
+# Every Content-Security-Policy violation becomes a console error naming the element (the
+# browser's own message does not say which one); Watch fails the test on it.
+CSP_REPORTER = ("document.addEventListener('securitypolicyviolation', e => console.error("
+                "'CSP violation:', e.violatedDirective, e.sourceFile + ':' + e.lineNumber, "
+                "e.target && e.target.outerHTML ? e.target.outerHTML.slice(0, 200) : ''))")
 LOSS_POINTS = "() => { const c = window.prospectJob && window.prospectJob.charts.loss; " \
               "return c && c.plot ? c.plot.data[0].length : 0 }"
 
@@ -47,7 +53,8 @@ class Watch:
         self.errors: list[str] = []
         self.foreign: list[str] = []
         self.urls: list[str] = []
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("console", lambda m: m.type == "error" and self.errors.append(
+            f"{m.text} @ {m.location['url']}"))
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
         page.on("request", self._request)
 
@@ -66,7 +73,19 @@ def open_page(browser, scheme: str = "light", width: int = 1400, height: int = 1
     context = browser.new_context(color_scheme=scheme, viewport={"width": width,
                                                                 "height": height})
     page = context.new_page()
+    page.add_init_script(CSP_REPORTER)
     return context, page, Watch(page)
+
+
+def wait_js(page, expression: str, timeout: float = 30_000) -> None:
+    """Poll until `expression` is truthy. page.wait_for_function would eval the string inside
+    the page, which the Content-Security-Policy refuses (no 'unsafe-eval'); page.evaluate
+    goes through the DevTools protocol instead."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{expression} still false after {timeout / 1000:.0f}s")
+        time.sleep(0.1)
 
 
 def shot(page, name: str, full_page: bool = True) -> None:
@@ -77,7 +96,8 @@ def test_launch_a_job_from_the_form_and_watch_it_train(browser, live_server):
     from playwright.sync_api import expect
 
     context, page, watch = open_page(browser)
-    page.goto(live_server.url + "/")
+    resp = page.goto(live_server.url + "/")
+    assert "script-src 'self'" in resp.headers["content-security-policy"]  # and none broke
     expect(page.locator("h1")).to_have_text("Jobs")
     shot(page, "01-jobs-light")
 
@@ -111,11 +131,11 @@ def test_launch_a_job_from_the_form_and_watch_it_train(browser, live_server):
     job_id = int(page.url.rsplit("/", 1)[1])
     page.evaluate("window.__samePage = true")  # gone if anything reloads the page
 
-    page.wait_for_function(f"({LOSS_POINTS})() >= 3", timeout=TRAIN_TIMEOUT_MS)
+    wait_js(page, f"({LOSS_POINTS})() >= 3", timeout=TRAIN_TIMEOUT_MS)
     shot(page, "04-job-running-light")
     expect(page.locator("#job-card .badge")).to_have_text("succeeded", timeout=TRAIN_TIMEOUT_MS)
     assert page.evaluate("window.__samePage") is True  # updated live, never reloaded
-    page.wait_for_function(f"({LOSS_POINTS})() >= 6")
+    wait_js(page, f"({LOSS_POINTS})() >= 6")
     expect(page.locator("#job-card")).to_contain_text("Adapter saved to")
     expect(page.locator("#job-card")).to_contain_text("12 / 12")
     expect(page.locator("#log-tail")).not_to_have_text("…")
@@ -141,15 +161,15 @@ def test_launch_a_job_from_the_form_and_watch_it_train(browser, live_server):
     for scheme in ("light", "dark"):
         context, page, watch = open_page(browser, scheme)
         page.goto(f"{live_server.url}/jobs/{job_id}")
-        page.wait_for_function(f"({LOSS_POINTS})() >= 6")
-        page.wait_for_function("window.prospectJob.charts.rewards.plot !== null")
+        wait_js(page, f"({LOSS_POINTS})() >= 6")
+        wait_js(page, "window.prospectJob.charts.rewards.plot !== null")
         expect(page.locator("#log-tail")).not_to_have_text("…")
         assert not any("/events" in u for u in watch.urls)
         shot(page, f"07-job-finished-{scheme}")
         # The charts follow their container's width (one column below 1000px: wider here).
         before = page.evaluate("window.prospectJob.charts.loss.plot.width")
         page.set_viewport_size({"width": 820, "height": 1000})
-        page.wait_for_function(f"window.prospectJob.charts.loss.plot.width != {before}")
+        wait_js(page, f"window.prospectJob.charts.loss.plot.width != {before}")
         width = page.evaluate("window.prospectJob.charts.loss.plot.width")
         inner = page.evaluate("document.getElementById('chart-loss').clientWidth")
         assert abs(width - inner) <= 2, (width, inner)
@@ -177,7 +197,7 @@ def test_dark_theme_and_tablet_width(browser, live_server):
     jobs = live_server.get("/api/jobs?status=succeeded")
     if jobs:
         page.goto(f"{live_server.url}/jobs/{jobs[0]['id']}")
-        page.wait_for_function(f"({LOSS_POINTS})() > 0")
+        wait_js(page, f"({LOSS_POINTS})() > 0")
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 820, f"the job page scrolls sideways at tablet width ({width}px)"
         shot(page, "11-job-tablet")
@@ -203,7 +223,7 @@ def test_cancel_from_the_card_while_training(browser, live_server):
     assert page.evaluate("window.__samePage") is True
     link.click()
     page.wait_for_url(f"**/jobs/{job['id']}")
-    page.wait_for_function(f"({LOSS_POINTS})() >= 2", timeout=TRAIN_TIMEOUT_MS)
+    wait_js(page, f"({LOSS_POINTS})() >= 2", timeout=TRAIN_TIMEOUT_MS)
     expect(page.locator("#job-card .badge")).to_have_text("running")
     page.get_by_role("button", name="Cancel").click()
     expect(page.locator("#job-card .badge")).to_have_text("cancelled", timeout=90_000)

@@ -137,3 +137,13 @@ def test_demo_dataset_loads(tmp_path):
     stats = kto_stats(rows)
     assert stats["rows"] == len(rows) > 0
     assert stats["desirable"] > 0 and stats["undesirable"] > 0
+
+
+def test_a_line_separator_inside_a_string_does_not_split_the_row(tmp_path):
+    path = tmp_path / "ls.jsonl"
+    path.write_text(json.dumps({"prompt": "a\u2028b", "completion": "c", "label": True},
+                               ensure_ascii=False) + "\r\n"
+                    + json.dumps({"prompt": "d", "completion": "e", "label": False}) + "\n",
+                    encoding="utf-8")
+    rows = load_kto_dataset(path)
+    assert len(rows) == 2 and rows[0]["prompt"][0]["content"] == "a\u2028b"

@@ -75,7 +75,9 @@ def app(tmp_path):
 
 @pytest.fixture()
 def client(app):
-    return TestClient(app, base_url="http://127.0.0.1")
+    # The pages' htmx requests carry the CSRF token as a header (templates/base.html).
+    return TestClient(app, base_url="http://127.0.0.1",
+                      headers={"X-CSRF-Token": app.state.csrf_token})
 
 
 def form_data(**params) -> dict:

@@ -60,15 +60,20 @@ def _raw_rows(text: str, path: Path) -> list[tuple[int, Any]]:
             raise DatasetError(
                 f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", path=path
             ) from None
+        except RecursionError:
+            raise DatasetError("JSON nested too deeply to read", path=path) from None
         return list(enumerate(data, start=1))
     out = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSONL lines end in \n only: splitlines() would also split at U+2028 inside a string.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             out.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
             raise DatasetError(f"not valid JSON ({exc.msg})", row=number, path=path) from None
+        except RecursionError:
+            raise DatasetError("JSON nested too deeply to read", row=number, path=path) from None
     return out
 
 

@@ -116,6 +116,8 @@ def _coerce(knob: Knob, value: Any) -> Any:
             raise ParamError(name, f"must be a number, got {value!r}")
         try:
             number = knob.type(value) if not isinstance(value, str) else knob.type(value.strip())
+        except OverflowError:  # int(inf), float(10**400): JSON allows both
+            raise ParamError(name, "must be a finite number in range") from None
         except (TypeError, ValueError):
             kind = "a whole number" if knob.type is int else "a number"
             raise ParamError(name, f"must be {kind}, got {value!r}") from None

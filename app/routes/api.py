@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlmodel import Session, select
 
@@ -19,6 +19,8 @@ from workers.params import METHODS
 from workers.protocol import LOG_FILE
 
 router = APIRouter(prefix="/api")
+DB_INT_MAX = 2**63 - 1  # SQLite's INTEGER: a larger number in a query is a 422, not a 500
+JobId = Annotated[int, Path(ge=1, le=DB_INT_MAX, description="The job's id.")]
 
 
 def get_job(session: Session, job_id: int) -> Job:
@@ -38,7 +40,7 @@ def create(data: JobCreate, session: SessionDep, request: Request) -> Job:
 @router.get("/jobs", response_model=list[JobPublic])
 def list_jobs(session: SessionDep, status: JobStatus | None = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-              offset: Annotated[int, Query(ge=0)] = 0) -> list[Job]:
+              offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0) -> list[Job]:
     q = select(Job)
     if status is not None:
         q = q.where(Job.status == status)
@@ -46,12 +48,12 @@ def list_jobs(session: SessionDep, status: JobStatus | None = None,
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
-def read_job(job_id: int, session: SessionDep) -> Job:
+def read_job(job_id: JobId, session: SessionDep) -> Job:
     return get_job(session, job_id)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
-def cancel(job_id: int, session: SessionDep, request: Request) -> Job:
+def cancel(job_id: JobId, session: SessionDep, request: Request) -> Job:
     job = request_cancel(session, get_job(session, job_id))
     if job.status.is_active:
         request.app.state.supervisor.cancel_now(job)
@@ -59,21 +61,21 @@ def cancel(job_id: int, session: SessionDep, request: Request) -> Job:
 
 
 @router.post("/jobs/{job_id}/resume", response_model=JobPublic)
-def resume(job_id: int, session: SessionDep, request: Request) -> Job:
+def resume(job_id: JobId, session: SessionDep, request: Request) -> Job:
     job = request_resume(session, get_job(session, job_id))
     request.app.state.supervisor.wake()
     return job
 
 
 @router.delete("/jobs/{job_id}", status_code=204)
-def delete(job_id: int, session: SessionDep, request: Request) -> Response:
+def delete(job_id: JobId, session: SessionDep, request: Request) -> Response:
     delete_job(session, get_job(session, job_id), request.app.state.settings)
     return Response(status_code=204)
 
 
 @router.get("/jobs/{job_id}/metrics")
-def metrics(job_id: int, session: SessionDep, names: str | None = None,
-            since_step: int | None = None,
+def metrics(job_id: JobId, session: SessionDep, names: str | None = None,
+            since_step: Annotated[int | None, Query(ge=-DB_INT_MAX, le=DB_INT_MAX)] = None,
             max_points: Annotated[int | None, Query(ge=10, le=100_000)] = None) -> dict:
     get_job(session, job_id)
     wanted = [n for n in (names or "").split(",") if n] or None
@@ -81,12 +83,12 @@ def metrics(job_id: int, session: SessionDep, names: str | None = None,
 
 
 @router.get("/jobs/{job_id}/logs")
-def logs(job_id: int, session: SessionDep, offset: int = 0,
+def logs(job_id: JobId, session: SessionDep, offset: int = 0,
          limit: Annotated[int, Query(ge=1, le=1_048_576)] = 65536) -> dict:
     """Bytes of worker.log from ``offset``; a negative offset counts from the end."""
     job = get_job(session, job_id)
-    path = Path(job.run_dir) / LOG_FILE
-    size = path.stat().st_size if path.is_file() else 0
+    path = FilePath(job.run_dir) / LOG_FILE if job.run_dir else None  # None: never launched
+    size = path.stat().st_size if path and path.is_file() else 0
     start = max(0, size + offset) if offset < 0 else min(offset, size)
     data = b""
     if size:
@@ -109,15 +111,18 @@ def _events_after(engine, job_id: int, after: int, limit: int = 500) -> tuple[li
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}, 204: {}})
-async def events(job_id: int, request: Request, session: SessionDep,
-                 after: Annotated[int, Query(ge=0)] = 0,
+async def events(job_id: JobId, request: Request, session: SessionDep,
+                 after: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
                  last_event_id: Annotated[str | None, Header()] = None) -> Response:
     """Server-sent events: every protocol event of the job, `id` = its seq. Resumable with
     Last-Event-ID (or ?after=seq). Ends after a finished job's last event; a reconnect then
     gets 204, which tells EventSource to stop."""
     get_job(session, job_id)
-    if last_event_id and last_event_id.isdigit():
-        after = max(after, int(last_event_id))
+    # The stream may stay open for hours: give the connection back to the pool now, or a
+    # few more live pages than the pool has connections would starve every request.
+    session.close()
+    if last_event_id and last_event_id.isascii() and last_event_id.isdigit():
+        after = max(after, min(int(last_event_id), DB_INT_MAX))
     engine, supervisor = request.app.state.engine, request.app.state.supervisor
     first, finished = await asyncio.to_thread(_events_after, engine, job_id, after)
     if finished and not first:

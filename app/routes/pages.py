@@ -22,10 +22,19 @@ from starlette.datastructures import FormData
 from app.db import ROOT, SessionDep
 from app.jobs import JobInputError, create_job
 from app.models import DatasetEntry, Job, JobCreate, JobStatus, ModelEntry
+from app.routes.api import JobId
+from app.security import CSRF_FIELD, CSRF_HEADER, csrf_ok
 from workers.params import METHODS, Knob, Method, ParamError, method_for
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=ROOT / "templates")
+
+
+def csrf_context(request: Request) -> dict[str, str]:
+    """Every page embeds the server's CSRF token (a meta tag, htmx's header, the form)."""
+    return {"csrf_token": getattr(request.app.state, "csrf_token", "")}
+
+
+templates = Jinja2Templates(directory=ROOT / "templates", context_processors=[csrf_context])
 
 JOBS_LISTED = 200
 DEMO_MODEL, DEMO_DATASET = "tiny-demo", "demo-kto"
@@ -252,6 +261,12 @@ async def submit_job(request: Request, session: SessionDep) -> Response:
     """htmx gets HX-Redirect (or the form again, errors beside the fields, status 200 so it
     swaps); a plain form POST gets a 303 to the job page (or the whole page with a 422)."""
     form = await request.form()
+    given = request.headers.get(CSRF_HEADER) or str(form.get(CSRF_FIELD, ""))
+    if not csrf_ok(given, request.app.state.csrf_token):
+        return page(request, "not_found.html", 403, title="Form refused", message=(
+            "This form did not come from this Prospect server's own page (its CSRF token is "
+            "missing, or the server restarted since the page was loaded). Reload the New job "
+            "page and submit again."))
     job, values, errors, spec = await run_in_threadpool(
         _submit, session, form, request.app.state.settings)
     if job is None:
@@ -287,7 +302,7 @@ def params_rows(job: Job) -> list[tuple[str, str, bool]]:
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(job_id: int, request: Request, session: SessionDep) -> HTMLResponse:
+def job_page(job_id: JobId, request: Request, session: SessionDep) -> HTMLResponse:
     job = session.get(Job, job_id)
     if job is None:
         return not_found(request, job_id)
@@ -298,7 +313,7 @@ def job_page(job_id: int, request: Request, session: SessionDep) -> HTMLResponse
 
 
 @router.get("/jobs/{job_id}/card", response_class=HTMLResponse)
-def job_card(job_id: int, request: Request, session: SessionDep) -> HTMLResponse:
+def job_card(job_id: JobId, request: Request, session: SessionDep) -> HTMLResponse:
     """The status card's contents; the card element itself stays and re-fetches this."""
     job = session.get(Job, job_id)
     if job is None:

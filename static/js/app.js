@@ -47,9 +47,28 @@
     if (input) input.focus({ preventScroll: true });
   }
 
+  // Widths come as data-width (percent): the CSP refuses inline style attributes, while
+  // setting el.style from our own script is allowed.
+  function applyWidths(root) {
+    if (!root.querySelectorAll) return;
+    root.querySelectorAll('[data-width]').forEach(function (el) {
+      const pct = parseFloat(el.getAttribute('data-width'));
+      if (!isNaN(pct)) el.style.width = Math.max(0, Math.min(100, pct)) + '%';
+    });
+  }
+
+  // A button with data-refresh="#target" makes the target refresh itself after its request
+  // (instead of hx-on, which would need eval).
+  document.addEventListener('htmx:afterRequest', function (evt) {
+    const sel = evt.detail.elt && evt.detail.elt.getAttribute &&
+      evt.detail.elt.getAttribute('data-refresh');
+    if (sel && window.htmx) htmx.trigger(sel, 'refresh');
+  });
+
   // htmx:load fires for the body at start and for every piece of swapped-in content.
   document.addEventListener('htmx:load', function (evt) {
     const el = evt.target;
+    applyWidths(el);
     localizeTimes(el);
     if (el.id === 'job-form') focusFirstError(el);
   });
