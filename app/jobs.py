@@ -95,18 +95,20 @@ def resolve_dataset(session: Session, value: str, settings: Settings) -> str:
     return str(path)
 
 
-def check_kto_dataset(path: str) -> None:
-    """Read every row now, so a bad row is a 422 naming it, not a failed job minutes later."""
+def check_kto_dataset(path: str, shown: str | None = None) -> dict:
+    """Read every row now, so a bad row is a 422 naming it, not a failed job minutes later.
+    Returns the label counts (kto_stats); ``shown`` is the file name to put in messages."""
+    shown = shown or Path(path).name
     try:
         rows = load_kto_dataset(path)
     except DatasetError as exc:
-        raise JobInputError("dataset", f"{Path(path).name}: {exc}; fix that row or remove it") \
-            from None
+        raise JobInputError("dataset", f"{shown}: {exc}; fix that row or remove it") from None
     stats = kto_stats(rows)
     if not stats["desirable"] or not stats["undesirable"]:
-        raise JobInputError("dataset", f"{Path(path).name} has {stats['desirable']} desirable "
+        raise JobInputError("dataset", f"{shown} has {stats['desirable']} desirable "
                             f"and {stats['undesirable']} undesirable rows; KTO needs both "
                             "labels (label true and label false)")
+    return stats
 
 
 def check_sft_dataset(path: str) -> None:

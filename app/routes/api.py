@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from app.db import SessionDep
 from app.jobs import create_job, delete_job, request_cancel, request_resume
 from app.metrics import columnar
-from app.models import DatasetEntry, Event, Job, JobCreate, JobPublic, JobStatus, ModelEntry
+from app.models import Event, Job, JobCreate, JobPublic, JobStatus, ModelEntry
 from workers.params import METHODS
 from workers.protocol import LOG_FILE
 
@@ -164,6 +164,3 @@ def models(session: SessionDep) -> list[ModelEntry]:
     return list(session.exec(select(ModelEntry).order_by(ModelEntry.id)))
 
 
-@router.get("/datasets")
-def datasets(session: SessionDep) -> list[DatasetEntry]:
-    return list(session.exec(select(DatasetEntry).order_by(DatasetEntry.id)))
