@@ -35,6 +35,16 @@ class DatasetError(ValueError):
 def load_kto_dataset(path: Path | str) -> list[Row]:
     """Read a .jsonl or .json file and return its rows in the conversational KTO shape."""
     path = Path(path)
+    rows = []
+    for number, raw in read_raw_rows(path):
+        rows.extend(normalize_row(raw, number))
+    if not rows:
+        raise DatasetError(f"{path.name} holds no rows", path=path)
+    return rows
+
+
+def read_raw_rows(path: Path) -> list[tuple[int, Any]]:
+    """(row number, parsed object) pairs of a .jsonl or .json file; errors name the fix."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -43,12 +53,7 @@ def load_kto_dataset(path: Path | str) -> list[Row]:
         raise DatasetError(f"{path} is a folder; give a .jsonl or .json file", path=path) from None
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path} is not UTF-8 text ({exc.reason})", path=path) from None
-    rows = []
-    for number, raw in _raw_rows(text, path):
-        rows.extend(normalize_row(raw, number))
-    if not rows:
-        raise DatasetError(f"{path.name} holds no rows", path=path)
-    return rows
+    return _raw_rows(text, path)
 
 
 def _raw_rows(text: str, path: Path) -> list[tuple[int, Any]]:

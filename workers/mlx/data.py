@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from workers.data import DatasetError, _completion, _prompt, _raw_rows, load_kto_dataset
+from workers.data import DatasetError, _completion, _prompt, load_kto_dataset, read_raw_rows
 
 SFT_SHAPES = ("text", "prompt/completion", "messages")
 VALID_FRACTION = 0.1
@@ -31,15 +31,7 @@ def is_kto_row(raw: Any) -> bool:
 
 
 def _read(path: Path) -> list[tuple[int, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"no dataset file at {path}", path=path) from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path} is a folder; give a .jsonl or .json file", path=path) from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path} is not UTF-8 text ({exc.reason})", path=path) from None
-    rows = _raw_rows(text, path)
+    rows = read_raw_rows(path)
     if not rows:
         raise DatasetError(f"{path.name} holds no rows", path=path)
     return rows
