@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy.dialects.sqlite import insert
 from sqlmodel import Session
 
-from app.models import Event, Job, JobStatus, Metric
+from app.models import Event, Job, JobStatus, Metric, ModelEntry
 from workers.protocol import EVENTS_FILE, LOG_FILE, read_events
 from workers.protocol import Event as ProtocolEvent
 
@@ -50,11 +50,20 @@ def ingest(session: Session, job: Job) -> list[ProtocolEvent]:
             if rows:
                 session.exec(insert(Metric).values(rows).on_conflict_do_nothing())
         apply_event(job, ev)
+        if ev.type == "artifact" and ev.data.get("kind") == "fused_model":
+            register_fused(session, job, str(ev.data["path"]))
     job.events_offset = offset
     session.add(job)
     session.commit()
     session.refresh(job)
     return new
+
+
+def register_fused(session: Session, job: Job, path: str) -> None:
+    """A fused model becomes a base model for new jobs: under the name the fuse was given."""
+    model_id = (job.params or {}).get("name") or f"fused-{job.id}"
+    session.merge(ModelEntry(id=model_id, path=path, source="fused"))
+    log.info("job %s: registered the fused model %s at %s", job.id, model_id, path)
 
 
 def apply_event(job: Job, ev: ProtocolEvent) -> None:

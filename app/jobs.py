@@ -132,6 +132,8 @@ def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
         raise JobInputError(f"params.{errors[0].field}", errors[0].message)
     params = spec.validate(data.params)
     model_path = resolve_model(session, data.model, settings)
+    if data.method == "fuse":  # no dataset: the adapter is the input
+        return _fuse_job(session, data, params, model_path, settings)
     dataset_path = resolve_dataset(session, data.dataset, settings)
     if data.method == "kto":
         check_kto_dataset(dataset_path)
@@ -141,6 +143,31 @@ def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
     return Job(name=name, backend=data.backend, method=data.method, model=data.model.strip(),
                dataset=data.dataset.strip(), params=params, model_path=model_path,
                dataset_path=dataset_path)
+
+
+MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,199}$")
+
+
+def _fuse_job(session: Session, data: JobCreate, params: dict, model_path: str,
+              settings: Settings) -> Job:
+    given = params["adapter_path"].strip()
+    adapter = _local_path(given, settings, "params.adapter_path") if given else None
+    if adapter is None or not adapter.is_dir():
+        raise JobInputError("params.adapter_path", "give the adapter folder of a finished job "
+                            "(or use POST /api/adapters/{job_id}/fuse)")
+    name = params["name"].strip()
+    if name and not MODEL_ID.match(name):
+        raise JobInputError("params.name", f"{name!r}: use letters, digits, '.', '_' or '-'")
+    pending = session.exec(select(Job).where(Job.method == "fuse", Job.status.in_(
+        [JobStatus.queued, JobStatus.starting, JobStatus.running]))).all()
+    if name and (session.get(ModelEntry, name) is not None
+                 or any(j.params.get("name") == name for j in pending)):
+        raise JobInputError("params.name", f"a model {name!r} is already registered (or being "
+                            "fused); choose another name", status_code=409)
+    params = {**params, "adapter_path": str(adapter), "name": name}
+    return Job(name=data.name.strip() or f"fuse-{name or adapter.parent.name}",
+               backend=data.backend, method="fuse", model=data.model.strip(), dataset="",
+               params=params, model_path=model_path, dataset_path="")
 
 
 def create_job(session: Session, data: JobCreate, settings: Settings) -> Job:

@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from app.config import Settings, get_settings
 from app.db import ROOT, make_engine, migrate
 from app.jobs import JobInputError
-from app.routes import api, datasets, pages
+from app.routes import adapters, api, datasets, pages
 from app.security import LocalOnlyMiddleware, new_csrf_token
 from app.supervisor import Supervisor
 
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(status_code=422, content={"detail": detail})
 
     app.include_router(api.router)
+    app.include_router(adapters.router)
     app.include_router(datasets.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")

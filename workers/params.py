@@ -273,8 +273,21 @@ MLX_KTO = Method(
     ],
 )
 
+def _fuse_knobs() -> list[Knob]:
+    """Fusing an adapter into its base model: POST /api/adapters/{id}/fuse fills these."""
+    return [
+        Knob("adapter_path", str, "", "The adapter folder to fuse into the model.",
+             group="fuse"),
+        Knob("name", str, "", "The id the fused model is registered under; empty: "
+             "fused-<job id>.", group="fuse"),
+    ]
+
+
+MLX_FUSE = Method(backend="mlx", method="fuse", knobs=_fuse_knobs())
+TORCH_FUSE = Method(backend="torch", method="fuse", knobs=_fuse_knobs())
+
 METHODS: dict[tuple[str, str], Method] = {
-    (m.backend, m.method): m for m in (TORCH_KTO, MLX_SFT, MLX_KTO)
+    (m.backend, m.method): m for m in (TORCH_KTO, MLX_SFT, MLX_KTO, MLX_FUSE, TORCH_FUSE)
 }
 
 

@@ -214,7 +214,8 @@ def form_context(session: Session, spec: Method, values: dict | None = None,
     errors = errors or {}
     shown = {"name", "method", "model", "dataset"} | {f"params.{k.name}" for k in spec.knobs}
     return {
-        "spec": spec, "groups": knob_groups(spec), "methods": list(METHODS.values()),
+        "spec": spec, "groups": knob_groups(spec),
+        "methods": [m for m in METHODS.values() if m.method != "fuse"],  # fuse: from adapters
         "method_key": method_key, "models": models, "datasets": datasets, "values": values,
         "errors": errors, "other_errors": {f: m for f, m in errors.items() if f not in shown},
     }

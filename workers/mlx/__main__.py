@@ -64,8 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         job = parse_config(raw)
         awake = keep_awake()  # on macOS: no idle sleep until this process ends
         print(f"job {job.job_id}: mlx {job.method} of {job.model} on {job.dataset}", flush=True)
-        events.emit("status", phase="preparing_data", message=f"reading {job.dataset.name}")
-        if job.method == "sft":
+        if job.method != "fuse":
+            events.emit("status", phase="preparing_data", message=f"reading {job.dataset.name}")
+        if job.method == "fuse":  # no data: the adapter is fused into the model
+            sampler.start()
+            from workers.mlx import fuse  # mlx and mlx-lm load here
+
+            result = fuse.run(job, events)
+        elif job.method == "sft":
             train_rows, valid_rows, info = load_sft_splits(job.dataset, job.params["seed"])
             events.emit("log", level="info", message=_sft_line(info))
             if info["format"] == "text" and job.params["mask_prompt"]:

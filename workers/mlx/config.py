@@ -1,4 +1,5 @@
-"""The MLX worker's config file: the torch worker's keys, checked against MLX_SFT / MLX_KTO."""
+"""The MLX worker's config file: the torch worker's keys, checked against MLX_SFT / MLX_KTO /
+MLX_FUSE."""
 
 from __future__ import annotations
 
@@ -17,17 +18,17 @@ def parse_config(raw: dict[str, Any]) -> JobConfig:
     missing = [k for k in KEYS if k not in raw]
     if missing:
         raise ConfigError(missing[0], "missing from the config file")
-    if raw["backend"] != "mlx" or raw["method"] not in ("sft", "kto"):
-        raise ConfigError(
-            "method", f"this worker runs mlx/sft and mlx/kto, not {raw['backend']}/{raw['method']}"
-        )
+    if raw["backend"] != "mlx" or raw["method"] not in ("sft", "kto", "fuse"):
+        raise ConfigError("method", "this worker runs mlx/sft, mlx/kto and mlx/fuse, not "
+                          f"{raw['backend']}/{raw['method']}")
     job_id = raw["job_id"]
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         raise ConfigError("job_id", f"must be an integer, got {job_id!r}")
-    for key in ("model", "dataset", "run_dir"):
+    paths = ("run_dir",) if raw["method"] == "fuse" else ("dataset", "run_dir")  # no data
+    for key in ("model", *paths):
         if not isinstance(raw[key], str) or not raw[key].strip():
             raise ConfigError(key, "must be a non-empty string")
-    for key in ("dataset", "run_dir"):
+    for key in paths:
         if not Path(raw[key]).is_absolute():
             raise ConfigError(key, f"must be an absolute path, got {raw[key]!r}")
     if not isinstance(raw["params"], dict):

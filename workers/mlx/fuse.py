@@ -44,6 +44,21 @@ def fuse(model: str, adapter_path: Path | str, save_path: Path | str,
     return save_path
 
 
+def run(job, events):
+    """A fuse job (method ``fuse``) as the MLX worker runs it: the adapter of
+    ``job.params["adapter_path"]`` fused into ``job.model``, saved to ``<run_dir>/fused``."""
+    from workers.mlx.common import RunResult
+
+    adapter, save_path = job.params["adapter_path"], job.run_dir / "fused"
+    events.emit("status", phase="fusing", message=f"fusing {adapter} into {job.model}")
+    events.emit("progress", step=0, total_steps=1)
+    fuse(job.model, adapter, save_path)
+    events.emit("progress", step=1, total_steps=1, eta_s=0)
+    events.emit("artifact", kind="fused_model", path=str(save_path))
+    return RunResult("succeeded", {"steps": 1, "total_steps": 1,
+                                   "fused_model_path": str(save_path)})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.mlx.fuse", description=__doc__)
     parser.add_argument("--model", required=True, help="base model: folder or cached hub id")

@@ -101,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         if error is not None:
             raise error
         job = parse_config(raw)
+        if job.method == "fuse":  # no data: the adapter is merged into the model
+            print(f"job {job.job_id}: torch merge of {job.params['adapter_path']}", flush=True)
+            sampler.start()
+            from workers.torch import merge  # torch, transformers and peft load here
+
+            result = merge.run(job, events)
+            _finish(events, sampler, awake, result.status, result.summary)
+            return 0
         print(f"job {job.job_id}: torch KTO of {job.model} on {job.dataset}", flush=True)
 
         events.emit("status", phase="preparing_data", message=f"reading {job.dataset.name}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.params import TORCH_KTO, ParamError
+from workers.params import TORCH_FUSE, TORCH_KTO, ParamError
 
 KEYS = (
     "job_id",
@@ -36,7 +36,7 @@ class JobConfig:
     model: str
     dataset: Path
     run_dir: Path
-    params: dict[str, Any]  # every knob of TORCH_KTO, validated and filled
+    params: dict[str, Any]  # every knob of TORCH_KTO (or TORCH_FUSE), validated and filled
     resume_from_checkpoint: Path | None = None
     backend: str = "torch"
     method: str = "kto"
@@ -70,22 +70,25 @@ def parse_config(raw: dict[str, Any]) -> JobConfig:
     missing = [k for k in KEYS if k not in raw]
     if missing:
         raise ConfigError(missing[0], "missing from the config file")
-    if raw["backend"] != "torch" or raw["method"] != "kto":
+    if raw["backend"] != "torch" or raw["method"] not in ("kto", "fuse"):
         raise ConfigError(
-            "method", f"this worker runs torch/kto, not {raw['backend']}/{raw['method']}"
+            "method", f"this worker runs torch/kto and torch/fuse, not {raw['backend']}/"
+            f"{raw['method']}"
         )
     job_id = raw["job_id"]
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         raise ConfigError("job_id", f"must be an integer, got {job_id!r}")
-    for key in ("model", "dataset", "run_dir"):
+    paths = ("run_dir",) if raw["method"] == "fuse" else ("dataset", "run_dir")  # no data
+    for key in ("model", *paths):
         if not isinstance(raw[key], str) or not raw[key].strip():
             raise ConfigError(key, "must be a non-empty string")
-    for key in ("dataset", "run_dir"):
+    for key in paths:
         if not Path(raw[key]).is_absolute():
             raise ConfigError(key, f"must be an absolute path, got {raw[key]!r}")
     if not isinstance(raw["params"], dict):
         raise ConfigError("params", "must be a JSON object of knob names to values")
-    params = TORCH_KTO.validate(raw["params"])  # raises ParamError naming the knob
+    spec = TORCH_KTO if raw["method"] == "kto" else TORCH_FUSE
+    params = spec.validate(raw["params"])  # raises ParamError naming the knob
     resume = raw["resume_from_checkpoint"]
     if resume is not None:
         if not isinstance(resume, str) or not Path(resume).is_dir():
@@ -98,6 +101,7 @@ def parse_config(raw: dict[str, Any]) -> JobConfig:
         run_dir=Path(raw["run_dir"]),
         params=params,
         resume_from_checkpoint=resume,
+        method=raw["method"],
     )
 
 
