@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.params import TORCH_FUSE, TORCH_KTO, ParamError
+from workers.params import METHODS, ParamError
 
 KEYS = (
     "job_id",
@@ -62,19 +63,22 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return raw
 
 
-def parse_config(raw: dict[str, Any]) -> JobConfig:
-    """Check every key; raise ConfigError (or ParamError for a knob) naming the first fault."""
+def parse_config(raw: dict[str, Any], backend: str = "torch",
+                 is_checkpoint: Callable[[Path], bool] = Path.is_dir) -> JobConfig:
+    """Check every key; raise ConfigError (or ParamError for a knob) naming the first fault.
+    Shared by both workers: ``backend`` picks the methods, ``is_checkpoint`` what a resumable
+    checkpoint folder holds."""
     unknown = sorted(set(raw) - set(KEYS))
     if unknown:
         raise ConfigError(unknown[0], f"unknown config key; known keys: {', '.join(KEYS)}")
     missing = [k for k in KEYS if k not in raw]
     if missing:
         raise ConfigError(missing[0], "missing from the config file")
-    if raw["backend"] != "torch" or raw["method"] not in ("kto", "fuse"):
-        raise ConfigError(
-            "method", f"this worker runs torch/kto and torch/fuse, not {raw['backend']}/"
-            f"{raw['method']}"
-        )
+    methods = sorted(m for b, m in METHODS if b == backend)
+    if raw["backend"] != backend or raw["method"] not in methods:
+        runs = ", ".join(f"{backend}/{m}" for m in methods)
+        raise ConfigError("method", f"this worker runs {runs}, not "
+                          f"{raw['backend']}/{raw['method']}")
     job_id = raw["job_id"]
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         raise ConfigError("job_id", f"must be an integer, got {job_id!r}")
@@ -87,11 +91,10 @@ def parse_config(raw: dict[str, Any]) -> JobConfig:
             raise ConfigError(key, f"must be an absolute path, got {raw[key]!r}")
     if not isinstance(raw["params"], dict):
         raise ConfigError("params", "must be a JSON object of knob names to values")
-    spec = TORCH_KTO if raw["method"] == "kto" else TORCH_FUSE
-    params = spec.validate(raw["params"])  # raises ParamError naming the knob
+    params = METHODS[(backend, raw["method"])].validate(raw["params"])  # ParamError: the knob
     resume = raw["resume_from_checkpoint"]
     if resume is not None:
-        if not isinstance(resume, str) or not Path(resume).is_dir():
+        if not isinstance(resume, str) or not is_checkpoint(Path(resume)):
             raise ConfigError("resume_from_checkpoint", f"{resume!r} is not a checkpoint folder")
         resume = Path(resume)
     return JobConfig(
@@ -101,6 +104,7 @@ def parse_config(raw: dict[str, Any]) -> JobConfig:
         run_dir=Path(raw["run_dir"]),
         params=params,
         resume_from_checkpoint=resume,
+        backend=backend,
         method=raw["method"],
     )
 
