@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import ConfigDict, field_validator
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -102,6 +102,9 @@ class Job(JobBase, table=True):
     cancel_requested_at: datetime | None = None
     events_offset: int = 0
     last_seq: int = 0
+    notes: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    tags: list[str] = Field(default_factory=list,
+                            sa_column=Column(JSON, nullable=False, server_default="[]"))
 
 
 class JobCreate(JobBase):
@@ -145,6 +148,8 @@ class JobPublic(JobBase):
     summary: dict[str, Any] | None
     pid: int | None
     last_seq: int
+    notes: str
+    tags: list[str]
 
 
 class Metric(SQLModel, table=True):
