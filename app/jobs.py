@@ -91,8 +91,18 @@ def resolve_dataset(session: Session, value: str, settings: Settings) -> str:
         raise JobInputError("dataset", f"dataset file {path} does not exist; give the path of "
                             "a .jsonl or .json file, or a registered dataset id (demo-kto)")
     if path.suffix.lower() not in (".jsonl", ".json"):
-        raise JobInputError("dataset", f"{path.name}: use a .jsonl or .json file")
+        raise JobInputError("dataset", f"{path.name}: use a .jsonl or .json file (add a .csv "
+                            "or .parquet file on the Datasets page first, then pick its id)")
     return str(path)
+
+
+def check_dataset_kind(session: Session, value: str, method: str) -> None:
+    """A registered SFT dataset has no labels: a KTO job on it could only fail."""
+    entry = session.get(DatasetEntry, value.strip())
+    if entry is not None and method == "kto" and entry.kind == "sft":
+        raise JobInputError("dataset", f"{entry.id} is SFT data ({entry.format}: no "
+                            "desirable/undesirable labels); KTO needs rows with a label, or "
+                            "prompt, chosen and rejected. Pick an SFT method or a KTO dataset")
 
 
 def check_kto_dataset(path: str, shown: str | None = None) -> dict:
@@ -135,6 +145,7 @@ def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
     if data.method == "fuse":  # no dataset: the adapter is the input
         return _fuse_job(session, data, params, model_path, settings)
     dataset_path = resolve_dataset(session, data.dataset, settings)
+    check_dataset_kind(session, data.dataset, data.method)
     if data.method == "kto":
         check_kto_dataset(dataset_path)
     elif data.method == "sft":

@@ -189,7 +189,15 @@ class ModelEntry(SQLModel, table=True):
 
 
 class DatasetEntry(SQLModel, table=True):
-    """A registered dataset file."""
+    """A registered dataset: ``path`` is the normalised JSONL the workers read (for a file
+    registered before migration 0003, the file itself); the original is kept beside it.
+
+    kind     kto (labelled or paired rows: trains KTO, and SFT on its desirable rows) or sft
+    format   the shape detected: kto, kto-conversational, paired, sft-text, sft-prompt-
+             completion, sft-messages
+    source   upload, path, hub or demo
+    stats    counts, suggested KTO weights and the file's problems (app/dataset_formats.py)
+    """
 
     __tablename__ = "dataset_entry"
     id: str = Field(primary_key=True, max_length=200)
@@ -197,3 +205,11 @@ class DatasetEntry(SQLModel, table=True):
     format: str = Field(default="kto", max_length=40)
     rows: int | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    name: str = Field(default="", max_length=200, sa_column_kwargs={"server_default": ""})
+    source: str = Field(default="path", max_length=20,
+                        sa_column_kwargs={"server_default": "path"})
+    kind: str = Field(default="kto", max_length=20, sa_column_kwargs={"server_default": "kto"})
+    original_filename: str | None = Field(default=None, max_length=255)
+    original_path: str | None = None
+    size_bytes: int | None = None
+    stats: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))

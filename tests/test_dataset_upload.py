@@ -47,7 +47,8 @@ def test_upload_registers_a_checked_dataset(live_server):
     ("one-label", "d.jsonl", b'{"prompt": "x", "completion": "y", "label": true}\n', 422,
      "both labels"),
     ("../escape", "d.jsonl", GOOD, 422, "letters, digits"),
-    ("csv", "d.csv", GOOD, 422, ".jsonl or .json"),
+    ("txt", "d.txt", GOOD, 422, ".jsonl, .json, .csv or .parquet"),
+    ("csv", "d.csv", GOOD, 422, "row 1: no known fields"),
     ("empty", "d.jsonl", b"", 422, "empty"),
 ])
 def test_bad_uploads_are_refused_and_leave_nothing(live_server, name, filename, body, status,

@@ -1,0 +1,124 @@
+"""What a registered dataset looks like: preview rows, token lengths, the MLX export.
+
+Token lengths need the model's tokenizer; workers/dataset_tool.py computes them in a
+subprocess (the `tokenizers` library and the chat template), so the server stays light.
+The MLX export is the seed guide's recipe: the desirable rows only (a KTO dataset) or all
+rows (SFT), split reproducibly into train.jsonl and valid.jsonl (workers/mlx/data.py, the
+same split the MLX worker makes), as mlx-lm chat rows or the seed's "User:/Assistant:" text.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+from app.config import Settings
+from app.dataset_formats import Analysis, _one_row
+from app.dataset_readers import read_rows
+from app.dataset_registry import dataset_dir, hub_snapshot
+from app.db import ROOT
+from app.jobs import HUB_ID, JobInputError, _local_path
+from app.models import DatasetEntry, ModelEntry
+from workers.data import DatasetError
+from workers.mlx.data import load_sft_rows, split_rows
+
+PREVIEW_ROWS = 20
+
+
+def preview(entry: DatasetEntry, limit: int = PREVIEW_ROWS,
+            python: str | None = None) -> list[dict[str, Any]]:
+    """The first rows as the workers will see them: {row, prompt, completion, label} for
+    KTO, {row, text} or {row, messages} for SFT. Rows that fail are shown with the problem."""
+    out: list[dict[str, Any]] = []
+    analysis = Analysis()
+    for number, raw, problem in itertools.islice(read_rows(Path(entry.path), python), limit):
+        if problem is None:
+            try:
+                rows = _one_row(analysis, number, raw)
+            except DatasetError as exc:
+                problem = exc.message
+        if problem is not None:
+            out.append({"row": number, "problem": problem})
+            continue
+        out.extend({"row": number, **row} for row in rows)
+    return out[:limit]
+
+
+def tokenizer_folder(session: Session, value: str, settings: Settings) -> Path:
+    """A registered model id, a local model folder, or a hub model in the local cache."""
+    value = value.strip()
+    entry = session.get(ModelEntry, value) if value else None
+    if entry is not None:
+        folder = Path(entry.path)
+    elif value.startswith(("/", "~")):
+        folder = _local_path(value, settings, "model")
+    elif HUB_ID.match(value):
+        folder = hub_snapshot(value, "models")
+        if folder is None:
+            raise JobInputError("model", f"{value} is not in the Hugging Face cache; use a "
+                                "registered model or a local folder", status_code=404)
+    else:
+        raise JobInputError("model", "choose a model: a registered id (tiny-demo), a local "
+                            "folder or a cached hub id")
+    if not (folder / "tokenizer.json").is_file():
+        raise JobInputError("model", f"{folder} has no tokenizer.json (a fast tokenizer); "
+                            "save the tokenizer with save_pretrained into the model folder")
+    return folder
+
+
+def token_lengths(entry: DatasetEntry, folder: Path, max_length: int,
+                  settings: Settings) -> dict[str, Any]:
+    cmd = [settings.python or sys.executable, "-m", "workers.dataset_tool", "tokens",
+           "--tokenizer", str(folder), "--data", entry.path, "--kind", entry.kind,
+           "--max-length", str(max_length)]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise JobInputError("model", "counting tokens took over 10 minutes",
+                            status_code=504) from None
+    lines = proc.stdout.strip().splitlines() or [json.dumps({"error": proc.stderr[-500:]})]
+    result = json.loads(lines[-1])
+    if proc.returncode != 0 or "error" in result:
+        raise JobInputError("model", f"could not count tokens with {folder.name}: "
+                            f"{result.get('error', 'unknown error')}")
+    return result
+
+
+def as_text(row: dict) -> dict:
+    """The seed guide's MLX text row: "User: …\\nAssistant: …"."""
+    if "text" in row:
+        return row
+    return {"text": "\n".join(f"{m['role'].capitalize()}: {m['content']}"
+                              for m in row["messages"])}
+
+
+def mlx_export(entry: DatasetEntry, settings: Settings, seed: int, style: str) -> Path:
+    """train.jsonl and valid.jsonl (and a zip of both) in datasets/<id>/mlx-<style>-<seed>/;
+    made once per (style, seed): the split is reproducible."""
+    folder = dataset_dir(settings, entry.id) / f"mlx-{style}-{seed}"
+    if (folder / "mlx.zip").is_file():
+        return folder
+    try:
+        rows, _ = load_sft_rows(entry.path)
+    except DatasetError as exc:
+        raise JobInputError("dataset", f"{entry.id} cannot become MLX data: {exc}") from None
+    train, valid = split_rows(rows, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, part in (("train", train), ("valid", valid)):
+        with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for row in part:
+                f.write(json.dumps(as_text(row) if style == "text" else row,
+                                   ensure_ascii=False) + "\n")
+    partial = folder / ".mlx.zip.partial"
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(folder / "train.jsonl", f"{entry.id}/train.jsonl")
+        z.write(folder / "valid.jsonl", f"{entry.id}/valid.jsonl")
+    partial.replace(folder / "mlx.zip")
+    return folder

@@ -1,0 +1,202 @@
+"""Dataset work that needs a library the server must not load: run as a subprocess.
+
+    python -m workers.dataset_tool to-jsonl --out rows.jsonl a.parquet [b.parquet ...]
+        Parquet rows (pyarrow) as one JSON object per line, in file order, so the server
+        validates them with its JSONL reader and row numbers stay the Parquet rows.
+    python -m workers.dataset_tool tokens --tokenizer DIR --data data.jsonl --kind kto \
+            --max-length 512
+        Token lengths of a normalised dataset with a model's tokenizer.json and its chat
+        template (the `tokenizers` library and jinja2, as transformers' apply_chat_template
+        renders it), and how many rows the max length would truncate or drop.
+
+Either prints one JSON object on its last stdout line; a failure prints {"error": ...} and
+exits 2, so the server can show the message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+PROBLEM_KEY = "__prospect_problem__"  # a row the reader could not turn into JSON
+
+
+def _plain(value: Any, column: str) -> Any:
+    """pyarrow's Python values as JSON values: bytes must be UTF-8 text, others as text."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"column {column!r} is not UTF-8 text") from None
+    if isinstance(value, dict):
+        return {k: _plain(v, column) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, column) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)  # dates, decimals: shown as text, and a row check will say why
+
+
+def to_jsonl(paths: list[str], out: str) -> dict:
+    import pyarrow.parquet as pq
+
+    rows = 0
+    with open(out, "w", encoding="utf-8") as f:
+        for path in paths:
+            try:
+                batches = pq.ParquetFile(path).iter_batches(batch_size=2048)
+                for batch in batches:
+                    for row in batch.to_pylist():
+                        try:
+                            row = {k: _plain(v, k) for k, v in row.items()}
+                        except ValueError as exc:
+                            row = {PROBLEM_KEY: str(exc)}
+                        f.write(json.dumps(row) + "\n")  # ASCII escapes: any text survives
+                        rows += 1
+            except (OSError, ValueError, TypeError) as exc:  # pyarrow's errors derive these
+                name = Path(path).name
+                raise SystemExit(_fail(f"{name} is not a readable Parquet file ({exc})")) \
+                    from None
+    return {"rows": rows}
+
+
+def _fail(message: str) -> int:
+    print(json.dumps({"error": message}))
+    return 2
+
+
+# --- token lengths ---------------------------------------------------------------------------
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class ChatRenderer:
+    """A model folder's tokenizer.json and chat template, rendered as transformers does
+    (trim_blocks, lstrip_blocks, raise_exception, bos/eos tokens), tokenized without
+    special tokens added (the template writes them)."""
+
+    def __init__(self, folder: Path):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        config = {}
+        if (folder / "tokenizer_config.json").is_file():
+            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        template = config.get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        if (folder / "chat_template.jinja").is_file():
+            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        self.special = {"bos_token": _token_text(config.get("bos_token")) or "",
+                        "eos_token": _token_text(config.get("eos_token")) or ""}
+        self.template = None
+        if template:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = self._raise
+            self.template = env.from_string(template)
+
+    @staticmethod
+    def _raise(message: str):
+        raise ValueError(f"the chat template refused a row: {message}")
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        if self.template is None:  # no template: the seed's plain "User: … Assistant: …"
+            text = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+            return text + ("\nAssistant: " if add_generation_prompt else "")
+        return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                    **self.special)
+
+    def lengths(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def percentiles(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def rank(p: float) -> int:  # nearest rank
+        return ordered[max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered))) - 1))]
+
+    return {"p50": rank(50), "p90": rank(90), "p95": rank(95), "p99": rank(99),
+            "max": ordered[-1], "mean": round(sum(ordered) / len(ordered), 1)}
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def tokens(tokenizer_dir: str, data: str, kind: str, max_length: int) -> dict:
+    renderer = ChatRenderer(Path(tokenizer_dir))
+    with open(data, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    totals: list[int] = []
+    prompts: list[int] = []
+    truncated = dropped = 0
+    batch = 512
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        if kind == "kto":
+            prompt_ids = renderer.lengths([renderer.render(r["prompt"], True) for r in chunk])
+            full_ids = renderer.lengths([renderer.render(r["prompt"] + r["completion"])
+                                         for r in chunk])
+            for p_ids, f_ids in zip(prompt_ids, full_ids, strict=True):
+                # Where TRL's KTOTrainer splits prompt from completion (workers/mlx/data.py).
+                n = _common_prefix(p_ids, f_ids)
+                prompts.append(n)
+                totals.append(len(f_ids))
+                if n >= max_length:
+                    dropped += 1  # the prompt alone fills max_length: the row is left out
+                elif len(f_ids) > max_length:
+                    truncated += 1
+        else:
+            texts = [r["text"] if "text" in r else renderer.render(r["messages"]) for r in chunk]
+            for ids in renderer.lengths(texts):
+                totals.append(len(ids))
+                truncated += len(ids) > max_length  # mlx-lm cuts a long example, keeps it
+    return {"rows": len(rows), "max_length": max_length, "truncated": truncated,
+            "dropped": dropped, "template": "chat template" if renderer.template else
+            "none (plain User:/Assistant: text)", "total": percentiles(totals),
+            "prompt": percentiles(prompts) if kind == "kto" else {}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.dataset_tool")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("to-jsonl")
+    p.add_argument("--out", required=True)
+    p.add_argument("paths", nargs="+")
+    t = sub.add_parser("tokens")
+    t.add_argument("--tokenizer", required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--kind", choices=("kto", "sft"), required=True)
+    t.add_argument("--max-length", type=int, required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "to-jsonl":
+            result = to_jsonl(args.paths, args.out)
+        else:
+            result = tokens(args.tokenizer, args.data, args.kind, args.max_length)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except Exception as exc:  # noqa: BLE001 - any failure is a message for the person
+        return _fail(f"{type(exc).__name__}: {exc}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
