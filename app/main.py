@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from app.config import Settings, get_settings
 from app.db import ROOT, make_engine, migrate
 from app.jobs import JobInputError
-from app.routes import adapters, api, datasets, pages
+from app.routes import adapters, api, datasets, pages, runs
 from app.routes import system as system_routes
 from app.security import LocalOnlyMiddleware, new_csrf_token
 from app.supervisor import Supervisor
@@ -60,13 +60,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loc = [str(p) for p in err.get("loc", ())]
             field = ".".join(p for p in loc if p not in ("body", "query", "path", "header"))
             msg = err.get("msg", "invalid")
-            if err.get("type") == "extra_forbidden":
+            if err.get("type") == "extra_forbidden" and request.method == "PATCH":
+                msg = f"unknown field {field!r}; a run's name, notes and tags can be changed"
+            elif err.get("type") == "extra_forbidden":
                 msg = (f"unknown field {field!r}; a job takes name, backend, method, model, "
                        "dataset and params")
             detail.append({"loc": loc, "field": field, "msg": msg, "type": err.get("type")})
         return JSONResponse(status_code=422, content={"detail": detail})
 
     app.include_router(api.router)
+    app.include_router(runs.api)
+    app.include_router(runs.router)
     app.include_router(adapters.router)
     app.include_router(datasets.router)
     app.include_router(system_routes.router)

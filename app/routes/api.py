@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path as FilePath
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlmodel import Session, select
 
+from app import runs
 from app.db import SessionDep
 from app.jobs import create_job, delete_job, request_cancel, request_resume
 from app.metrics import columnar
@@ -37,14 +38,25 @@ def create(data: JobCreate, session: SessionDep, request: Request) -> Job:
     return job
 
 
+Text = Annotated[str | None, Query(max_length=1000)]
+
+
 @router.get("/jobs", response_model=list[JobPublic])
-def list_jobs(session: SessionDep, status: JobStatus | None = None,
+def list_jobs(session: SessionDep, response: Response, status: JobStatus | None = None,
+              backend: Text = None, method: Text = None, model: Text = None,
+              tag: Text = None,
+              q: Annotated[str | None, Query(max_length=200,
+                                             description="Words in the name or notes")] = None,
+              sort: runs.SortKey = "created",
+              order: Literal["asc", "desc"] | None = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
               offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0) -> list[Job]:
-    q = select(Job)
-    if status is not None:
-        q = q.where(Job.status == status)
-    return list(session.exec(q.order_by(Job.id.desc()).offset(offset).limit(limit)))
+    """Newest first unless `sort` says otherwise (app/runs.py); X-Total-Count gives how many
+    jobs match the filters in all, for paging."""
+    query = runs.JobQuery(status=status, backend=backend, method=method, model=model,
+                          tag=tag, q=q, sort=sort, order=order, limit=limit, offset=offset)
+    response.headers["X-Total-Count"] = str(runs.count_jobs(session, query))
+    return [row.job for row in runs.list_jobs(session, query)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -19,11 +20,13 @@ from pydantic import ValidationError
 from sqlmodel import Session, select
 from starlette.datastructures import FormData
 
+from app import runs
 from app.db import ROOT, SessionDep
 from app.jobs import JobInputError, create_job
 from app.models import DatasetEntry, Job, JobCreate, JobStatus, ModelEntry
 from app.routes.api import JobId
 from app.security import CSRF_FIELD, CSRF_HEADER, csrf_ok
+from app.sparkline import loss_series, sparkline
 from workers.params import METHODS, Knob, Method, ParamError, method_for
 
 router = APIRouter(include_in_schema=False)
@@ -36,7 +39,7 @@ def csrf_context(request: Request) -> dict[str, str]:
 
 templates = Jinja2Templates(directory=ROOT / "templates", context_processors=[csrf_context])
 
-JOBS_LISTED = 200
+JOBS_PER_PAGE = 25
 DEMO_MODEL, DEMO_DATASET = "tiny-demo", "demo-kto"
 GROUP_TITLES = {
     "training": "Training", "kto": "KTO loss", "memory": "Memory", "lora": "LoRA adapter",
@@ -134,19 +137,28 @@ def is_htmx(request: Request) -> bool:
 
 
 # --- the jobs list ----------------------------------------------------------------------------
-def recent_jobs(session: Session) -> list[Job]:
-    return list(session.exec(select(Job).order_by(Job.id.desc()).limit(JOBS_LISTED)))
+def jobs_context(request: Request, session: Session) -> dict[str, Any]:
+    """The filtered, sorted page of jobs the URL asks for (app/runs.py), with sparklines."""
+    query, page_no = runs.query_from_params(dict(request.query_params), JOBS_PER_PAGE)
+    found = runs.find_jobs(session, query)
+    series = loss_series(session, [r.job.id for r in found.rows])
+    for row in found.rows:
+        row.spark = sparkline(series.get(row.job.id, []))
+    pages = max(1, -(-found.total // JOBS_PER_PAGE))
+    return {"found": found, "query": query, "page_no": page_no, "pages": pages,
+            "url_params": runs.url_params, "urlencode": urlencode}
 
 
 @router.get("/", response_class=HTMLResponse)
 def jobs_page(request: Request, session: SessionDep) -> HTMLResponse:
-    return page(request, "jobs.html", jobs=recent_jobs(session))
+    return page(request, "jobs.html", facets=runs.facets(session), statuses=list(JobStatus),
+                **jobs_context(request, session))
 
 
 @router.get("/fragments/jobs", response_class=HTMLResponse)
 def jobs_fragment(request: Request, session: SessionDep) -> HTMLResponse:
-    """The table body; it re-fetches itself every 3 s (one indexed query, no params)."""
-    return page(request, "_jobs_body.html", jobs=recent_jobs(session))
+    """The table body for the same URL query; it re-fetches itself every 3 s."""
+    return page(request, "_jobs_body.html", **jobs_context(request, session))
 
 
 # --- the new-job form -------------------------------------------------------------------------
