@@ -141,8 +141,17 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def tokens(tokenizer_dir: str, data: str, kind: str, max_length: int) -> dict:
     renderer = ChatRenderer(Path(tokenizer_dir))
-    with open(data, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    # The loaders the workers use: they also read a file registered as it was (the demo's).
+    if kind == "kto":
+        from workers.data import load_kto_dataset
+
+        rows = load_kto_dataset(data)
+    else:
+        from workers.mlx.data import load_sft_rows
+
+        rows = [r if "prompt" not in r else {"messages": [
+            {"role": "user", "content": r["prompt"]},
+            {"role": "assistant", "content": r["completion"]}]} for r in load_sft_rows(data)[0]]
     totals: list[int] = []
     prompts: list[int] = []
     truncated = dropped = 0
