@@ -1,9 +1,13 @@
-// The job page's live parts: loss and reward charts (uPlot), the log tail, memory note.
+// The job page's live parts: charts (uPlot), the log tail and the action buttons.
 //
 // One SSE connection per page: htmx-ext-sse opens it on #job-live (sse-connect). Elements
 // inside with hx-trigger="sse:<type>" make the extension fire `htmx:sseMessage` (detail: the
 // MessageEvent, its .type the event type) which bubbles up to #job-live, where this file
 // listens. The status card refreshes itself through htmx (see templates/job.html).
+//
+// Three stores feed the charts, each first filled from the database (so a finished job draws
+// the same) and then extended by the stream: metrics by step, progress (tokens/s) by step,
+// memory samples by seconds since the job started.
 (function () {
   'use strict';
 
@@ -13,6 +17,8 @@
   const api = '/api/jobs/' + jobId;
   const CHART_HEIGHT = 240;
   const LOG_LINES = 200;
+  const MAX_POINTS = 4000; // per store from the server; it keeps each bucket's peaks
+  const GiB = 1073741824;
 
   // --- the stream: remember what the extension opens so a finished job can close it ------
   const sources = [];
@@ -42,33 +48,55 @@
     };
   }
 
-  // --- metrics: one step-aligned store, charts draw the columns they want ------------------
-  const store = { step: [], cols: {} };
-  let ready = false; // the first fetch has landed; stream points wait for it
-  const pending = [];
+  // --- stores: an x column and named y columns of the same length --------------------------
+  function Store() { this.x = []; this.cols = {}; this.lastSeq = 0; }
 
-  function addPoint(step, values) {
-    const n = store.step.length;
-    const last = n ? store.step[n - 1] : -Infinity;
-    if (step < last) return; // already drawn: the first fetch and the stream overlap
-    if (step > last) {
-      store.step.push(step);
-      Object.keys(store.cols).forEach(function (k) { store.cols[k].push(null); });
+  // A point at x; x never goes back (the first fetch and the stream overlap, and a resumed
+  // run logs its last steps again): an older x is dropped, the same x fills gaps.
+  Store.prototype.add = function (x, values) {
+    const n = this.x.length;
+    const last = n ? this.x[n - 1] : -Infinity;
+    if (x < last) return;
+    const cols = this.cols;
+    if (x > last) {
+      this.x.push(x);
+      Object.keys(cols).forEach(function (k) { cols[k].push(null); });
     }
-    const i = store.step.length - 1;
+    const i = this.x.length - 1;
+    const len = this.x.length;
     Object.keys(values).forEach(function (name) {
       const v = values[name];
-      if (!store.cols[name]) store.cols[name] = new Array(store.step.length).fill(null);
-      if (store.cols[name][i] == null && typeof v === 'number' && isFinite(v)) {
-        store.cols[name][i] = v;
-      }
+      if (!cols[name]) cols[name] = new Array(len).fill(null);
+      if (cols[name][i] == null && typeof v === 'number' && isFinite(v)) cols[name][i] = v;
     });
+  };
+
+  const stores = { metrics: new Store(), progress: new Store(), memory: new Store() };
+  const started = parseFloat(live.dataset.started);
+  let t0 = isNaN(started) ? null : started; // memory x: seconds since the job started
+
+  function memoryValues(ev) {
+    const b = ev.backend || {};
+    const s = ev.system || {};
+    const gib = function (v) { return typeof v === 'number' ? v / GiB : null; };
+    return { rss: gib(ev.rss_bytes), backend_active: gib(b.active_bytes),
+      backend_driver: gib(b.driver_bytes), system_used: gib(s.used),
+      system_available: gib(s.available), swap_used: gib(s.swap_used),
+      system_total: gib(s.total) };
+  }
+  let backendName = null;
+  function addMemory(seq, t, values) {
+    const st = stores.memory;
+    if (seq <= st.lastSeq) return;
+    st.lastSeq = seq;
+    if (t0 == null) t0 = t;
+    st.add(Math.max(0, t - t0), values);
   }
 
+  // --- formatting -----------------------------------------------------------------------------
   function css(name) {
     return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   }
-
   // uPlot's default number format keeps 3 decimals: a loss moving 0.4999 -> 0.4995 would
   // read 0.5 on every tick. Ticks get the decimals their spacing needs, values 4 digits.
   function tickValues(u, splits, axisIdx, space, incr) {
@@ -84,27 +112,61 @@
     const a = Math.abs(v);
     return a !== 0 && (a >= 1e6 || a < 1e-3) ? v.toExponential(3) : String(+v.toPrecision(4));
   }
+  function gbValue(u, v) { return v == null ? '--' : v.toFixed(2) + ' GB'; }
+  function clock(s) {
+    s = Math.round(s);
+    const h = Math.floor(s / 3600);
+    const m = Math.floor(s % 3600 / 60);
+    const pad = function (n) { return String(n).padStart(2, '0'); };
+    return h ? h + ':' + pad(m) + ':' + pad(s % 60) : m + ':' + pad(s % 60);
+  }
   function axisSize(u, values) {
     const longest = (values || []).reduce(function (m, v) { return Math.max(m, v.length); }, 3);
     return Math.ceil(longest * 7.5) + 18;
   }
-
   const STEP_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000,
     1e4, 2e4, 2.5e4, 5e4, 1e5, 2e5, 2.5e5, 5e5, 1e6, 2e6, 5e6, 1e7]; // steps are whole
+  const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
+    21600, 43200, 86400];
+  const MEMORY_LABELS = { rss: 'process', backend_active: 'allocator', backend_driver: 'driver',
+    system_used: 'system used', system_available: 'available', swap_used: 'swap',
+    system_total: 'total' };
 
+  // --- charts ---------------------------------------------------------------------------------
   function Chart(key) {
+    this.key = key;
     this.el = document.getElementById('chart-' + key);
     this.empty = document.getElementById('chart-' + key + '-empty');
+    this.source = this.el.dataset.source || 'metrics';
+    this.store = stores[this.source];
     this.wanted = this.el.dataset.series.split(',');
     this.names = [];
     this.plot = null;
   }
 
   Chart.prototype.present = function () {
+    const cols = this.store.cols;
     return this.wanted.filter(function (name) {
-      const col = store.cols[name];
+      const col = cols[name];
       return col && col.some(function (v) { return v != null; });
     });
+  };
+
+  Chart.prototype.seriesFor = function (name, i) {
+    const palette = ['--c1', '--c2', '--c3', '--c4', '--c5', '--c6'].map(css);
+    if (this.source !== 'memory') {
+      return { label: name, stroke: palette[i % palette.length], width: 2, spanGaps: true,
+        points: { size: 5 }, value: pointValue };
+    }
+    let label = MEMORY_LABELS[name] || name;
+    if (backendName && name.indexOf('backend_') === 0) label = backendName + ' ' + label;
+    if (name === 'system_total') {
+      // The machine's limit: a flat dashed line the other series are read against.
+      return { label: label, stroke: css('--danger'), width: 1.5, dash: [6, 4],
+        points: { show: false }, value: gbValue };
+    }
+    return { label: label, stroke: palette[i % palette.length], width: 2, spanGaps: true,
+      points: { show: false }, value: gbValue };
   };
 
   Chart.prototype.build = function (names) {
@@ -115,20 +177,26 @@
       ticks: { stroke: css('--grid'), width: 1 },
       font: '12px ' + css('--font-mono'),
     };
-    const palette = [css('--c1'), css('--c2'), css('--c3'), css('--c4')];
+    const self = this;
+    const memory = this.source === 'memory';
     this.names = names;
+    const xAxis = memory
+      ? { label: 'time into the run (m:ss)', labelSize: 20, incrs: TIME_INCRS,
+        values: function (u, splits) { return splits.map(clock); } }
+      : { label: 'step', labelSize: 20, incrs: STEP_INCRS };
     this.plot = new uPlot({
       width: Math.max(200, this.el.clientWidth),
       height: CHART_HEIGHT,
-      scales: { x: { time: false } },
+      scales: { x: { time: false }, y: memory ? { range: function (u, min, max) {
+        return [0, max > 0 ? max * 1.05 : 1]; } } : {} },
       cursor: { drag: { x: true, y: false } },
-      series: [{ label: 'step', value: function (u, v) { return v == null ? '--' : v; } }]
-        .concat(names.map(function (name, i) {
-          return { label: name, stroke: palette[i % palette.length], width: 2, spanGaps: true,
-            points: { size: 5 }, value: pointValue };
-        })),
-      axes: [Object.assign({ label: 'step', labelSize: 20, incrs: STEP_INCRS }, axis),
-        Object.assign({ size: axisSize, values: tickValues }, axis)],
+      series: [{ label: memory ? 'time' : 'step',
+        value: function (u, v) { return v == null ? '--' : (memory ? clock(v) : v); } }]
+        .concat(names.map(function (name, i) { return self.seriesFor(name, i); })),
+      axes: [Object.assign(xAxis, axis),
+        Object.assign({ size: axisSize, values: memory
+          ? function (u, splits) { return splits.map(function (v) { return v + ' GB'; }); }
+          : tickValues }, axis)],
       hooks: { setLegend: [showLastWhenIdle] },
     }, this.data(), this.el);
     this.empty.hidden = true;
@@ -145,7 +213,8 @@
   }
 
   Chart.prototype.data = function () {
-    return [store.step].concat(this.names.map(function (n) { return store.cols[n]; }));
+    const cols = this.store.cols;
+    return [this.store.x].concat(this.names.map(function (n) { return cols[n]; }));
   };
 
   Chart.prototype.draw = function () {
@@ -160,57 +229,110 @@
     if (this.plot) this.plot.setSize({ width: this.el.clientWidth, height: CHART_HEIGHT });
   };
 
-  const charts = { loss: new Chart('loss'), rewards: new Chart('rewards') };
+  const charts = {};
+  ['loss', 'rewards', 'lr', 'tps', 'mem'].forEach(function (k) {
+    if (document.getElementById('chart-' + k)) charts[k] = new Chart(k);
+  });
+  function eachChart(fn) { Object.keys(charts).forEach(function (k) { fn(charts[k]); }); }
+
+  function lastOf(col) {
+    for (let i = col ? col.length - 1 : -1; i >= 0; i--) if (col[i] != null) return col[i];
+    return null;
+  }
+  function notes() {
+    const m = stores.metrics;
+    const n = m.x.length;
+    document.getElementById('loss-note').textContent =
+      n ? 'step ' + m.x[n - 1] + ' · ' + n + ' points' : '';
+    const tps = lastOf(stores.progress.cols.tokens_per_s);
+    document.getElementById('tps-note').textContent =
+      tps != null ? Math.round(tps).toLocaleString() + ' tokens/s now' : '';
+    const mc = stores.memory.cols;
+    const used = lastOf(mc.system_used);
+    const total = lastOf(mc.system_total);
+    const peak = mc.rss ? Math.max.apply(null, mc.rss.filter(function (v) { return v != null; })) : null;
+    const parts = [];
+    if (peak != null && isFinite(peak)) parts.push('process peak ' + peak.toFixed(2) + ' GB');
+    if (used != null && total) parts.push('system ' + Math.round(100 * used / total) + '% used');
+    document.getElementById('mem-note').textContent = parts.join(' · ');
+  }
+
   let frame = 0;
   function redraw() {
     if (frame) return;
     frame = requestAnimationFrame(function () {
       frame = 0;
-      Object.keys(charts).forEach(function (k) { charts[k].draw(); });
-      const n = store.step.length;
-      document.getElementById('loss-note').textContent =
-        n ? 'step ' + store.step[n - 1] + ' · ' + n + ' points' : '';
-    });
-  }
-
-  function rebuildAll() {
-    Object.keys(charts).forEach(function (k) {
-      const c = charts[k];
-      if (c.plot) c.build(c.names);
+      eachChart(function (c) { c.draw(); });
+      notes();
     });
   }
 
   if (window.ResizeObserver) {
-    const ro = new ResizeObserver(function () {
-      Object.keys(charts).forEach(function (k) { charts[k].resize(); });
+    const ro = new ResizeObserver(function () { eachChart(function (c) { c.resize(); }); });
+    eachChart(function (c) { ro.observe(c.el); });
+  }
+  window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', function () {
+    eachChart(function (c) { if (c.plot) c.build(c.names); });
+  });
+
+  // --- first fill from the database, then the stream ------------------------------------------
+  let ready = false; // the first fetches have landed; stream events wait for them
+  const pending = [];
+
+  function getJSON(url) {
+    return fetch(url, { headers: { Accept: 'application/json' } })
+      .then(function (r) { return r.ok ? r.json() : null; });
+  }
+  function fill(store, xs, cols, skip) {
+    const names = Object.keys(cols).filter(function (k) {
+      return skip.indexOf(k) < 0 && Array.isArray(cols[k]);
     });
-    Object.keys(charts).forEach(function (k) { ro.observe(charts[k].el); });
+    (xs || []).forEach(function (x, i) {
+      const values = {};
+      names.forEach(function (n) { values[n] = cols[n][i]; });
+      store.add(x, values);
+    });
   }
-  window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', rebuildAll);
-
-  function onMetric(ev) {
-    if (!ready) { pending.push(ev); return; }
-    addPoint(ev.step, ev.values || {});
-    redraw();
-  }
-
-  fetch(api + '/metrics?max_points=5000', { headers: { Accept: 'application/json' } })
-    .then(function (r) { return r.ok ? r.json() : { step: [] }; })
-    .then(function (cols) {
-      const steps = cols.step || [];
-      const names = Object.keys(cols).filter(function (k) { return k !== 'step'; });
-      steps.forEach(function (step, i) {
-        const values = {};
-        names.forEach(function (n) { values[n] = cols[n][i]; });
-        addPoint(step, values);
+  const loaded = Promise.all([
+    getJSON(api + '/metrics?max_points=' + MAX_POINTS).then(function (c) {
+      if (c) fill(stores.metrics, c.step, c, ['step']);
+    }),
+    getJSON(api + '/series/progress?max_points=' + MAX_POINTS).then(function (c) {
+      if (c) fill(stores.progress, c.step, c, ['step', 'seq', 't', 'eta_s']);
+    }),
+    getJSON(api + '/series/memory?max_points=' + MAX_POINTS).then(function (c) {
+      if (!c) return;
+      backendName = c.backend_name || null;
+      const gib = {};
+      Object.keys(c).forEach(function (k) {
+        if (['seq', 't', 'elapsed_s', 'backend_name', 'backend_peak'].indexOf(k) < 0) {
+          gib[k] = c[k].map(function (v) { return v == null ? null : v / GiB; });
+        }
       });
-    })
-    .catch(function (err) { console.warn('metrics fetch failed', err); })
+      c.seq.forEach(function (seq, i) {
+        const values = {};
+        Object.keys(gib).forEach(function (k) { values[k] = gib[k][i]; });
+        addMemory(seq, c.t[i], values);
+      });
+    }),
+  ]).catch(function (err) { console.warn('chart data fetch failed', err); })
     .finally(function () {
       ready = true;
-      pending.splice(0).forEach(function (ev) { addPoint(ev.step, ev.values || {}); });
+      pending.splice(0).forEach(onEvent);
       redraw();
     });
+
+  function onEvent(msg) {
+    if (!ready) { pending.push(msg); return; }
+    const ev = msg.ev;
+    if (msg.type === 'metric') stores.metrics.add(ev.step, ev.values || {});
+    else if (msg.type === 'progress') stores.progress.add(ev.step, { tokens_per_s: ev.tokens_per_s });
+    else if (msg.type === 'memory') {
+      if (ev.backend && ev.backend.name && !backendName) backendName = ev.backend.name;
+      addMemory(ev.seq, ev.t, memoryValues(ev));
+    } else return;
+    redraw();
+  }
 
   // --- the log tail ------------------------------------------------------------------------
   const logEl = document.getElementById('log-tail');
@@ -227,6 +349,8 @@
         if (lines.length && lines[lines.length - 1] === '') lines.pop();
         const shown = lines.slice(-LOG_LINES).join('\n') ||
           (j.size ? '' : 'The worker has not written to its log yet.');
+        // Paused (follow off): the text stays still so a person can read and select it.
+        if (!follow.checked && logEl.textContent !== '…') return;
         if (logEl.textContent !== shown) logEl.textContent = shown;
         if (follow.checked) logEl.scrollTop = logEl.scrollHeight;
       })
@@ -234,21 +358,52 @@
   }
   const scheduleLog = throttle(refreshLog, 1000);
   follow.addEventListener('change', function () {
-    if (follow.checked) logEl.scrollTop = logEl.scrollHeight;
+    if (follow.checked) refreshLog();
   });
 
-  // --- memory: the latest sample, beside the rewards chart ----------------------------------
-  function gb(n) { return n == null ? null : (n / 1073741824).toFixed(2) + ' GB'; }
-  function onMemory(ev) {
-    const parts = [];
-    if (ev.rss_bytes != null) parts.push('process ' + gb(ev.rss_bytes));
-    const b = ev.backend || {};
-    if (b.name && b.peak_bytes != null) parts.push(b.name + ' peak ' + gb(b.peak_bytes));
-    const s = ev.system || {};
-    if (s.available != null) parts.push(gb(s.available) + ' free');
-    const note = document.getElementById('mem-note');
-    note.textContent = parts.length ? 'memory: ' + parts.join(' · ') : '';
+  // --- actions: fetch with the CSRF header, then go where the action leads --------------------
+  const actionsEl = document.getElementById('job-actions');
+  const actionError = document.getElementById('action-error');
+  const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || '';
+
+  function showActions(can) {
+    actionsEl.querySelectorAll('[data-action]').forEach(function (el) {
+      el.hidden = can.indexOf(el.dataset.action) < 0;
+    });
   }
+  actionsEl.addEventListener('click', function (evt) {
+    const btn = evt.target.closest('button[data-action]');
+    if (!btn || btn.disabled) return;
+    if (btn.dataset.confirm && !window.confirm(btn.dataset.confirm)) return;
+    btn.disabled = true;
+    actionError.hidden = true;
+    fetch(btn.dataset.url, { method: btn.dataset.method,
+      headers: { 'X-CSRF-Token': csrf, Accept: 'application/json' } })
+      .then(function (r) {
+        return r.text().then(function (text) {
+          let body = null;
+          try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
+          if (!r.ok) {
+            const d = body && body.detail;
+            throw new Error(typeof d === 'string' ? d
+              : Array.isArray(d) && d.length ? d[0].msg : r.status + ' ' + r.statusText);
+          }
+          return body;
+        });
+      })
+      .then(function (body) {
+        const go = btn.dataset.go;
+        if (go === 'home') window.location.assign('/');
+        else if (go === 'job' && body && body.id) window.location.assign('/jobs/' + body.id);
+        else if (go === 'reload') window.location.reload();
+        else { btn.disabled = false; htmx.trigger('#job-card', 'refresh'); }
+      })
+      .catch(function (err) {
+        btn.disabled = false;
+        actionError.textContent = btn.textContent.trim() + ' failed: ' + err.message;
+        actionError.hidden = false;
+      });
+  });
 
   // --- wiring --------------------------------------------------------------------------------
   live.addEventListener('htmx:sseMessage', function (evt) {
@@ -257,9 +412,8 @@
     scheduleLog();
     let ev;
     try { ev = JSON.parse(msg.data); } catch (e) { return; }
-    if (msg.type === 'metric') onMetric(ev);
-    else if (msg.type === 'memory') onMemory(ev);
-    else if (msg.type === 'done') setTimeout(refreshLog, 1500); // the worker's last lines
+    if (msg.type === 'done') setTimeout(refreshLog, 1500); // the worker's last lines
+    else onEvent({ type: msg.type, ev: ev });
   });
 
   // A stream that fails (the worker died without events, the server restarted) asks the
@@ -268,12 +422,16 @@
   live.addEventListener('htmx:sseError', refreshCard);
   live.addEventListener('htmx:afterSwap', function (evt) {
     if (evt.target.id !== 'job-card') return;
+    const body = evt.target.querySelector('.card-body');
+    if (body) showActions((body.dataset.can || '').split(' '));
     if (evt.target.querySelector('[data-final="true"]')) {
       stopStream();
       scheduleLog();
+      if (window.htmx) htmx.trigger('#job-artifacts', 'refresh');
     }
   });
 
   refreshLog();
-  window.prospectJob = { charts: charts, store: store, refreshLog: refreshLog };
+  window.prospectJob = { charts: charts, stores: stores, store: stores.metrics,
+    refreshLog: refreshLog, loaded: loaded };
 })();
