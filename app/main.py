@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from app.config import Settings, get_settings
 from app.db import ROOT, make_engine, migrate
 from app.jobs import JobInputError
-from app.routes import adapters, api, dataset_pages, datasets, pages, runs
+from app.routes import adapters, api, artifacts, datasets, job_page, pages, runs, series
 from app.routes import system as system_routes
 from app.security import LocalOnlyMiddleware, new_csrf_token
 from app.supervisor import Supervisor
@@ -73,8 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(adapters.router)
     app.include_router(datasets.router)
-    app.include_router(dataset_pages.router)
     app.include_router(system_routes.router)
     app.include_router(pages.router)
+    app.include_router(job_page.router)  # after pages: /jobs/new before /jobs/{id}
+    app.include_router(artifacts.router)
+    app.include_router(series.router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app

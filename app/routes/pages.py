@@ -9,10 +9,10 @@ charts and the log tail from the same connection.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -24,7 +24,6 @@ from app import runs
 from app.db import ROOT, SessionDep
 from app.jobs import JobInputError, create_job
 from app.models import DatasetEntry, Job, JobCreate, JobStatus, ModelEntry
-from app.routes.api import JobId
 from app.security import CSRF_FIELD, CSRF_HEADER, csrf_ok
 from app.sparkline import loss_series, sparkline
 from workers.params import METHODS, Knob, Method, ParamError, method_for
@@ -234,9 +233,17 @@ def form_context(session: Session, spec: Method, values: dict | None = None,
 
 
 @router.get("/jobs/new", response_class=HTMLResponse)
-def new_job_page(request: Request, session: SessionDep) -> HTMLResponse:
-    spec = method_for("torch", "kto")
-    return page(request, "new_job.html", **form_context(session, spec))
+def new_job_page(request: Request, session: SessionDep,
+                 from_: Annotated[int | None, Query(alias="from", ge=1, le=2**63 - 1)] = None
+                 ) -> HTMLResponse:
+    """The form; ``?from=ID`` fills it with job ID's settings (the job page's "clone")."""
+    from app.routes.job_page import clone_values  # that module imports this one
+
+    spec, values = method_for("torch", "kto"), None
+    cloned = clone_values(session, from_) if from_ is not None else None
+    if cloned is not None:
+        spec, values = cloned
+    return page(request, "new_job.html", **form_context(session, spec, values))
 
 
 def _pick_method(value: str) -> Method:
@@ -294,41 +301,4 @@ async def submit_job(request: Request, session: SessionDep) -> Response:
     return RedirectResponse(url, status_code=303)
 
 
-# --- one job ----------------------------------------------------------------------------------
-def params_rows(job: Job) -> list[tuple[str, str, bool]]:
-    """(name, value, differs from the default) in the Method's knob order."""
-    try:
-        spec = method_for(job.backend, job.method)
-    except ParamError:
-        spec = None
-    order = [k.name for k in spec.knobs] if spec else []
-    names = [n for n in order if n in job.params] + sorted(set(job.params) - set(order))
-    rows = []
-    for name in names:
-        value = job.params[name]
-        knob = spec.knob(name) if spec else None
-        text = ", ".join(map(str, value)) if isinstance(value, list) else number(value)
-        if isinstance(value, bool):
-            text = "yes" if value else "no"
-        rows.append((name, text, knob is not None and value != knob.default))
-    return rows
-
-
-@router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(job_id: JobId, request: Request, session: SessionDep) -> HTMLResponse:
-    job = session.get(Job, job_id)
-    if job is None:
-        return not_found(request, job_id)
-    live = is_live(job)
-    events_url = f"/api/jobs/{job.id}/events?after={job.last_seq}" if live else ""
-    return page(request, "job.html", job=job, live=live, events_url=events_url,
-                params=params_rows(job))
-
-
-@router.get("/jobs/{job_id}/card", response_class=HTMLResponse)
-def job_card(job_id: JobId, request: Request, session: SessionDep) -> HTMLResponse:
-    """The status card's contents; the card element itself stays and re-fetches this."""
-    job = session.get(Job, job_id)
-    if job is None:
-        return not_found(request, job_id)
-    return page(request, "_job_card.html", job=job)
+# One job's page lives in app/routes/job_page.py.
