@@ -1,48 +1,71 @@
-"""Loss sparklines for the jobs list: bucketed in SQL, drawn as an inline SVG polyline.
+"""Loss sparklines for the jobs list: sampled in SQL, drawn as an inline SVG polyline.
 
 The list re-renders every few seconds for a page of jobs, some of them 100,000 steps long,
-so the downsampling happens inside SQLite: one GROUP BY over the (job, name, step) index
-gives each job's loss averaged into at most `buckets` slices of its step range. Averaging
-(rather than app.metrics' peak-keeping) is what a 120-pixel trend line wants: a noisy loss
-drawn min/max per pixel is a solid band. The SVG uses presentation attributes only (the
-page CSP refuses inline style attributes); the stroke colour comes from CSS.
+so no sparkline may read a run's every point. Each run's step range is cut into `buckets`
+slices and each slice is represented by the mean of its first `window` points: a handful of
+index seeks on (job, name, step) per slice, whatever the run's length (0.3 ms for a
+100,000-step run, against 150 ms for a GROUP BY over all its rows). The mean of a few
+points, not a single one, keeps a noisy per-batch loss from drawing as noise; a slice with
+fewer points than the window is averaged whole, so a short run is drawn exactly. The SVG
+uses presentation attributes only (the page CSP refuses inline style attributes); the
+stroke colour comes from CSS.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlmodel import Session
 
 from app.runs import LOSS_NAME
 
 WIDTH, HEIGHT, PAD = 120, 28, 2
+WINDOW = 16
 
-_BUCKETS_SQL = text("""
-WITH r AS (
-  SELECT job_id, MIN(step) AS lo, MAX(step) AS hi FROM metric
-  WHERE name = :name AND job_id IN :ids GROUP BY job_id
-)
-SELECT m.job_id, CAST((m.step - r.lo) * :buckets / (r.hi - r.lo + 1) AS INTEGER) AS b,
-       AVG(m.step), AVG(m.value)
-FROM metric AS m JOIN r ON r.job_id = m.job_id
-WHERE m.name = :name AND m.job_id IN :ids AND m.value IS NOT NULL
-GROUP BY m.job_id, b ORDER BY m.job_id, b
-""").bindparams(bindparam("ids", expanding=True))
+
+def _values(rows: list[tuple[int, ...]]) -> str:
+    # Only integers this module computed go into the statement text.
+    return ",".join("(" + ",".join(str(int(v)) for v in row) + ")" for row in rows)
+
+
+def _ranges(session: Session, job_ids: list[int], name: str) -> dict[int, tuple[int, int]]:
+    """Each job's first and last step of `name`; single MIN/MAX subqueries are index seeks."""
+    sql = text(f"""
+WITH j(id) AS (VALUES {_values([(i,) for i in job_ids])})
+SELECT id,
+  (SELECT MIN(step) FROM metric WHERE job_id = j.id AND name = :name),
+  (SELECT MAX(step) FROM metric WHERE job_id = j.id AND name = :name)
+FROM j""")
+    return {jid: (lo, hi) for jid, lo, hi in session.connection().execute(sql, {"name": name})
+            if lo is not None}
 
 
 def loss_series(session: Session, job_ids: list[int], buckets: int = 60,
-                name: str = LOSS_NAME) -> dict[int, list[tuple[float, float]]]:
-    """job id -> [(step, mean value)] in step order, at most `buckets` points each."""
+                name: str = LOSS_NAME, window: int = WINDOW) -> dict[int, list[tuple]]:
+    """job id -> [(step, value)] in step order, at most `buckets` points each."""
     if not job_ids:
         return {}
-    out: dict[int, list[tuple[float, float]]] = {}
-    rows = session.connection().execute(
-        _BUCKETS_SQL, {"ids": list(job_ids), "buckets": buckets, "name": name})
-    for job_id, _, step, value in rows:
+    slices: list[tuple[int, int, int, int]] = []  # job, slice, first step, next slice's
+    for jid, (lo, hi) in _ranges(session, list(job_ids), name).items():
+        span = hi - lo + 1
+        edges = sorted({lo + k * span // buckets for k in range(buckets)})
+        for k, start in enumerate(edges):
+            slices.append((jid, k, start, edges[k + 1] if k + 1 < len(edges) else hi + 1))
+    if not slices:
+        return {}
+    pick = ("SELECT {col} FROM metric WHERE job_id = s.job AND name = :name AND step >= s.lo "
+            "AND step < s.hi AND value IS NOT NULL ORDER BY step LIMIT :window")
+    sql = text(f"""
+WITH s(job, k, lo, hi) AS (VALUES {_values(slices)})
+SELECT job, (SELECT AVG(step) FROM ({pick.format(col="step")})),
+            (SELECT AVG(value) FROM ({pick.format(col="value")}))
+FROM s ORDER BY job, k""")
+    out: dict[int, list[tuple]] = {}
+    for jid, step, value in session.connection().execute(sql, {"name": name,
+                                                                "window": window}):
         if value is not None:
-            out.setdefault(job_id, []).append((float(step), float(value)))
+            out.setdefault(jid, []).append((float(step), float(value)))
     return out
 
 
