@@ -18,10 +18,20 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session, select
 
 from app.db import SessionDep
+from app.model_sources import cached_models
 from app.models import DatasetEntry, Job, JobStatus, ModelEntry
 from app.routes.api import JobId
 from app.routes.artifacts import list_artifacts
-from app.routes.pages import aware, blank_form, is_live, knob_value, method_key, not_found, number, page
+from app.routes.pages import (
+    aware,
+    blank_form,
+    is_live,
+    knob_value,
+    method_key,
+    not_found,
+    number,
+    page,
+)
 from workers.params import Method, ParamError, method_for
 from workers.protocol import CONFIG_FILE
 
@@ -131,12 +141,35 @@ def clone_values(session: Session, job_id: int) -> tuple[Method, dict[str, Any]]
     values = blank_form(spec, models, datasets)
     values["method"] = method_key(spec)
     values["name"] = f"{job.name} (copy)"[:200] if job.name else ""
-    model_ids, dataset_ids = {m.id for m in models}, {d.id for d in datasets}
-    values["model_choice"], values["model_text"] = (
-        (job.model, "") if job.model in model_ids else ("", job.model))
+    dataset_ids = {d.id for d in datasets}
+    pick_model(values, job.model, models)
     values["dataset_choice"], values["dataset_text"] = (
         (job.dataset, "") if job.dataset in dataset_ids else ("", job.dataset))
     for knob in spec.knobs:
         if knob.name in (job.params or {}):
             values[f"params.{knob.name}"] = knob_value(knob, job.params[knob.name])
+    return spec, values
+
+
+def pick_model(values: dict[str, Any], model: str, models: list[ModelEntry]) -> None:
+    """Put ``model`` in the picker when it offers it (registered or in the HF cache), else
+    in the text field beside it."""
+    offered = {m.id for m in models} | {m["id"] for m in cached_models()}
+    values["model_choice"], values["model_text"] = (
+        (model, "") if model in offered else ("", model))
+
+
+def prefilled_form(session: Session, from_job: int | None,
+                   model: str | None) -> tuple[Method, dict[str, Any] | None]:
+    """The new-job form's method and values: a clone of ``from_job``, or the blank form with
+    ``model`` picked; (torch KTO, None) means the plain blank form."""
+    spec = method_for("torch", "kto")
+    cloned = clone_values(session, from_job) if from_job is not None else None
+    if cloned is not None:
+        return cloned
+    if not model or not model.strip():
+        return spec, None
+    models = list(session.exec(select(ModelEntry)))
+    values = blank_form(spec, models, list(session.exec(select(DatasetEntry))))
+    pick_model(values, model.strip(), models)
     return spec, values
