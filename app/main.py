@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from app.config import Settings, get_settings
 from app.db import ROOT, make_engine, migrate
 from app.jobs import JobInputError
-from app.routes import adapters, api, artifacts, datasets, job_page, pages, runs, series
+from app.routes import adapters, api, artifacts, datasets, job_page, library, pages, runs, series
 from app.routes import system as system_routes
 from app.security import LocalOnlyMiddleware, new_csrf_token
 from app.supervisor import Supervisor
@@ -78,5 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(job_page.router)  # after pages: /jobs/new before /jobs/{id}
     app.include_router(artifacts.router)
     app.include_router(series.router)
+    app.include_router(library.router)
+    app.include_router(library.api)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app

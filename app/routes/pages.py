@@ -234,15 +234,13 @@ def form_context(session: Session, spec: Method, values: dict | None = None,
 
 @router.get("/jobs/new", response_class=HTMLResponse)
 def new_job_page(request: Request, session: SessionDep,
-                 from_: Annotated[int | None, Query(alias="from", ge=1, le=2**63 - 1)] = None
-                 ) -> HTMLResponse:
-    """The form; ``?from=ID`` fills it with job ID's settings (the job page's "clone")."""
-    from app.routes.job_page import clone_values  # that module imports this one
+                 from_: Annotated[int | None, Query(alias="from", ge=1, le=2**63 - 1)] = None,
+                 model: Annotated[str | None, Query(max_length=1000)] = None) -> HTMLResponse:
+    """The form; ``?from=ID`` fills it with job ID's settings (the job page's "clone"),
+    ``?model=ID`` picks a model (the models page's "Train")."""
+    from app.routes.job_page import prefilled_form  # that module imports this one
 
-    spec, values = method_for("torch", "kto"), None
-    cloned = clone_values(session, from_) if from_ is not None else None
-    if cloned is not None:
-        spec, values = cloned
+    spec, values = prefilled_form(session, from_, model)
     return page(request, "new_job.html", **form_context(session, spec, values))
 
 
