@@ -1,0 +1,176 @@
+"""The runs pages in headless Chromium: filter the list (URL, back button, refresh),
+edit notes and tags in place, tick two runs and compare them on one chart."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from app.models import JobStatus
+from tests.conftest import kill_workers, make_server
+from tests.runs_data import add_run, engine_for
+from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, open_page, wait_js
+
+pytestmark = [pytest.mark.browser]
+
+
+def shot(page, name: str, full_page: bool = True) -> None:
+    """Playwright hides the caret for a screenshot by giving the focused input a style
+    attribute; htmx's history snapshot would then carry it and restoring it breaks the CSP.
+    caret="initial" leaves the page as the person has it."""
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page, caret="initial")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = make_server(tmp_path_factory.mktemp("runs-browser-home"))
+    srv.start()
+    e = engine_for(srv.home)
+    decay = [1.0 * 0.97 ** i + 0.02 * ((i * 7) % 5) for i in range(300)]
+    srv.ids = {
+        "base": add_run(e, "baseline lr 5e-7", tags=["baseline"], losses=decay,
+                        params={"learning_rate": 5e-7, "beta": 0.1, "r": 16},
+                        extra={"kl": [0.001 * i for i in range(300)]}),
+        "fast": add_run(e, "faster lr 2e-6", losses=[x * 0.7 for x in decay[:200]],
+                        params={"learning_rate": 2e-6, "beta": 0.1, "r": 16},
+                        extra={"kl": [0.002 * i for i in range(200)]}),
+        "mlx": add_run(e, "mlx sft", backend="mlx", method="sft", model="mlx-q4",
+                       losses=[2.0 - 0.005 * i for i in range(150)], minutes=12,
+                       params={"learning_rate": 1e-5, "iters": 150, "rank": 8}),
+        "broken": add_run(e, "diverged", status=JobStatus.failed, minutes=1,
+                          losses=[1.0, 1.5, 3.0, 9.0]),
+        "queued": add_run(e, "waiting", status=JobStatus.queued, minutes=None),
+    }
+    yield srv
+    kill_workers(srv)
+    srv.stop()
+
+
+def row_ids(page) -> list[int]:
+    return [int(x) for x in page.eval_on_selector_all(
+        "#jobs-body tr[data-job-id]", "rows => rows.map(r => r.dataset.jobId)")]
+
+
+def test_filter_the_list_and_go_back(browser, server):
+    context, page, watch = open_page(browser, width=1280, height=900)
+    page.goto(server.url + "/")
+    assert len(row_ids(page)) == 5
+    assert page.locator("#jobs-body svg.spark polyline").count() == 4  # all but the queued
+    shot(page, "runs-01-jobs-light")
+
+    page.select_option("#f-status", "failed")
+    wait_js(page, "() => location.search === '?status=failed'")
+    wait_js(page, "() => document.querySelectorAll('#jobs-body tr[data-job-id]').length === 1")
+    assert row_ids(page) == [server.ids["broken"]]
+
+    page.select_option("#f-status", "")
+    page.fill("#f-q", "lr")
+    wait_js(page, "() => location.search === '?q=lr'")
+    wait_js(page, "() => document.querySelectorAll('#jobs-body tr[data-job-id]').length === 2")
+    # the refresh keeps the filter: after a refresh cycle still two rows
+    refresh = page.get_attribute("#jobs-body", "hx-get")
+    assert refresh == "/fragments/jobs?q=lr"
+    page.wait_for_timeout(3500)
+    assert sorted(row_ids(page)) == sorted([server.ids["base"], server.ids["fast"]])
+
+    page.go_back()  # to the unfiltered list (the status was reset before typing)
+    wait_js(page, "() => location.search === ''")
+    wait_js(page, "() => document.querySelectorAll('#jobs-body tr[data-job-id]').length === 5")
+    assert page.input_value("#f-q") == "" and page.input_value("#f-status") == ""
+    page.go_back()
+    wait_js(page, "() => location.search === '?status=failed'")
+    wait_js(page, "() => document.querySelectorAll('#jobs-body tr[data-job-id]').length === 1")
+    assert page.input_value("#f-q") == "" and page.input_value("#f-status") == "failed"
+
+    page.goto(server.url + "/?sort=final_loss&order=asc")  # a shared link
+    ids = row_ids(page)
+    assert ids[0] == server.ids["fast"] and ids[-1] == server.ids["queued"]
+    page.get_by_role("link", name=re.compile("^Name")).click()
+    wait_js(page, "() => location.search.includes('sort=name')")
+    assert row_ids(page)[0] == server.ids["base"]
+    watch.check()
+    context.close()
+
+
+def test_edit_notes_and_tags_in_place(browser, server):
+    context, page, watch = open_page(browser, width=1280, height=900)
+    jid = server.ids["mlx"]
+    page.goto(f"{server.url}/jobs/{jid}")
+    page.click("#notes-edit")
+    page.fill("#notes-text", "Rank 8 is enough here.\nTry rank 4 next.")
+    page.fill("#notes-tags", "mlx keeper!")
+    page.get_by_role("button", name="Save").click()
+    error = page.locator("#notes-tags-error")
+    error.wait_for()
+    assert "letters, digits" in error.inner_text()
+    assert page.input_value("#notes-text").startswith("Rank 8")  # what was typed stays
+    shot(page, "runs-03-notes-error-light", full_page=False)
+    page.fill("#notes-tags", "mlx, keeper")
+    page.get_by_role("button", name="Save").click()
+    page.locator("#notes-shown").wait_for()
+    assert "Try rank 4 next." in page.inner_text("#notes-shown")
+    assert page.locator("#job-notes a.tag").all_inner_texts() == ["mlx", "keeper"]
+    job = server.get(f"/api/jobs/{jid}")
+    assert job["tags"] == ["mlx", "keeper"] and job["notes"].endswith("rank 4 next.")
+    page.locator("#job-notes").scroll_into_view_if_needed()
+    shot(page, "runs-04-notes-saved-light", full_page=False)
+
+    page.goto(server.url + "/")  # the chips show on the list and filter by tag
+    page.locator("#jobs-body a.tag", has_text="keeper").click()
+    wait_js(page, "() => location.search === '?tag=keeper'")
+    assert row_ids(page) == [jid]
+    watch.check()
+    context.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_pick_two_runs_and_compare_them(browser, server, scheme):
+    context, page, watch = open_page(browser, scheme=scheme, width=1280, height=900)
+    page.goto(server.url + "/")
+    page.evaluate("() => sessionStorage.clear()")
+    base, fast = server.ids["base"], server.ids["fast"]
+    page.check(f"#pick-{base}")
+    page.check(f"#pick-{fast}")
+    assert "2 runs selected" in page.inner_text("#compare-note")
+    page.wait_for_timeout(3500)  # a refresh swaps the rows: the ticks stay
+    assert page.is_checked(f"#pick-{base}") and page.is_checked(f"#pick-{fast}")
+    page.click("#compare-button")
+    page.wait_for_url(f"**/compare?ids={base},{fast}")
+
+    wait_js(page, "() => window.prospectCompare && window.prospectCompare.plot")
+    data = page.evaluate("() => window.prospectCompare.plot.data.map(c => c.length)")
+    assert data == [300, 300, 300]  # steps 1..300; the shorter run is null past 200
+    labels = page.evaluate("() => window.prospectCompare.plot.series.map(s => s.label)")
+    assert labels[1:] == [f"#{base} baseline lr 5e-7", f"#{fast} faster lr 2e-6"]
+    differ = page.locator("#diff-differ tr.differs th").all_inner_texts()
+    assert differ == ["learning_rate"]
+    assert not page.locator("details.same-settings").evaluate("d => d.open")
+    shot(page, f"runs-02-compare-{scheme}")
+
+    page.select_option("#compare-metric", "kl")
+    wait_js(page, "() => window.prospectCompare.metric === 'kl'")
+    assert "metric=kl" in page.url
+    page.locator("details.same-settings summary").click()
+    assert page.locator("details.same-settings").evaluate("d => d.open")
+    if scheme == "light":
+        page.set_viewport_size({"width": 800, "height": 1000})  # a tablet
+        page.wait_for_timeout(300)
+        shot(page, "runs-05-compare-tablet-light")
+        page.goto(server.url + "/")
+        shot(page, "runs-06-jobs-tablet-light")
+    watch.check()
+    context.close()
