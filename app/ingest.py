@@ -35,23 +35,23 @@ def ingest(session: Session, job: Job) -> list[ProtocolEvent]:
         if item.seq <= job.last_seq:
             continue  # already ingested (a file re-read from an older offset)
         new.append(item)
+    events, metrics = [], []
     for ev in new:
-        session.exec(
-            insert(Event)
-            .values(job_id=job.id, seq=ev.seq, t=ev.t, type=ev.type, data=ev.data)
-            .on_conflict_do_nothing()
-        )
+        events.append({"job_id": job.id, "seq": ev.seq, "t": ev.t, "type": ev.type,
+                       "data": ev.data})
         if ev.type == "metric":
-            rows = [
-                {"job_id": job.id, "seq": ev.seq, "step": int(ev.data["step"]), "name": k,
-                 "value": v}
-                for k, v in ev.data["values"].items()
-            ]
-            if rows:
-                session.exec(insert(Metric).values(rows).on_conflict_do_nothing())
+            metrics.extend({"job_id": job.id, "seq": ev.seq, "step": int(ev.data["step"]),
+                            "name": k, "value": v} for k, v in ev.data["values"].items())
         apply_event(job, ev)
         if ev.type == "artifact" and ev.data.get("kind") == "fused_model":
             register_fused(session, job, str(ev.data["path"]))
+    # One executemany per table with a cached statement: a fast MLX step writes ~100 events
+    # a second, and a statement per event cost the server 0.57 ms of CPU each (now 0.1 ms;
+    # the numbers are in the README's reliability table).
+    conn = session.connection()
+    for table, rows in ((Event.__table__, events), (Metric.__table__, metrics)):
+        if rows:
+            conn.execute(insert(table).on_conflict_do_nothing(), rows)
     job.events_offset = offset
     session.add(job)
     session.commit()

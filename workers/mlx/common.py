@@ -86,14 +86,6 @@ def add_lora(model: nn.Module, job: JobConfig) -> int:
     return num_layers
 
 
-def use_compile() -> bool:
-    """Compile the step on the GPU, as mlx-lm does. On the CPU, MLX builds each new fused
-    kernel with the system C++ compiler (about a second each, some 30 s for the SFT step the
-    first time; cached under <tmp>/mlx/<version>/cpu after that), and with a warm cache the
-    compiled step was no faster on a 2-core CPU than the plain one (tiny demo model)."""
-    return mx.default_device().type == mx.DeviceType.gpu
-
-
 def trainable_count(model: nn.Module) -> int:
     return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
 

@@ -34,7 +34,6 @@ from workers.mlx.common import (
     save_adapter,
     save_checkpoint,
     trainable_count,
-    use_compile,
 )
 from workers.protocol import EventWriter
 from workers.torch.config import JobConfig
@@ -90,7 +89,7 @@ def train(job: JobConfig, train_rows: list[dict], valid_rows: list[dict], events
         optimizer.update(model, average_gradients(grad))  # a no-op in one process
         return loss, ntoks
 
-    if use_compile():
+    if p["compile"]:  # mlx-lm compiles the step always; on a CPU too (see the knob's help)
         step = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)(step)
 
     iters = p["iters"]
