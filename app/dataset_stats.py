@@ -38,7 +38,12 @@ def preview(entry: DatasetEntry, limit: int = PREVIEW_ROWS,
     KTO, {row, text} or {row, messages} for SFT. Rows that fail are shown with the problem."""
     out: list[dict[str, Any]] = []
     analysis = Analysis()
-    for number, raw, problem in itertools.islice(read_rows(Path(entry.path), python), limit):
+    # Row numbers as the person knows them: from the original where it is cheap to read
+    # (a pair's two rows both say its row); Parquet would need the subprocess, so not there.
+    source = Path(entry.original_path or entry.path)
+    if source.suffix.lower() not in (".jsonl", ".json", ".csv") or not source.is_file():
+        source = Path(entry.path)
+    for number, raw, problem in itertools.islice(read_rows(source, python), limit):
         if problem is None:
             try:
                 rows = _one_row(analysis, number, raw)

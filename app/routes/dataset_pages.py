@@ -44,7 +44,11 @@ def list_context(session: Session, **extra: Any) -> dict[str, Any]:
 
 
 @router.get("/datasets", response_class=HTMLResponse)
-def datasets_page(request: Request, session: SessionDep) -> HTMLResponse:
+async def datasets_page(request: Request, session: SessionDep) -> HTMLResponse:
+    settings = request.app.state.settings
+    for entry in list(session.exec(select(DatasetEntry))):
+        if entry.stats is None:  # registered before stats existed (the demo): counted once
+            await run_in_threadpool(registry.ensure_stats, session, entry, settings)
     return page(request, "datasets.html", **list_context(session))
 
 
@@ -97,8 +101,9 @@ async def upload_page(request: Request, session: SessionDep) -> Response:
         return page(request, "not_found.html", 403, title="Form refused", message=REFUSED)
     upload = form.get("file")
     filename = upload.filename if isinstance(upload, UploadFile) else ""
-    name = str(form.get("name", "")).strip() or registry.name_from(filename or "dataset")
-    values = {"name": name}
+    typed = str(form.get("name", "")).strip()
+    name = typed or registry.name_from(filename or "dataset")
+    values = {"name": typed}  # shown again: only what the person typed
     try:
         if not isinstance(upload, UploadFile) or not filename:
             raise JobInputError("file", "choose a file to upload")
