@@ -69,7 +69,7 @@ def parse_ids(raw: list[str]) -> list[int]:
         part = part.strip()
         if not part:
             continue
-        if not part.isdigit() or not 1 <= int(part) < 2**63:
+        if not (part.isascii() and part.isdigit()) or not 1 <= int(part) < 2**63:
             raise ValueError(f"{part[:20]!r} is not a job id; give ids like ids=3,7")
         if int(part) not in ids:
             ids.append(int(part))
