@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from workers.memory import (
     MemorySampler,
     make_mps_probe,
+    mlx_probe,
     process_rss_bytes,
     system_memory,
     torch_probe,
@@ -108,3 +111,17 @@ def test_real_process_and_system_readings():
     memory = system_memory()
     assert set(memory) == {"total", "available", "used", "swap_used"}
     assert memory["total"] >= memory["available"] > 0
+
+
+def test_mlx_probe_reads_active_peak_and_cache_memory():
+    mx = pytest.importorskip("mlx.core")
+    mx.clear_cache()
+    held = mx.ones((256, 1024))  # 1 MiB of float32, evaluated: active
+    mx.eval(held)
+    reading = mlx_probe()
+    assert reading["name"] == "mlx"
+    assert reading["active_bytes"] >= 1 << 20 and reading["peak_bytes"] >= reading["active_bytes"]
+    del held  # freed, but MLX keeps the buffer in its cache for reuse
+    after = mlx_probe()
+    assert after["cache_bytes"] >= 1 << 20
+    assert after["driver_bytes"] == after["active_bytes"] + after["cache_bytes"]

@@ -85,11 +85,13 @@ def make_mps_probe(
 def mlx_probe() -> dict[str, Any]:
     import mlx.core as mx
 
+    active, cache = mx.get_active_memory(), mx.get_cache_memory()
     return {
         "name": "mlx",
-        "active_bytes": mx.get_active_memory(),
+        "active_bytes": active,
         "peak_bytes": mx.get_peak_memory(),
-        "driver_bytes": mx.get_active_memory() + mx.get_cache_memory(),
+        "cache_bytes": cache,  # freed buffers MLX keeps for reuse: still held from the system
+        "driver_bytes": active + cache,
     }
 
 
