@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import re
+import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -245,3 +247,53 @@ def test_jobs_page_pages_and_forgives_odd_parameters(server, runs):
     assert "26–26 of 26 runs" in html and "bulk 25" in html and "bulk 00" not in html
     assert 'hx-get="/fragments/jobs?tag=bulk&amp;sort=name&amp;page=2"' in html
     assert "No runs match these filters" in page(server, "/?tag=no-such-tag")
+
+
+# --- the job page's notes form ---------------------------------------------------------------
+def post_form(server, path, data, headers=None):
+    body = urllib.parse.urlencode(data).encode()
+    req = urllib.request.Request(server.url + path, data=body, method="POST", headers={
+        "Content-Type": "application/x-www-form-urlencoded", **(headers or {})})
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(req, timeout=30) as resp:
+            return resp.status, resp.headers, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read().decode()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def csrf_token(server, jid) -> str:
+    return re.search(r'name="csrf-token" content="([^"]+)"', page(server, f"/jobs/{jid}"))[1]
+
+
+def test_notes_form_needs_the_csrf_token_and_answers_htmx_with_the_block(server, runs):
+    jid = runs["gamma"]
+    status, _, body = post_form(server, f"/jobs/{jid}/notes", {"notes": "x", "tags": "a"})
+    assert status == 403 and "Form refused" in body
+    assert server.get(f"/api/jobs/{jid}")["notes"] == ""
+    token = csrf_token(server, jid)
+    status, _, body = post_form(server, f"/jobs/{jid}/notes",
+                                {"notes": "diverged at step 2", "tags": "bad tag!"},
+                                {"HX-Request": "true", "X-CSRF-Token": token})
+    assert status == 200 and 'id="notes-tags-error"' in body and "bad tag!" in body
+    assert body.lstrip().startswith('<section id="job-notes"')  # the block, not a page
+    status, _, body = post_form(server, f"/jobs/{jid}/notes",
+                                {"notes": "diverged at step 2", "tags": "lr-high, diverged"},
+                                {"HX-Request": "true", "X-CSRF-Token": token})
+    assert status == 200 and '<div class="notes-text" id="notes-shown">diverged' in body
+    assert server.get(f"/api/jobs/{jid}")["tags"] == ["lr-high", "diverged"]
+    # a plain form post (no JavaScript) goes back to the job page
+    status, headers, _ = post_form(server, f"/jobs/{jid}/notes",
+                                   {"notes": "", "tags": "", "csrf_token": token})
+    assert status == 303 and headers["Location"] == f"/jobs/{jid}"
+    assert server.get(f"/api/jobs/{jid}")["tags"] == []
+    edit = page(server, f"/jobs/{jid}/notes/edit")
+    assert '<textarea id="notes-text" name="notes"' in edit
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        page(server, "/jobs/999999/notes")
+    assert missing.value.code == 404
