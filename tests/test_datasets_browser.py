@@ -80,6 +80,21 @@ def test_upload_check_preview_and_pick(browser, live_server, tmp_path):
     expect(page.locator("#token-result table")).to_contain_text("prompt + completion")
     shot(page, "21-dataset-light")
 
+    # A file on this machine, by path; then deleted from its page (after the confirm).
+    local = live_server.home / "local sft.csv"
+    local.write_text("text\nUser: hi\nAssistant: hello\n\"two, lines\"\n")
+    page.goto(live_server.url + "/datasets")
+    page.fill("#ds-path", str(local))
+    page.fill("#ds-reg-name", "local-sft")
+    page.click("#dataset-add form[action='/datasets/register'] button[type=submit]")
+    page.wait_for_url("**/datasets/local-sft")
+    expect(page.locator(".facts").first).to_contain_text("sft-text")
+    expect(page.locator(".ds-preview > li")).to_have_count(3)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click("button.danger:has-text('Delete')")
+    page.wait_for_url("**/datasets")
+    expect(page.locator(".ds-table")).not_to_contain_text("local-sft")
+    assert local.is_file()  # read in place: the person's file stays
     watch.check()
     context.close()
 
