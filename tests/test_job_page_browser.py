@@ -1,0 +1,155 @@
+"""The job page in real Chromium while a real tiny torch job trains, then after it finished:
+every chart grows in place over the one SSE stream, the artifacts panel and the actions follow
+the job without a reload, the adapter downloads as a zip, clone prefills the form, delete asks
+first. Also the adapters page's delete and the system panel. (tests/test_browser.py covers
+submitting from the form and the loss/rewards charts; this extends it, not repeats it.)"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.test_browser import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LOSS_POINTS,
+    TRAIN_TIMEOUT_MS,
+    open_page,
+    shot,
+    wait_js,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def plot_points(chart: str) -> str:
+    return (f"(() => {{ const c = window.prospectJob && window.prospectJob.charts.{chart}; "
+            "return c && c.plot ? c.plot.data[0].length : 0 })()")
+
+
+def test_live_charts_artifacts_actions_then_clone_download_delete(browser, live_server):
+    from playwright.sync_api import expect
+
+    status, job = live_server.post("/api/jobs", {
+        "name": "live page", "model": "tiny-demo", "dataset": "demo-kto",
+        "params": {"max_steps": 30, "logging_steps": 1, "save_steps": 15,
+                   "gradient_accumulation_steps": 1, "max_length": 96,
+                   "learning_rate": 1e-4}})
+    assert status == 201, job
+    jid = job["id"]
+    context, page, watch = open_page(browser, width=1366)
+    asked: list[str] = []
+    page.on("dialog", lambda d: (asked.append(d.message), d.accept()))
+    page.goto(f"{live_server.url}/jobs/{jid}")
+    page.evaluate("window.__samePage = true")
+    expect(page.locator("#job-actions [data-action=cancel]")).to_be_visible()
+    expect(page.locator("#job-actions [data-action=delete]")).to_be_hidden()
+
+    wait_js(page, f"({LOSS_POINTS})() >= 3", timeout=TRAIN_TIMEOUT_MS)
+    wait_js(page, plot_points("tps") + " >= 3")
+    wait_js(page, plot_points("lr") + " >= 3")
+    first_mem = page.evaluate(plot_points("mem"))
+    shot(page, "20-job-live-charts")
+    expect(page.locator("#job-card .badge")).to_have_text("succeeded", timeout=TRAIN_TIMEOUT_MS)
+    wait_js(page, f"({LOSS_POINTS})() >= 30")
+    wait_js(page, plot_points("mem") + f" > {max(first_mem, 1)}")  # memory kept coming
+    assert page.evaluate("window.__samePage") is True  # all of that live, no reload
+    labels = page.evaluate("window.prospectJob.charts.mem.plot.series.map(s => s.label)")
+    assert "total" in labels and "process" in labels and "available" in labels, labels
+    # The run ended: the artifacts panel and the action buttons followed, still no reload.
+    expect(page.locator("#job-artifacts tr[data-kind=adapter] a")).to_have_text("Download")
+    expect(page.locator("#job-artifacts tr[data-kind=checkpoint]")).to_have_count(2)
+    expect(page.locator("#job-actions [data-action=cancel]")).to_be_hidden()
+    for action in ("clone", "fuse", "delete"):
+        expect(page.locator(f"#job-actions [data-action={action}]")).to_be_visible()
+    page.wait_for_timeout(1600)
+    shot(page, "21-job-finished-live")
+
+    with page.expect_download() as info:
+        page.locator("#job-artifacts tr[data-kind=adapter] a").click()
+    data = Path(info.value.path()).read_bytes()
+    assert "adapter/adapter_config.json" in zipfile.ZipFile(io.BytesIO(data)).namelist()
+
+    page.locator("#job-actions [data-action=clone]").click()
+    page.wait_for_url(f"**/jobs/new?from={jid}")
+    expect(page.locator("#f-name")).to_have_value("live page (copy)")
+    expect(page.locator("#f-max_steps")).to_have_value("30")
+    expect(page.locator("#f-save_steps")).to_have_value("15")
+    expect(page.locator("#f-model")).to_have_value("tiny-demo")
+    shot(page, "22-clone-prefilled", full_page=False)
+
+    page.goto(f"{live_server.url}/jobs/{jid}")  # a fresh visit: from the database only
+    wait_js(page, plot_points("mem") + " >= 2")
+    wait_js(page, plot_points("tps") + " >= 30")
+    page.locator("#job-actions [data-action=delete]").click()
+    page.wait_for_url(f"{live_server.url}/")
+    assert "removed for good" in asked[-1]
+    assert live_server.request("GET", f"/api/jobs/{jid}")[0] == 404
+    watch.check()
+    context.close()
+
+
+def test_adapters_page_delete_asks_then_removes_the_files(browser, live_server):
+    from playwright.sync_api import expect
+
+    status, job = live_server.post("/api/jobs", {
+        "name": "adapter to delete", "model": "tiny-demo", "dataset": "demo-kto",
+        "params": {"max_steps": 3, "save_steps": 3, "gradient_accumulation_steps": 1,
+                   "max_length": 96}})
+    assert status == 201
+    job = live_server.wait_job(job["id"])
+    assert job["status"] == "succeeded"
+    context, page, watch = open_page(browser, width=1366)
+    page.goto(f"{live_server.url}/adapters")
+    row = page.locator(f"#adapters-table tr[data-job-id='{job['id']}']")
+    expect(row).to_contain_text("tiny-demo")
+    shot(page, "23-adapters")
+    messages = []
+
+    def answer(dialog, accept):
+        messages.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", lambda d: answer(d, False))  # "no": nothing happens
+    row.get_by_role("button", name="Delete").click()
+    page.wait_for_timeout(300)
+    assert "run, its metrics and log stay" in messages[0]
+    expect(row).to_be_visible()
+    page.once("dialog", lambda d: answer(d, True))
+    row.get_by_role("button", name="Delete").click()
+    expect(row).to_have_count(0)
+    assert live_server.get(f"/api/jobs/{job['id']}")["adapter_path"] is None
+    watch.check()
+    context.close()
+
+
+def test_system_panel_on_every_page_refreshes(browser, live_server):
+    from playwright.sync_api import expect
+
+    context, page, watch = open_page(browser, width=1366)
+    for path in ("/", "/jobs/new", "/adapters", "/models"):
+        page.goto(live_server.url + path)
+        expect(page.locator("[data-testid=sys-memory]")).to_contain_text("free of")
+        expect(page.locator("[data-testid=sys-backends]")).to_contain_text("cpu")
+    fetched = []
+    page.on("request", lambda r: "/fragments/system" in r.url and fetched.append(r.url))
+    page.wait_for_timeout(5600)
+    assert fetched, "the panel did not refresh itself"
+    watch.check()
+    context.close()
