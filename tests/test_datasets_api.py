@@ -217,3 +217,60 @@ def test_a_kto_job_trains_on_an_uploaded_paired_file(live_server, filename, body
     done = live_server.wait_job(job["id"], timeout=300)
     assert done["status"] == "succeeded", done
     assert Path(done["adapter_path"]).is_dir()
+
+
+def multipart(fields: dict[str, str], filename: str, data: bytes) -> tuple[bytes, str]:
+    boundary = "----prospect-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+             .encode() for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                 f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+                 .encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), \
+        f"multipart/form-data; boundary={boundary}"
+
+
+def page_post(server, path: str, body: bytes, ctype: str):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", path, body=body, headers={"Content-Type": ctype})
+    resp = conn.getresponse()
+    data = resp.read().decode()
+    conn.close()
+    return resp.status, resp.getheader("location"), data
+
+
+def csrf_token(server) -> str:
+    html = raw_get(server, "/datasets")[1].decode()
+    return html.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+
+
+def test_the_pages_upload_form_checks_csrf_size_and_rows(demo_home, tmp_path):
+    home = tmp_path / "home"
+    shutil.copytree(demo_home, home)
+    server = make_server(home, PROSPECT_UPLOAD_LIMIT_MB="1")
+    server.start()
+    try:
+        token = csrf_token(server)
+        body, ctype = multipart({"csrf_token": token, "name": ""}, "Page Prefs.csv",
+                                csv_bytes(PAIRED))
+        status, location, _ = page_post(server, "/datasets/upload", body, ctype)
+        assert (status, location) == (303, "/datasets/Page-Prefs")  # named from the file
+        assert server.get("/api/datasets/Page-Prefs")["rows"] == 24
+
+        body, ctype = multipart({"csrf_token": "stale", "name": "x"}, "x.csv", csv_bytes(PAIRED))
+        status, _, html = page_post(server, "/datasets/upload", body, ctype)
+        assert status == 403 and "Form refused" in html
+
+        bad = jsonl(UNPAIRED[:3]) + b'{"prompt": "q", "completion": "a", "label": 2}\n'
+        body, ctype = multipart({"csrf_token": token, "name": "bad"}, "bad.jsonl", bad)
+        status, _, html = page_post(server, "/datasets/upload", body, ctype)
+        assert status == 422 and "row 4" in html and "label must be true" in html
+
+        big = jsonl(UNPAIRED) * (2 * 2**20 // len(jsonl(UNPAIRED)) + 1)
+        body, ctype = multipart({"csrf_token": token, "name": "big"}, "big.jsonl", big)
+        status, _, html = page_post(server, "/datasets/upload", body, ctype)
+        assert status == 413 and "limit is 1 MB" in html
+        left = sorted(p.name for p in (home / "datasets").iterdir())
+        assert left == ["Page-Prefs", "demo-kto.jsonl"], left
+    finally:
+        server.stop()
