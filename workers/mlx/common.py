@@ -195,3 +195,48 @@ class Reporter:
         self._sums, self._counts = {}, {}
         self._interval_tokens, self._interval_time = 0, 0.0
         return values
+
+
+def report_and_checkpoint(job: JobConfig, events: EventWriter, reporter: Reporter,
+                          model: nn.Module, optimizer, config: dict[str, Any], it: int,
+                          cancelled: bool, rank: int, between=None) -> None:
+    """After step ``it``: the interval's metrics every ``steps_per_report`` (and at the end or
+    on cancel), then ``between`` (SFT's validation), then a checkpoint every ``steps_per_save``
+    and on cancel, written by rank 0 only."""
+    p = job.params
+    if it % p["steps_per_report"] == 0 or it == p["iters"] or cancelled:
+        reporter.report(it, {"learning_rate": optimizer.learning_rate.item()})
+    if between is not None:
+        between(it)
+    if (it % p["steps_per_save"] == 0 or cancelled) and rank == 0:
+        path = save_checkpoint(job, model, optimizer, config, it, {"tokens": reporter.tokens})
+        events.emit("checkpoint", step=it, path=str(path.resolve()))
+        reporter.restart_clock(it)
+
+
+def finish(job: JobConfig, events: EventWriter, reporter: Reporter, model: nn.Module,
+           config: dict[str, Any], *, start: int, it: int, runtime: float, num_layers: int,
+           size: int, rank: int, cancelled: bool, **extra: Any) -> RunResult:
+    """Save the adapter (rank 0), announce it, and summarise the run."""
+    events.emit("status", phase="saving", message=f"saving the adapter to {job.adapter_dir}")
+    if rank == 0:
+        save_adapter(model, job.adapter_dir, config)
+    events.emit("artifact", kind="adapter", path=str(job.adapter_dir))
+    steps = it - start
+    summary = {
+        "steps": it,
+        "total_steps": job.params["iters"],
+        "train_runtime_s": round(runtime, 3),
+        "steps_per_s": round(steps / runtime, 4) if runtime > 0 else None,
+        "samples_per_s": round(steps * job.params["batch_size"] / runtime, 3) if runtime > 0
+        else None,
+        "final_loss": reporter.last_loss,
+        **extra,
+        "tokens": reporter.tokens,
+        "trainable_params": trainable_count(model),
+        "lora_layers": num_layers,
+        "device": str(mx.default_device()),
+        "processes": size,
+        "adapter_path": str(job.adapter_dir),
+    }
+    return RunResult("cancelled" if cancelled else "succeeded", summary)

@@ -35,10 +35,10 @@ from workers.mlx.common import (
     RunResult,
     adapter_config,
     add_lora,
+    finish,
     load_checkpoint,
     load_model,
-    save_adapter,
-    save_checkpoint,
+    report_and_checkpoint,
     trainable_count,
 )
 from workers.mlx.data import tokenize_kto
@@ -242,33 +242,10 @@ def train(job: JobConfig, rows: list[Row], events: EventWriter, stop,
         if size > 1:  # every process stops at the same step
             stopping = mx.distributed.all_sum(mx.array(int(stopping)), stream=mx.cpu).item() > 0
         cancelled = stopping and it < iters
-        if it % p["steps_per_report"] == 0 or it == iters or cancelled:
-            reporter.report(it, {"learning_rate": optimizer.learning_rate.item()})
-        if (it % p["steps_per_save"] == 0 or cancelled) and rank == 0:
-            path = save_checkpoint(job, model, optimizer, config, it, {"tokens": reporter.tokens})
-            events.emit("checkpoint", step=it, path=str(path.resolve()))
-            reporter.restart_clock(it)
+        report_and_checkpoint(job, events, reporter, model, optimizer, config, it, cancelled,
+                              rank)
         if cancelled:
             break
-    runtime = time.perf_counter() - started
-
-    events.emit("status", phase="saving", message=f"saving the adapter to {job.adapter_dir}")
-    if rank == 0:
-        save_adapter(model, job.adapter_dir, config)
-    events.emit("artifact", kind="adapter", path=str(job.adapter_dir))
-    summary = {
-        "steps": it,
-        "total_steps": iters,
-        "train_runtime_s": round(runtime, 3),
-        "steps_per_s": round((it - start) / runtime, 4) if runtime > 0 else None,
-        "samples_per_s": round((it - start) * p["batch_size"] / runtime, 3) if runtime > 0
-        else None,
-        "final_loss": reporter.last_loss,
-        "tokens": reporter.tokens,
-        "trainable_params": trainable_count(model),
-        "lora_layers": num_layers,
-        "device": str(mx.default_device()),
-        "processes": size,
-        "adapter_path": str(job.adapter_dir),
-    }
-    return RunResult("cancelled" if cancelled else "succeeded", summary)
+    return finish(job, events, reporter, model, config, start=start, it=it,
+                  runtime=time.perf_counter() - started, num_layers=num_layers, size=size,
+                  rank=rank, cancelled=cancelled)

@@ -29,10 +29,10 @@ from workers.mlx.common import (
     RunResult,
     adapter_config,
     add_lora,
+    finish,
     load_checkpoint,
     load_model,
-    save_adapter,
-    save_checkpoint,
+    report_and_checkpoint,
     trainable_count,
 )
 from workers.protocol import EventWriter
@@ -119,6 +119,12 @@ def train(job: JobConfig, train_rows: list[dict], valid_rows: list[dict], events
                 else f"training {trainable_count(model):,} adapter parameters")
     model.train()
     val_loss = validate(start) if valid_set is not None and start == 0 else None
+
+    def validate_now(at: int) -> None:  # between the report and the checkpoint
+        nonlocal val_loss
+        if valid_set is not None and (at % p["steps_per_eval"] == 0 or at == iters):
+            val_loss = validate(at)
+
     started, it, cancelled = time.perf_counter(), start, False
     for it in range(start + 1, iters + 1):
         batch = next(batches)
@@ -134,34 +140,10 @@ def train(job: JobConfig, train_rows: list[dict], valid_rows: list[dict], events
         reporter.add({"loss": loss.item()})
         reporter.step_done(it, int(ntoks.item()), time.perf_counter() - tic)
         cancelled = stopping and it < iters
-        if it % p["steps_per_report"] == 0 or it == iters or cancelled:
-            reporter.report(it, {"learning_rate": optimizer.learning_rate.item()})
-        if valid_set is not None and (it % p["steps_per_eval"] == 0 or it == iters):
-            val_loss = validate(it)
-        if (it % p["steps_per_save"] == 0 or cancelled) and rank == 0:
-            path = save_checkpoint(job, model, optimizer, config, it, {"tokens": reporter.tokens})
-            events.emit("checkpoint", step=it, path=str(path.resolve()))
-            reporter.restart_clock(it)
+        report_and_checkpoint(job, events, reporter, model, optimizer, config, it, cancelled,
+                              rank, between=validate_now)
         if cancelled:
             break
-    runtime = time.perf_counter() - started
-
-    events.emit("status", phase="saving", message=f"saving the adapter to {job.adapter_dir}")
-    if rank == 0:
-        save_adapter(model, job.adapter_dir, config)
-    events.emit("artifact", kind="adapter", path=str(job.adapter_dir))
-    summary = {
-        "steps": it,
-        "total_steps": iters,
-        "train_runtime_s": round(runtime, 3),
-        "steps_per_s": round((it - start) / runtime, 4) if runtime > 0 else None,
-        "final_loss": reporter.last_loss,
-        "val_loss": val_loss,
-        "tokens": reporter.tokens,
-        "trainable_params": trainable_count(model),
-        "lora_layers": num_layers,
-        "device": str(mx.default_device()),
-        "processes": size,
-        "adapter_path": str(job.adapter_dir),
-    }
-    return RunResult("cancelled" if cancelled else "succeeded", summary)
+    return finish(job, events, reporter, model, config, start=start, it=it,
+                  runtime=time.perf_counter() - started, num_layers=num_layers, size=size,
+                  rank=rank, cancelled=cancelled, val_loss=val_loss)
