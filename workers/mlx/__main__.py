@@ -12,11 +12,9 @@ of the current step, then the adapter, and the run ends ``cancelled``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import traceback
-from pathlib import Path
 
 from workers.data import kto_stats, load_kto_dataset
 from workers.keep_awake import KeepAwake, keep_awake
@@ -26,7 +24,7 @@ from workers.mlx.data import load_sft_splits
 from workers.mlx.errors import Cancelled, describe_error
 from workers.params import ParamError
 from workers.protocol import EVENTS_FILE, EventWriter
-from workers.torch.__main__ import StopFlag, _read_raw, _run_dir, _stats_line
+from workers.torch.__main__ import StopFlag, _read_raw, _run_dir, _stats_line, parse_cli
 
 # Read by huggingface_hub / transformers at import time, so set before mlx-lm loads them.
 ENVIRONMENT = {
@@ -39,14 +37,7 @@ ENVIRONMENT = {
 
 def main(argv: list[str] | None = None) -> int:
     stop = StopFlag().install()  # first: a cancel that comes early is still seen
-    parser = argparse.ArgumentParser(prog="python -m workers.mlx", description=__doc__)
-    parser.add_argument("--config", type=Path, required=True, help="the run's config.json")
-    parser.add_argument(
-        "--memory-interval", type=float, default=2.0, help="seconds between memory events"
-    )
-    cli = parser.parse_args(argv)
-    for key, value in ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
+    cli = parse_cli("python -m workers.mlx", __doc__, argv, ENVIRONMENT)
 
     raw, error = _read_raw(cli.config)
     run_dir = _run_dir(raw, cli.config)

@@ -77,16 +77,23 @@ class StopFlag:
             signal.signal(sig, signal.SIG_IGN)
 
 
-def main(argv: list[str] | None = None) -> int:
-    stop = StopFlag().install()  # first: a cancel that comes early is still seen
-    parser = argparse.ArgumentParser(prog="python -m workers.torch", description=__doc__)
+def parse_cli(prog: str, doc: str | None, argv: list[str] | None,
+              environment: dict[str, str]) -> argparse.Namespace:
+    """Both workers' command line; the environment defaults are set before any ML import."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
     parser.add_argument("--config", type=Path, required=True, help="the run's config.json")
     parser.add_argument(
         "--memory-interval", type=float, default=2.0, help="seconds between memory events"
     )
     cli = parser.parse_args(argv)
-    for key, value in ENVIRONMENT.items():
+    for key, value in environment.items():
         os.environ.setdefault(key, value)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    stop = StopFlag().install()  # first: a cancel that comes early is still seen
+    cli = parse_cli("python -m workers.torch", __doc__, argv, ENVIRONMENT)
     # TRL 1.16 still calls transformers 5's gradient_checkpointing_* aliases on every step.
     warnings.filterwarnings("ignore", message=".*will be removed in v6", category=FutureWarning)
 
