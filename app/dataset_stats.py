@@ -9,6 +9,8 @@ same split the MLX worker makes), as mlx-lm chat rows or the seed's "User:/Assis
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
 import json
 import subprocess
@@ -27,6 +29,7 @@ from app.db import ROOT
 from app.jobs import HUB_ID, JobInputError, _local_path
 from app.models import DatasetEntry, ModelEntry
 from workers.data import DatasetError
+from workers.dataset_tool import summarize
 from workers.mlx.data import load_sft_rows, split_rows
 
 PREVIEW_ROWS = 20
@@ -80,16 +83,30 @@ def tokenizer_folder(session: Session, value: str, settings: Settings) -> Path:
 
 def token_lengths(entry: DatasetEntry, folder: Path, max_length: int,
                   settings: Settings) -> dict[str, Any]:
+    """Counted once per (dataset, tokenizer) in the subprocess, which leaves every row's
+    lengths in datasets/<id>/; any other max length is then a sum over that file."""
+    stamp = "|".join(f"{f}:{f.stat().st_mtime_ns}" for f in sorted(folder.glob("*.json*"))
+                     if f.name in ("tokenizer.json", "tokenizer_config.json",
+                                   "chat_template.jinja"))
+    key = hashlib.sha256(f"{folder.resolve()}|{stamp}|{entry.path}".encode()).hexdigest()[:16]
+    cache = dataset_dir(settings, entry.id) / f"tokens-{key}.json"
+    if cache.is_file():
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            return summarize(json.loads(cache.read_text()), max_length)
+    cache.parent.mkdir(parents=True, exist_ok=True)
     cmd = [settings.python or sys.executable, "-m", "workers.dataset_tool", "tokens",
            "--tokenizer", str(folder), "--data", entry.path, "--kind", entry.kind,
-           "--max-length", str(max_length)]
+           "--max-length", str(max_length), "--lengths-out", str(cache)]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
-        raise JobInputError("model", "counting tokens took over 10 minutes",
-                            status_code=504) from None
+        raise JobInputError("model", "counting tokens took over 10 minutes; try a smaller "
+                            "dataset, or count with a script") from None
     lines = proc.stdout.strip().splitlines() or [json.dumps({"error": proc.stderr[-500:]})]
-    result = json.loads(lines[-1])
+    try:
+        result = json.loads(lines[-1])
+    except ValueError:
+        result = {"error": lines[-1][-500:]}
     if proc.returncode != 0 or "error" in result:
         raise JobInputError("model", f"could not count tokens with {folder.name}: "
                             f"{result.get('error', 'unknown error')}")

@@ -85,6 +85,9 @@ def test_an_uploaded_parquet_file_is_registered_with_stats_preview_tokens_and_ml
     assert tokens["prompt"]["p50"] < tokens["total"]["p50"]
     longer = live_server.get("/api/datasets/api-unpaired/tokens?model=tiny-demo&max_length=8")
     assert longer["truncated"] + longer["dropped"] >= tokens["truncated"] + tokens["dropped"]
+    assert longer["total"] == tokens["total"]
+    # Every row's lengths are kept once per tokenizer; other max lengths are sums over them.
+    assert len(list(folder.glob("tokens-*.json"))) == 1
 
     status, body = raw_get(live_server, "/api/datasets/api-unpaired/mlx?seed=3")
     assert status == 200

@@ -4,7 +4,7 @@
         Parquet rows (pyarrow) as one JSON object per line, in file order, so the server
         validates them with its JSONL reader and row numbers stay the Parquet rows.
     python -m workers.dataset_tool tokens --tokenizer DIR --data data.jsonl --kind kto \
-            --max-length 512
+            --max-length 512 [--lengths-out lengths.json]
         Token lengths of a normalised dataset with a model's tokenizer.json and its chat
         template (the `tokenizers` library and jinja2, as transformers' apply_chat_template
         renders it), and how many rows the max length would truncate or drop.
@@ -139,7 +139,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def tokens(tokenizer_dir: str, data: str, kind: str, max_length: int) -> dict:
+def lengths(tokenizer_dir: str, data: str, kind: str) -> dict:
+    """Per row: tokens of prompt + completion, and (KTO) of the prompt as TRL splits it."""
     renderer = ChatRenderer(Path(tokenizer_dir))
     # The loaders the workers use: they also read a file registered as it was (the demo's).
     if kind == "kto":
@@ -154,7 +155,6 @@ def tokens(tokenizer_dir: str, data: str, kind: str, max_length: int) -> dict:
             {"role": "assistant", "content": r["completion"]}]} for r in load_sft_rows(data)[0]]
     totals: list[int] = []
     prompts: list[int] = []
-    truncated = dropped = 0
     batch = 512
     for start in range(0, len(rows), batch):
         chunk = rows[start:start + batch]
@@ -164,22 +164,33 @@ def tokens(tokenizer_dir: str, data: str, kind: str, max_length: int) -> dict:
                                          for r in chunk])
             for p_ids, f_ids in zip(prompt_ids, full_ids, strict=True):
                 # Where TRL's KTOTrainer splits prompt from completion (workers/mlx/data.py).
-                n = _common_prefix(p_ids, f_ids)
-                prompts.append(n)
+                prompts.append(_common_prefix(p_ids, f_ids))
                 totals.append(len(f_ids))
-                if n >= max_length:
-                    dropped += 1  # the prompt alone fills max_length: the row is left out
-                elif len(f_ids) > max_length:
-                    truncated += 1
         else:
             texts = [r["text"] if "text" in r else renderer.render(r["messages"]) for r in chunk]
-            for ids in renderer.lengths(texts):
-                totals.append(len(ids))
-                truncated += len(ids) > max_length  # mlx-lm cuts a long example, keeps it
-    return {"rows": len(rows), "max_length": max_length, "truncated": truncated,
-            "dropped": dropped, "template": "chat template" if renderer.template else
-            "none (plain User:/Assistant: text)", "total": percentiles(totals),
-            "prompt": percentiles(prompts) if kind == "kto" else {}}
+            totals.extend(len(ids) for ids in renderer.lengths(texts))
+    return {"kind": kind, "template": "chat template" if renderer.template else
+            "none (plain User:/Assistant: text)", "total": totals,
+            "prompt": prompts if kind == "kto" else []}
+
+
+def summarize(found: dict, max_length: int) -> dict:
+    """Percentiles, and the rows ``max_length`` truncates or (KTO) drops: TRL leaves out a
+    row whose prompt alone fills max_length; mlx-lm cuts a long example and keeps it."""
+    totals, prompts = found["total"], found["prompt"]
+    dropped = sum(1 for n in prompts if n >= max_length)
+    if prompts:
+        truncated = sum(1 for n, t in zip(prompts, totals, strict=True)
+                        if n < max_length < t)
+    else:
+        truncated = sum(1 for t in totals if t > max_length)
+    return {"rows": len(totals), "max_length": max_length, "truncated": truncated,
+            "dropped": dropped, "template": found["template"], "total": percentiles(totals),
+            "prompt": percentiles(prompts)}
+
+
+def tokens(tokenizer_dir: str, data: str, kind: str, max_length: int) -> dict:
+    return summarize(lengths(tokenizer_dir, data, kind), max_length)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,12 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--data", required=True)
     t.add_argument("--kind", choices=("kto", "sft"), required=True)
     t.add_argument("--max-length", type=int, required=True)
+    t.add_argument("--lengths-out", help="also write every row's lengths here (a cache)")
     args = parser.parse_args(argv)
     try:
         if args.command == "to-jsonl":
             result = to_jsonl(args.paths, args.out)
         else:
-            result = tokens(args.tokenizer, args.data, args.kind, args.max_length)
+            found = lengths(args.tokenizer, args.data, args.kind)
+            if args.lengths_out:
+                partial = Path(args.lengths_out + ".partial")
+                partial.write_text(json.dumps(found))
+                partial.replace(args.lengths_out)
+            result = summarize(found, args.max_length)
     except SystemExit as exc:
         return int(exc.code or 0)
     except Exception as exc:  # noqa: BLE001 - any failure is a message for the person
