@@ -178,6 +178,17 @@ def hub_snapshot(repo_id: str, kind: str = "datasets") -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def cached_hub_datasets(limit: int = 200) -> list[str]:
+    """The dataset ids the local cache holds a snapshot of (for the form's suggestions)."""
+    root = hub_cache_dir()
+    with contextlib.suppress(OSError):
+        found = sorted(p.name[len("datasets--"):].replace("--", "/", 1)
+                       for p in root.iterdir()
+                       if p.name.startswith("datasets--") and (p / "snapshots").is_dir())
+        return found[:limit]
+    return []
+
+
 def hub_files(snapshot: Path, split: str) -> tuple[list[Path], list[str]]:
     """The split's data files (e.g. data/train-00000-of-00001.parquet, train.jsonl), and
     every data file the snapshot has, for the message when the split is not there."""

@@ -186,6 +186,8 @@ def test_a_hub_dataset_comes_from_the_local_cache_only(demo_home, tmp_path):
     server = make_server(home, HF_HOME=str(tmp_path / "hf"))
     server.start()
     try:
+        html = raw_get(server, "/datasets")[1].decode()
+        assert '<option value="trl-lib/kto-mix-14k">' in html  # suggested in the form
         status, entry = server.post("/api/datasets/register", {"hub_id": "trl-lib/kto-mix-14k"})
         assert status == 201, entry
         assert (entry["id"], entry["source"], entry["rows"]) == ("kto-mix-14k", "hub", 40)

@@ -40,6 +40,7 @@ def models(session: Session) -> list[ModelEntry]:
 def list_context(session: Session, **extra: Any) -> dict[str, Any]:
     datasets = list(session.exec(select(DatasetEntry).order_by(DatasetEntry.created_at.desc())))
     return {"nav": "datasets", "datasets": datasets, "form": {}, "error": None,
+            "hub_cached": registry.cached_hub_datasets(),
             "problems": [], "problem_count": 0, "add_mode": "upload", **extra}
 
 
