@@ -36,13 +36,16 @@ def final_loss_expr():
     """The loss logged at a job's last step (the later write wins where a resumed run logged
     a step twice, as app.metrics.columnar does)."""
     # Two index seeks: the last step, then its value. ORDER BY step DESC, seq DESC in one
-    # go would sort all of a run's rows (the index has no seq), 100 ms on a 100k-step run.
+    # go would sort all of a run's rows (the index has no seq), 100 ms on a 100k-step run;
+    # and a bare ORDER BY seq lets SQLite walk the (job, seq, name) unique index through the
+    # whole run instead: `seq + 0` is an expression no index provides, so it seeks
+    # (job, name, step) and sorts the one or two rows there.
     last_step = (select(func.max(Metric.step))
                  .where(Metric.job_id == Job.id, Metric.name == LOSS_NAME)
                  .correlate(Job).scalar_subquery())
     return (select(Metric.value)
             .where(Metric.job_id == Job.id, Metric.name == LOSS_NAME, Metric.step == last_step)
-            .order_by(Metric.seq.desc())
+            .order_by((Metric.seq + 0).desc())
             .limit(1).correlate(Job).scalar_subquery())
 
 

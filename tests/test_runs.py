@@ -297,3 +297,19 @@ def test_notes_form_needs_the_csrf_token_and_answers_htmx_with_the_block(server,
     with pytest.raises(urllib.error.HTTPError) as missing:
         page(server, "/jobs/999999/notes")
     assert missing.value.code == 404
+
+
+def test_final_loss_of_a_resumed_run_is_its_later_write(server):
+    """A run resumed from a checkpoint logs the steps after it again; like the charts, the
+    final loss is the later write (by seq) of the last step."""
+    from sqlmodel import Session
+
+    from app.models import Metric
+
+    e = engine_for(server.home)
+    jid = add_run(e, "resumed run", tags=["resumed"], losses=[0.9, 0.8, 0.7])
+    with Session(e) as s:
+        s.add(Metric(job_id=jid, seq=10, step=3, name="loss", value=0.65))
+        s.commit()
+    row = page(server, "/?tag=resumed")
+    assert '<td class="num mono final-loss">0.65</td>' in row
