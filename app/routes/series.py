@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
+from sqlalchemy import func
 from sqlmodel import Session, select
 
 from app.db import SessionDep
@@ -26,14 +27,13 @@ MEMORY_COLUMNS = ("rss", "backend_active", "backend_peak", "backend_driver", "sy
 PROGRESS_COLUMNS = ("tokens_per_s", "eta_s")
 
 
-def memory_row(data: dict[str, Any]) -> dict[str, float | None]:
-    """One memory event (workers/memory.py) as flat chart columns, in bytes."""
-    backend, system = data.get("backend") or {}, data.get("system") or {}
-    return {"rss": data.get("rss_bytes"), "backend_active": backend.get("active_bytes"),
-            "backend_peak": backend.get("peak_bytes"),
-            "backend_driver": backend.get("driver_bytes"), "system_used": system.get("used"),
-            "system_available": system.get("available"), "system_total": system.get("total"),
-            "swap_used": system.get("swap_used")}
+# Where each column lives in an event's JSON; SQLite's json_extract reads them in C, which is
+# several times faster than handing every event's whole blob to Python's json module.
+MEMORY_PATHS = {"rss": "$.rss_bytes", "backend_active": "$.backend.active_bytes",
+                "backend_peak": "$.backend.peak_bytes", "backend_driver": "$.backend.driver_bytes",
+                "system_used": "$.system.used", "system_available": "$.system.available",
+                "system_total": "$.system.total", "swap_used": "$.system.swap_used"}
+PROGRESS_PATHS = {"step": "$.step", "tokens_per_s": "$.tokens_per_s", "eta_s": "$.eta_s"}
 
 
 def _number(v: Any) -> float | None:
@@ -47,21 +47,17 @@ def series(session: Session, job_id: int, kind: str, max_points: int | None,
     ``t`` is the event's unix time; ``elapsed_s`` counts from the job's first event so the
     memory chart's x axis reads "minutes into the run".
     """
-    rows = session.exec(select(Event.seq, Event.t, Event.data).where(
-        Event.job_id == job_id, Event.type == kind, Event.seq > after_seq).order_by(Event.seq))
+    paths = MEMORY_PATHS if kind == "memory" else PROGRESS_PATHS
+    columns = MEMORY_COLUMNS if kind == "memory" else PROGRESS_COLUMNS
+    where = (Event.job_id == job_id, Event.type == kind, Event.seq > after_seq)
+    picked = [func.json_extract(Event.data, path) for path in paths.values()]
+    rows = session.exec(select(Event.seq, Event.t, *picked).where(*where).order_by(Event.seq))
     first_t = session.exec(select(Event.t).where(Event.job_id == job_id)
                            .order_by(Event.seq).limit(1)).first()
-    columns = MEMORY_COLUMNS if kind == "memory" else PROGRESS_COLUMNS
+    names = list(paths)
     by_seq: dict[int, dict[str, Any]] = {}
-    backend_name = None
-    for seq, t, data in rows:
-        if kind == "memory":
-            values = memory_row(data)
-            backend_name = (data.get("backend") or {}).get("name") or backend_name
-        else:
-            values = {c: data.get(c) for c in columns}
-            values["step"] = data.get("step")
-        by_seq[seq] = {k: _number(v) for k, v in values.items()} | {"t": t}
+    for seq, t, *values in rows:
+        by_seq[seq] = {n: _number(v) for n, v in zip(names, values, strict=True)} | {"t": t}
     seqs = sorted(by_seq)
     if max_points and len(seqs) > max_points:
         seqs = downsample(seqs, by_seq, list(columns), max_points)
@@ -69,7 +65,10 @@ def series(session: Session, job_id: int, kind: str, max_points: int | None,
     if kind == "memory":
         start = first_t if first_t is not None else (out["t"][0] if seqs else 0.0)
         out["elapsed_s"] = [round(t - start, 3) for t in out["t"]]
-        out["backend_name"] = backend_name
+        out["backend_name"] = session.exec(
+            select(func.json_extract(Event.data, "$.backend.name")).where(
+                *where, func.json_extract(Event.data, "$.backend.name").is_not(None))
+            .order_by(Event.seq.desc()).limit(1)).first()
     else:
         out["step"] = [by_seq[s]["step"] for s in seqs]
     for c in columns:
