@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlmodel import Session
 
 from app.models import Job
@@ -49,15 +49,23 @@ def settings_diff(jobs: list[Job]) -> list[DiffRow]:
     return rows
 
 
-_NAMES_SQL = text("SELECT DISTINCT name FROM metric WHERE job_id IN :ids ORDER BY name") \
-    .bindparams(bindparam("ids", expanding=True))
+# The distinct names by hopping the (job, name, step) index from one name to the next: one
+# seek per name, where SELECT DISTINCT would read every point of a long run (100 ms and more).
+_NAMES_SQL = text("""
+WITH RECURSIVE n(name) AS (
+  SELECT MIN(name) FROM metric WHERE job_id = :job
+  UNION ALL
+  SELECT (SELECT MIN(name) FROM metric WHERE job_id = :job AND name > n.name)
+  FROM n WHERE n.name IS NOT NULL
+)
+SELECT name FROM n WHERE name IS NOT NULL""")
 
 
 def metric_names(session: Session, job_ids: list[int]) -> list[str]:
     """The union of metric names the runs logged, loss first (the usual thing to compare)."""
-    if not job_ids:
-        return []
-    names = [r[0] for r in session.connection().execute(_NAMES_SQL, {"ids": job_ids})]
+    names: set[str] = set()
+    for job_id in job_ids:
+        names.update(r[0] for r in session.connection().execute(_NAMES_SQL, {"job": job_id}))
     return sorted(names, key=lambda n: (n != "loss", n))
 
 
