@@ -77,3 +77,25 @@ def test_junk_csv(server, header, cells):
     writer.writerow(header)
     writer.writerows(cells)
     check(server, out.getvalue().encode("utf-8", "surrogatepass"), "rows.csv")
+
+
+@settings(max_examples=20, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(items=st.lists(st.fixed_dictionaries({}, optional={
+    "prompt": st.text(max_size=8) | st.none() | st.binary(max_size=6),
+    "completion": st.text(max_size=8) | st.none(),
+    "label": st.booleans() | st.none(),
+    "chosen": st.text(max_size=8), "rejected": st.text(max_size=8)}), min_size=1, max_size=6))
+def test_junk_parquet_tables(server, items):
+    """Real Parquet files whose columns are nearly right: nulls, bytes, missing columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from hypothesis import assume
+
+    try:
+        table = pa.Table.from_pylist(items)
+    except (pa.ArrowException, ValueError, TypeError):
+        assume(False)
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    check(server, out.getvalue(), "rows.parquet")
