@@ -166,6 +166,12 @@ def test_pick_two_runs_and_compare_them(browser, server, scheme):
     assert "metric=kl" in page.url
     page.locator("details.same-settings summary").click()
     assert page.locator("details.same-settings").evaluate("d => d.open")
+    page.goto(server.url + "/compare")  # the nav's Compare: only the picker
+    assert page.locator(f"#cmp-{base}").is_visible() and not page.locator("#compare-chart").count()
+    shot(page, f"runs-07-compare-picker-{scheme}")
+    page.goto(server.url + "/")
+    shot(page, f"runs-08-jobs-{scheme}")
+    page.goto(f"{server.url}/compare?ids={base},{fast}")
     if scheme == "light":
         page.set_viewport_size({"width": 800, "height": 1000})  # a tablet
         page.wait_for_timeout(300)

@@ -26,7 +26,15 @@ from app.metrics import columnar
 from app.models import Job, JobPublic
 from app.routes.api import JobId, get_job
 from app.routes.pages import is_htmx, not_found, page
-from app.runs import NOTES_MAX, TAGS_MAX, JobQuery, RunEditError, apply_edit, list_jobs
+from app.runs import (
+    NOTES_MAX,
+    TAGS_MAX,
+    JobQuery,
+    RunEditError,
+    apply_edit,
+    final_loss_expr,
+    list_jobs,
+)
 from app.security import CSRF_FIELD, CSRF_HEADER, csrf_ok
 
 api = APIRouter(prefix="/api")
@@ -160,7 +168,9 @@ def compare_page(request: Request, session: SessionDep) -> HTMLResponse:
     metric = metric if metric in names else (names[0] if names else "")
     picker = list_jobs(session, JobQuery(limit=PICKER_SIZE))
     chosen = {j.id for j in jobs}
+    final = dict(session.exec(select(Job.id, final_loss_expr()).where(Job.id.in_(chosen))).all())
     return page(request, "compare.html", jobs=jobs if not error else [], error=error,
+                final_loss=final,
                 rows=settings_diff(jobs) if len(jobs) > 1 and not error else [],
                 metrics=names, metric=metric, picker=picker, chosen=chosen, max_runs=MAX_RUNS,
                 ids=",".join(str(j.id) for j in jobs))
