@@ -180,3 +180,49 @@ def test_pick_two_runs_and_compare_them(browser, server, scheme):
         shot(page, "runs-06-jobs-tablet-light")
     watch.check()
     context.close()
+
+
+def test_runs_made_by_workers_compare_in_the_browser(browser, demo_home, tmp_path):
+    """The whole path: jobs posted over REST, run by the supervisor (tests/fake_worker.py
+    speaks the protocol without training), their metrics ingested, then listed with
+    sparklines and compared on one chart."""
+    import shutil
+    import stat
+    import sys
+
+    fake = Path(__file__).with_name("fake_worker.py")
+    python = tmp_path / "fake-python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} {fake} \"$@\"\n")
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    home = tmp_path / "home"
+    shutil.copytree(demo_home, home)
+    srv = make_server(home, PROSPECT_PYTHON=str(python))
+    srv.start()
+    try:
+        ids = []
+        for lr in (5e-7, 2e-6):
+            status, job = srv.post("/api/jobs", {
+                "name": f"worker lr {lr}", "model": "tiny-demo", "dataset": "demo-kto",
+                "params": {"learning_rate": lr, "max_steps": 3}})
+            assert status == 201, job
+            ids.append(job["id"])
+        for jid in ids:
+            assert srv.wait_job(jid, timeout=60)["status"] == "succeeded"
+        context, page, watch = open_page(browser, width=1280, height=900)
+        page.goto(srv.url + "/")
+        assert page.locator("#jobs-body svg.spark polyline").count() == 2
+        assert page.locator("#jobs-body td.final-loss").all_inner_texts() == ["0.3333"] * 2
+        page.evaluate("() => sessionStorage.clear()")
+        for jid in ids:
+            page.check(f"#pick-{jid}")
+        page.click("#compare-button")
+        wait_js(page, "() => window.prospectCompare && window.prospectCompare.plot")
+        assert page.evaluate("() => window.prospectCompare.plot.data") == \
+            [[1, 2, 3], [1, 0.5, 1 / 3], [1, 0.5, 1 / 3]]
+        assert page.locator("#diff-differ tr.differs th").all_inner_texts() == \
+            ["learning_rate"]
+        watch.check()
+        context.close()
+    finally:
+        kill_workers(srv)
+        srv.stop()
