@@ -128,6 +128,9 @@
     1e4, 2e4, 2.5e4, 5e4, 1e5, 2e5, 2.5e5, 5e5, 1e6, 2e6, 5e6, 1e7]; // steps are whole
   const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
     21600, 43200, 86400];
+  // One colour per quantity (not per position), so "available" never looks like the limit.
+  const MEMORY_COLORS = { rss: '--c1', backend_active: '--c2', backend_driver: '--c6',
+    system_used: '--c4', system_available: '--c5', swap_used: '--c3' };
   const MEMORY_LABELS = { rss: 'process', backend_active: 'allocator', backend_driver: 'driver',
     system_used: 'system used', system_available: 'available', swap_used: 'swap',
     system_total: 'total' };
@@ -165,8 +168,8 @@
       return { label: label, stroke: css('--danger'), width: 1.5, dash: [6, 4],
         points: { show: false }, value: gbValue };
     }
-    return { label: label, stroke: palette[i % palette.length], width: 2, spanGaps: true,
-      points: { show: false }, value: gbValue };
+    return { label: label, stroke: css(MEMORY_COLORS[name] || '--c1'), width: 2,
+      spanGaps: true, points: { show: false }, value: gbValue };
   };
 
   Chart.prototype.build = function (names) {
