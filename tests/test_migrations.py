@@ -1,4 +1,4 @@
-"""The Alembic head matches the SQLModel tables, so a model change without a migration fails here."""
+"""The Alembic head matches the SQLModel tables: a model change without a migration fails."""
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
