@@ -7,6 +7,7 @@ demo_assets.py): the server process stays free of ML libraries.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -36,7 +37,9 @@ def register_demo(engine: Engine, paths: dict[str, str]) -> None:
         model.path, model.source = paths["model"], "demo"
         dataset = session.get(DatasetEntry, DEMO_DATASET) or DatasetEntry(id=DEMO_DATASET,
                                                                            path="")
-        dataset.path, dataset.format = paths["dataset"], "kto"
+        dataset.path, dataset.format, dataset.kind = paths["dataset"], "kto", "kto"
+        dataset.source, dataset.name = "demo", DEMO_DATASET
+        dataset.size_bytes = os.path.getsize(paths["dataset"])
         with open(paths["dataset"], encoding="utf-8") as f:
             dataset.rows = sum(1 for line in f if line.strip())
         session.add(model)
