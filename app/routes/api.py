@@ -45,8 +45,8 @@ Text = Annotated[str | None, Query(max_length=1000)]
 def list_jobs(session: SessionDep, response: Response, status: JobStatus | None = None,
               backend: Text = None, method: Text = None, model: Text = None,
               tag: Text = None,
-              q: Annotated[str | None, Query(max_length=200,
-                                             description="Words in the name or notes")] = None,
+              q: Annotated[str | None, Query(
+                  max_length=200, description="Text in the name or notes (any case)")] = None,
               sort: runs.SortKey = "created",
               order: Literal["asc", "desc"] | None = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
