@@ -111,6 +111,11 @@ def test_edit_notes_and_tags_in_place(browser, server):
     jid = server.ids["mlx"]
     page.goto(f"{server.url}/jobs/{jid}")
     page.click("#notes-edit")
+    page.locator("#notes-text").wait_for()
+    assert page.evaluate("() => document.activeElement.id") == "notes-text"
+    page.keyboard.press("Escape")  # cancels; the keyboard lands back on Edit
+    wait_js(page, "() => document.activeElement && document.activeElement.id === 'notes-edit'")
+    page.keyboard.press("Enter")
     page.fill("#notes-text", "Rank 8 is enough here.\nTry rank 4 next.")
     page.fill("#notes-tags", "mlx keeper!")
     page.get_by_role("button", name="Save").click()

@@ -73,4 +73,16 @@
     if (el.id === 'job-form') focusFirstError(el);
   });
   setInterval(tickElapsed, 1000);
+
+  // Notes edited in place (templates/_job_notes.html): Escape cancels, and focus goes back
+  // to the Edit button after a save or cancel so the keyboard does not lose its place.
+  document.addEventListener('keydown', function (evt) {
+    const form = evt.key === 'Escape' && evt.target.closest && evt.target.closest('.notes-form');
+    const cancel = form && form.querySelector('[data-cancel]');
+    if (cancel) cancel.click();
+  });
+  document.addEventListener('htmx:afterSwap', function (evt) {
+    const edit = document.getElementById('notes-edit');
+    if (evt.detail.target && evt.detail.target.id === 'job-notes' && edit) edit.focus();
+  });
 })();
