@@ -8,6 +8,7 @@ charts and the log tail from the same connection.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -140,11 +141,15 @@ def jobs_context(request: Request, session: Session) -> dict[str, Any]:
     """The filtered, sorted page of jobs the URL asks for (app/runs.py), with sparklines."""
     query, page_no = runs.query_from_params(dict(request.query_params), JOBS_PER_PAGE)
     found = runs.find_jobs(session, query)
+    last = max(1, -(-found.total // JOBS_PER_PAGE))
+    if page_no > last:  # runs deleted (or a stale link): show the last page there is
+        page_no = last
+        query = replace(query, offset=(last - 1) * JOBS_PER_PAGE)
+        found = runs.find_jobs(session, query)
     series = loss_series(session, [r.job.id for r in found.rows])
     for row in found.rows:
         row.spark = sparkline(series.get(row.job.id, []))
-    pages = max(1, -(-found.total // JOBS_PER_PAGE))
-    return {"found": found, "query": query, "page_no": page_no, "pages": pages,
+    return {"found": found, "query": query, "page_no": page_no, "pages": last,
             "url_params": runs.url_params, "urlencode": urlencode}
 
 
