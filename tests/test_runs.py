@@ -247,6 +247,8 @@ def test_jobs_page_pages_and_forgives_odd_parameters(server, runs):
     assert "26–26 of 26 runs" in html and "bulk 25" in html and "bulk 00" not in html
     assert 'hx-get="/fragments/jobs?tag=bulk&amp;sort=name&amp;page=2"' in html
     assert "No runs match these filters" in page(server, "/?tag=no-such-tag")
+    html = page(server, "/?tag=bulk&sort=name&page=9")  # past the end: the last page
+    assert "26–26 of 26 runs" in html and "page 2 of 2" in html
 
 
 # --- the job page's notes form ---------------------------------------------------------------
