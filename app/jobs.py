@@ -10,6 +10,7 @@ from sqlmodel import Session, select
 
 from app.config import Settings
 from app.models import TRANSITIONS, DatasetEntry, Job, JobCreate, JobStatus, ModelEntry, utcnow
+from app.plan_check import DoesNotFit, check_fits
 from workers.data import DatasetError, kto_stats, load_kto_dataset
 from workers.mlx.data import load_sft_rows
 from workers.params import ParamError, method_for
@@ -20,11 +21,13 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 class JobInputError(ValueError):
     """Bad input from a person or a script: ``field`` names it, ``message`` says the fix."""
 
-    def __init__(self, field: str, message: str, status_code: int = 422):
+    def __init__(self, field: str, message: str, status_code: int = 422,
+                 extra: dict | None = None):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
         self.status_code = status_code
+        self.extra = extra  # more for the 422 body (the memory plan of a job that won't fit)
 
 
 class JobStateError(JobInputError):
@@ -150,6 +153,13 @@ def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
         check_kto_dataset(dataset_path)
     elif data.method == "sft":
         check_sft_dataset(dataset_path)
+    if not data.force:  # a job the planner says won't fit is refused, unless forced
+        try:
+            check_fits(model_path, data.backend, data.method, params)
+        except DoesNotFit as exc:
+            raise JobInputError("plan", f"this job won't fit in memory: {exc.result['message']}"
+                                " Change the settings, or send force: true to start anyway.",
+                                extra={"plan": exc.result}) from None
     name = data.name.strip() or f"{data.method}-{Path(data.model.rstrip('/')).name}"
     return Job(name=name, backend=data.backend, method=data.method, model=data.model.strip(),
                dataset=data.dataset.strip(), params=params, model_path=model_path,

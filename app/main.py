@@ -14,6 +14,7 @@ from app.config import Settings, get_settings
 from app.db import ROOT, make_engine, migrate
 from app.jobs import JobInputError
 from app.routes import adapters, api, artifacts, datasets, job_page, library, pages, runs, series
+from app.routes import plan as plan_routes
 from app.routes import system as system_routes
 from app.security import LocalOnlyMiddleware, new_csrf_token
 from app.supervisor import Supervisor
@@ -51,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loc = ["body", *exc.field.split(".")]
         return JSONResponse(status_code=exc.status_code, content={
             "detail": [{"loc": loc, "field": exc.field, "msg": exc.message,
-                        "type": "value_error"}]})
+                        "type": "value_error", **(exc.extra or {})}]})
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 msg = f"unknown field {field!r}; a run's name, notes and tags can be changed"
             elif err.get("type") == "extra_forbidden":
                 msg = (f"unknown field {field!r}; a job takes name, backend, method, model, "
-                       "dataset and params")
+                       "dataset, params and force")
             detail.append({"loc": loc, "field": field, "msg": msg, "type": err.get("type")})
         return JSONResponse(status_code=422, content={"detail": detail})
 
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(adapters.router)
     app.include_router(datasets.router)
     app.include_router(system_routes.router)
+    app.include_router(plan_routes.router)
     app.include_router(pages.router)
     app.include_router(job_page.router)  # after pages: /jobs/new before /jobs/{id}
     app.include_router(artifacts.router)

@@ -113,6 +113,7 @@ class JobCreate(JobBase):
     model_config = ConfigDict(extra="forbid")
     backend: str = "torch"
     method: str = "kto"
+    force: bool = False  # start even when the memory planner says it won't fit (not stored)
 
     @field_validator("name", "model", "dataset")
     @classmethod

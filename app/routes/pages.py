@@ -267,6 +267,7 @@ def _submit(session: Session, form: FormData, settings) -> tuple[Job | None, dic
             name=values["name"], backend=spec.backend, method=spec.method, params=params,
             model=values["model_text"].strip() or values["model_choice"],
             dataset=values["dataset_text"].strip() or values["dataset_choice"],
+            force=form.get("force") in ("true", "on", "1"),  # "start anyway" (memory plan)
         )
         return create_job(session, data, settings), values, errors, spec
     except JobInputError as exc:
