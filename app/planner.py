@@ -291,7 +291,8 @@ def verdict(est: dict[str, Any], budget: dict[str, Any]) -> tuple[str, float]:
 
 
 # --- suggestions -----------------------------------------------------------------------------
-def candidates(backend: str, method: str, params: dict[str, Any], m: dict[str, Any]):
+def candidates(backend: str, method: str, params: dict[str, Any], m: dict[str, Any],
+               mac: bool = False):
     """(text, backend, params, model facts) to try, least disruptive first; each step keeps
     what the earlier ones changed."""
     p = dict(params)
@@ -330,6 +331,15 @@ def candidates(backend: str, method: str, params: dict[str, Any], m: dict[str, A
             dict(params), q
         yield "; ".join([*done, f"{seq_key} {p[seq_key]}", "a 4-bit MLX model"]), "mlx", \
             dict(p), q
+    if backend == "torch" and mac and not m.get("quantization"):  # MLX has KTO too
+        q = {**m, "quantization": {"bits": 4, "group_size": 64}, "weights_bytes": None,
+             "dtype": "float16"}
+        mlx = {"batch_size": max(min_batch, int(params.get(batch_key, 2))),
+               "max_seq_length": int(params.get(seq_key, 512)), "grad_checkpoint": True,
+               "rank": int(params.get("r", 8))}
+        yield (f"the MLX backend with a 4-bit model (mlx-community/…-4bit), batch_size "
+               f"{mlx['batch_size']}, max_seq_length {mlx['max_seq_length']}, "
+               "grad_checkpoint on"), "mlx", mlx, q
 
 
 def plan(m: dict[str, Any], backend: str, method: str, params: dict[str, Any],
@@ -346,7 +356,8 @@ def plan(m: dict[str, Any], backend: str, method: str, params: dict[str, Any],
         out["message"] = f"needs about {_gb(est['total_bytes'])} of {_gb(budget['bytes'])}"
         return out
     best = None
-    for text, b2, p2, m2 in candidates(backend, method, params, m):
+    mac = budget["kind"] == "unified"
+    for text, b2, p2, m2 in candidates(backend, method, params, m, mac):
         e2 = estimate(m2, b2, method, p2, target_device(b2, p2, system))
         w2, r2 = verdict(e2, budget)
         if w2 == FITS:
@@ -359,6 +370,12 @@ def plan(m: dict[str, Any], backend: str, method: str, params: dict[str, Any],
     if out["suggestion"]:
         out["message"] = f"{need}. To fit: {out['suggestion']['text']} " \
                          f"(about {_gb(out['suggestion']['total_bytes'])})."
+    elif word == NO_FIT and mac and est["total_bytes"] <= FIT_RATIO * budget["available"]:
+        mb = int(min(budget["total"] - 4 * 2**30, 1.25 * est["device_bytes"]) / 2**20)
+        out["message"] = (f"{need}. It fits in the free memory but not under Metal's "
+                          f"working-set limit: raise it with `sudo sysctl "
+                          f"iogpu.wired_limit_mb={mb}` (until the next restart), or make "
+                          "the job smaller.")
     elif word == NO_FIT:
         weights = est["breakdown"][0]["bytes"]
         out["message"] = (f"{need}. Nothing tried fits (the weights alone take "

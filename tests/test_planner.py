@@ -91,3 +91,20 @@ def test_every_preset_has_a_verdict_on_the_seed_machine():
     assert verdicts["torch-qwen2-0.5b"] == FITS
     assert verdicts["mlx-llama-3.1-8b-4bit"] in (FITS, TIGHT)
     assert set(verdicts.values()) <= {FITS, TIGHT, NO_FIT}
+
+
+def test_torch_on_a_mac_is_pointed_at_mlx_4bit():
+    result = plan(shape_facts("qwen2.5-7b"), "torch", "kto", SEED_KTO, M4_24GB)
+    assert result["verdict"] == NO_FIT  # 7.6 B parameters in fp32 on MPS
+    s = result["suggestion"]
+    assert s["backend"] == "mlx" and "4-bit" in s["text"]
+    assert s["params"]["batch_size"] == 2 and s["params"]["max_seq_length"] == 512
+
+
+def test_over_the_metal_limit_but_in_free_memory_names_the_sysctl():
+    mac = {**M4_24GB, "memory_total_bytes": 12 * GiB, "memory_available_bytes": 12 * GiB}
+    eight_bit = shape_facts("llama-3.1-8b", {"bits": 8, "group_size": 64})
+    result = plan(eight_bit, "mlx", "sft", dict(batch_size=1, max_seq_length=256,
+                                                grad_checkpoint=True), mac)
+    assert result["verdict"] == NO_FIT and result["suggestion"] is None
+    assert "iogpu.wired_limit_mb=" in result["message"]
