@@ -12,10 +12,9 @@
   'use strict';
 
   const live = document.getElementById('job-live');
-  if (!live || !window.uPlot) return;
+  if (!live || !window.uPlot || !window.ProspectCharts) return;
   const jobId = live.dataset.jobId;
   const api = '/api/jobs/' + jobId;
-  const CHART_HEIGHT = 240;
   const LOG_LINES = 200;
   const MAX_POINTS = 4000; // per store from the server; it keeps each bucket's peaks
   const GiB = 1073741824;
@@ -48,30 +47,8 @@
     };
   }
 
-  // --- stores: an x column and named y columns of the same length --------------------------
-  function Store() { this.x = []; this.cols = {}; this.lastSeq = 0; }
-
-  // A point at x; x never goes back (the first fetch and the stream overlap, and a resumed
-  // run logs its last steps again): an older x is dropped, the same x fills gaps.
-  Store.prototype.add = function (x, values) {
-    const n = this.x.length;
-    const last = n ? this.x[n - 1] : -Infinity;
-    if (x < last) return;
-    const cols = this.cols;
-    if (x > last) {
-      this.x.push(x);
-      Object.keys(cols).forEach(function (k) { cols[k].push(null); });
-    }
-    const i = this.x.length - 1;
-    const len = this.x.length;
-    Object.keys(values).forEach(function (name) {
-      const v = values[name];
-      if (!cols[name]) cols[name] = new Array(len).fill(null);
-      if (cols[name][i] == null && typeof v === 'number' && isFinite(v)) cols[name][i] = v;
-    });
-  };
-
-  const stores = { metrics: new Store(), progress: new Store(), memory: new Store() };
+  const PC = window.ProspectCharts;
+  const stores = { metrics: new PC.Store(), progress: new PC.Store(), memory: new PC.Store() };
   const started = parseFloat(live.dataset.started);
   let t0 = isNaN(started) ? null : started; // memory x: seconds since the job started
 
@@ -93,148 +70,11 @@
     st.add(Math.max(0, t - t0), values);
   }
 
-  // --- formatting -----------------------------------------------------------------------------
-  function css(name) {
-    return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-  }
-  // uPlot's default number format keeps 3 decimals: a loss moving 0.4999 -> 0.4995 would
-  // read 0.5 on every tick. Ticks get the decimals their spacing needs, values 4 digits.
-  function tickValues(u, splits, axisIdx, space, incr) {
-    const dec = Math.max(0, Math.min(10, Math.ceil(-Math.log10(incr) - 1e-9)));
-    return splits.map(function (v) {
-      if (v == null) return '';
-      if (Math.abs(v) >= 1e6 || dec > 6) return v === 0 ? '0' : v.toExponential(1);
-      return v.toFixed(dec);
-    });
-  }
-  function pointValue(u, v) {
-    if (v == null) return '--';
-    const a = Math.abs(v);
-    return a !== 0 && (a >= 1e6 || a < 1e-3) ? v.toExponential(3) : String(+v.toPrecision(4));
-  }
-  function gbValue(u, v) { return v == null ? '--' : v.toFixed(2) + ' GB'; }
-  function clock(s) {
-    s = Math.round(s);
-    const h = Math.floor(s / 3600);
-    const m = Math.floor(s % 3600 / 60);
-    const pad = function (n) { return String(n).padStart(2, '0'); };
-    return h ? h + ':' + pad(m) + ':' + pad(s % 60) : m + ':' + pad(s % 60);
-  }
-  function axisSize(u, values) {
-    const longest = (values || []).reduce(function (m, v) { return Math.max(m, v.length); }, 3);
-    return Math.ceil(longest * 7.5) + 18;
-  }
-  const STEP_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000,
-    1e4, 2e4, 2.5e4, 5e4, 1e5, 2e5, 2.5e5, 5e5, 1e6, 2e6, 5e6, 1e7]; // steps are whole
-  const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
-    21600, 43200, 86400];
-  // One colour per quantity (not per position), so "available" never looks like the limit.
-  const MEMORY_COLORS = { rss: '--c1', backend_active: '--c2', backend_driver: '--c6',
-    system_used: '--c4', system_available: '--c5', swap_used: '--c3' };
-  const MEMORY_LABELS = { rss: 'process', backend_active: 'allocator', backend_driver: 'driver',
-    system_used: 'system used', system_available: 'available', swap_used: 'swap',
-    system_total: 'total' };
-
-  // --- charts ---------------------------------------------------------------------------------
-  function Chart(key) {
-    this.key = key;
-    this.el = document.getElementById('chart-' + key);
-    this.empty = document.getElementById('chart-' + key + '-empty');
-    this.source = this.el.dataset.source || 'metrics';
-    this.store = stores[this.source];
-    this.wanted = this.el.dataset.series.split(',');
-    this.names = [];
-    this.plot = null;
-  }
-
-  Chart.prototype.present = function () {
-    const cols = this.store.cols;
-    return this.wanted.filter(function (name) {
-      const col = cols[name];
-      return col && col.some(function (v) { return v != null; });
-    });
-  };
-
-  Chart.prototype.seriesFor = function (name, i) {
-    const palette = ['--c1', '--c2', '--c3', '--c4', '--c5', '--c6'].map(css);
-    if (this.source !== 'memory') {
-      return { label: name, stroke: palette[i % palette.length], width: 2, spanGaps: true,
-        points: { size: 5 }, value: pointValue };
-    }
-    let label = MEMORY_LABELS[name] || name;
-    if (backendName && name.indexOf('backend_') === 0) label = backendName + ' ' + label;
-    if (name === 'system_total') {
-      // The machine's limit: a flat dashed line the other series are read against.
-      return { label: label, stroke: css('--danger'), width: 1.5, dash: [6, 4],
-        points: { show: false }, value: gbValue };
-    }
-    return { label: label, stroke: css(MEMORY_COLORS[name] || '--c1'), width: 2,
-      spanGaps: true, points: { show: false }, value: gbValue };
-  };
-
-  Chart.prototype.build = function (names) {
-    if (this.plot) this.plot.destroy();
-    const axis = {
-      stroke: css('--muted'),
-      grid: { stroke: css('--grid'), width: 1 },
-      ticks: { stroke: css('--grid'), width: 1 },
-      font: '12px ' + css('--font-mono'),
-    };
-    const self = this;
-    const memory = this.source === 'memory';
-    this.names = names;
-    const xAxis = memory
-      ? { label: 'time into the run (m:ss)', labelSize: 20, incrs: TIME_INCRS,
-        values: function (u, splits) { return splits.map(clock); } }
-      : { label: 'step', labelSize: 20, incrs: STEP_INCRS };
-    this.plot = new uPlot({
-      width: Math.max(200, this.el.clientWidth),
-      height: CHART_HEIGHT,
-      scales: { x: { time: false }, y: memory ? { range: function (u, min, max) {
-        return [0, max > 0 ? max * 1.05 : 1]; } } : {} },
-      cursor: { drag: { x: true, y: false } },
-      series: [{ label: memory ? 'time' : 'step',
-        value: function (u, v) { return v == null ? '--' : (memory ? clock(v) : v); } }]
-        .concat(names.map(function (name, i) { return self.seriesFor(name, i); })),
-      axes: [Object.assign(xAxis, axis),
-        Object.assign({ size: axisSize, values: memory
-          ? function (u, splits) { return splits.map(function (v) { return v + ' GB'; }); }
-          : tickValues }, axis)],
-      hooks: { setLegend: [showLastWhenIdle] },
-    }, this.data(), this.el);
-    this.empty.hidden = true;
-  };
-
-  // Away from the cursor the legend shows the latest values rather than "--".
-  let settingLegend = false;
-  function showLastWhenIdle(u) {
-    const n = u.data[0].length;
-    if (settingLegend || u.cursor.idx != null || !n) return;
-    settingLegend = true;
-    u.setLegend({ idx: n - 1 });
-    settingLegend = false;
-  }
-
-  Chart.prototype.data = function () {
-    const cols = this.store.cols;
-    return [this.store.x].concat(this.names.map(function (n) { return cols[n]; }));
-  };
-
-  Chart.prototype.draw = function () {
-    const names = this.present();
-    if (!names.length) return;
-    if (!this.plot || names.join() !== this.names.join()) this.build(names);
-    else this.plot.setData(this.data());
-    showLastWhenIdle(this.plot);
-  };
-
-  Chart.prototype.resize = function () {
-    if (this.plot) this.plot.setSize({ width: this.el.clientWidth, height: CHART_HEIGHT });
-  };
-
   const charts = {};
   ['loss', 'rewards', 'lr', 'tps', 'mem'].forEach(function (k) {
-    if (document.getElementById('chart-' + k)) charts[k] = new Chart(k);
+    if (document.getElementById('chart-' + k)) {
+      charts[k] = new PC.Chart(k, stores, function () { return backendName; });
+    }
   });
   function eachChart(fn) { Object.keys(charts).forEach(function (k) { fn(charts[k]); }); }
 
@@ -260,12 +100,16 @@
     document.getElementById('mem-note').textContent = parts.join(' · ');
   }
 
+  // Only the charts whose store changed are drawn again, once per animation frame.
   let frame = 0;
-  function redraw() {
+  const dirty = {};
+  function redraw(source) {
+    dirty[source] = true;
     if (frame) return;
     frame = requestAnimationFrame(function () {
       frame = 0;
-      eachChart(function (c) { c.draw(); });
+      eachChart(function (c) { if (dirty[c.source]) c.draw(); });
+      Object.keys(dirty).forEach(function (k) { delete dirty[k]; });
       notes();
     });
   }
@@ -279,9 +123,8 @@
   });
 
   // --- first fill from the database, then the stream ------------------------------------------
-  let ready = false; // the first fetches have landed; stream events wait for them
-  const pending = [];
-
+  // Each store draws as soon as its own fetch lands (a long run's metrics take longest);
+  // stream events for a store wait until then, so nothing is drawn twice or out of order.
   function getJSON(url) {
     return fetch(url, { headers: { Accept: 'application/json' } })
       .then(function (r) { return r.ok ? r.json() : null; });
@@ -296,45 +139,56 @@
       store.add(x, values);
     });
   }
-  const loaded = Promise.all([
-    getJSON(api + '/metrics?max_points=' + MAX_POINTS).then(function (c) {
-      if (c) fill(stores.metrics, c.step, c, ['step']);
-    }),
-    getJSON(api + '/series/progress?max_points=' + MAX_POINTS).then(function (c) {
-      if (c) fill(stores.progress, c.step, c, ['step', 'seq', 't', 'eta_s']);
-    }),
-    getJSON(api + '/series/memory?max_points=' + MAX_POINTS).then(function (c) {
-      if (!c) return;
-      backendName = c.backend_name || null;
-      const gib = {};
-      Object.keys(c).forEach(function (k) {
-        if (['seq', 't', 'elapsed_s', 'backend_name', 'backend_peak'].indexOf(k) < 0) {
-          gib[k] = c[k].map(function (v) { return v == null ? null : v / GiB; });
-        }
-      });
-      c.seq.forEach(function (seq, i) {
-        const values = {};
-        Object.keys(gib).forEach(function (k) { values[k] = gib[k][i]; });
-        addMemory(seq, c.t[i], values);
-      });
-    }),
-  ]).catch(function (err) { console.warn('chart data fetch failed', err); })
-    .finally(function () {
-      ready = true;
-      pending.splice(0).forEach(onEvent);
-      redraw();
+  function fillMemory(c) {
+    backendName = c.backend_name || null;
+    const gib = {};
+    Object.keys(c).forEach(function (k) {
+      if (['seq', 't', 'elapsed_s', 'backend_name', 'backend_peak'].indexOf(k) < 0) {
+        gib[k] = c[k].map(function (v) { return v == null ? null : v / GiB; });
+      }
     });
+    c.seq.forEach(function (seq, i) {
+      const values = {};
+      Object.keys(gib).forEach(function (k) { values[k] = gib[k][i]; });
+      addMemory(seq, c.t[i], values);
+    });
+  }
+  function load(source, url, apply) {
+    const store = stores[source];
+    store.ready = false;
+    store.pending = [];
+    return getJSON(url).then(function (c) { if (c) apply(c); })
+      .catch(function (err) { console.warn(source + ' fetch failed', err); })
+      .finally(function () {
+        store.ready = true;
+        store.pending.splice(0).forEach(onEvent);
+        redraw(source);
+      });
+  }
+  const loaded = Promise.all([
+    load('metrics', api + '/metrics?max_points=' + MAX_POINTS, function (c) {
+      fill(stores.metrics, c.step, c, ['step']);
+    }),
+    load('progress', api + '/series/progress?max_points=' + MAX_POINTS, function (c) {
+      fill(stores.progress, c.step, c, ['step', 'seq', 't', 'eta_s']);
+    }),
+    load('memory', api + '/series/memory?max_points=' + MAX_POINTS, fillMemory),
+  ]);
 
+  const SOURCES = { metric: 'metrics', progress: 'progress', memory: 'memory' };
   function onEvent(msg) {
-    if (!ready) { pending.push(msg); return; }
+    const source = SOURCES[msg.type];
+    if (!source) return;
+    const store = stores[source];
+    if (!store.ready) { store.pending.push(msg); return; }
     const ev = msg.ev;
-    if (msg.type === 'metric') stores.metrics.add(ev.step, ev.values || {});
-    else if (msg.type === 'progress') stores.progress.add(ev.step, { tokens_per_s: ev.tokens_per_s });
-    else if (msg.type === 'memory') {
+    if (source === 'metrics') store.add(ev.step, ev.values || {});
+    else if (source === 'progress') store.add(ev.step, { tokens_per_s: ev.tokens_per_s });
+    else {
       if (ev.backend && ev.backend.name && !backendName) backendName = ev.backend.name;
       addMemory(ev.seq, ev.t, memoryValues(ev));
-    } else return;
-    redraw();
+    }
+    redraw(source);
   }
 
   // --- the log tail ------------------------------------------------------------------------

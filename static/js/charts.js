@@ -1,0 +1,176 @@
+// Chart building blocks for the job page (static/js/job.js): a step-aligned store of columns
+// and a uPlot chart over one store, themed from the CSS variables of static/css/app.css.
+(function () {
+  'use strict';
+
+  const CHART_HEIGHT = 240;
+
+  // --- stores: an x column and named y columns of the same length --------------------------
+  function Store() { this.x = []; this.cols = {}; this.lastSeq = 0; }
+
+  // A point at x; x never goes back (the first fetch and the stream overlap, and a resumed
+  // run logs its last steps again): an older x is dropped, the same x fills gaps.
+  Store.prototype.add = function (x, values) {
+    const n = this.x.length;
+    const last = n ? this.x[n - 1] : -Infinity;
+    if (x < last) return;
+    const cols = this.cols;
+    if (x > last) {
+      this.x.push(x);
+      Object.keys(cols).forEach(function (k) { cols[k].push(null); });
+    }
+    const i = this.x.length - 1;
+    const len = this.x.length;
+    Object.keys(values).forEach(function (name) {
+      const v = values[name];
+      if (!cols[name]) cols[name] = new Array(len).fill(null);
+      if (cols[name][i] == null && typeof v === 'number' && isFinite(v)) cols[name][i] = v;
+    });
+  };
+
+  // --- formatting -----------------------------------------------------------------------------
+  function css(name) {
+    return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+  }
+  // uPlot's default number format keeps 3 decimals: a loss moving 0.4999 -> 0.4995 would
+  // read 0.5 on every tick. Ticks get the decimals their spacing needs, values 4 digits.
+  function tickValues(u, splits, axisIdx, space, incr) {
+    const dec = Math.max(0, Math.min(10, Math.ceil(-Math.log10(incr) - 1e-9)));
+    return splits.map(function (v) {
+      if (v == null) return '';
+      if (Math.abs(v) >= 1e6 || dec > 6) return v === 0 ? '0' : v.toExponential(1);
+      return v.toFixed(dec);
+    });
+  }
+  function pointValue(u, v) {
+    if (v == null) return '--';
+    const a = Math.abs(v);
+    return a !== 0 && (a >= 1e6 || a < 1e-3) ? v.toExponential(3) : String(+v.toPrecision(4));
+  }
+  function gbValue(u, v) { return v == null ? '--' : v.toFixed(2) + ' GB'; }
+  function clock(s) {
+    s = Math.round(s);
+    const h = Math.floor(s / 3600);
+    const m = Math.floor(s % 3600 / 60);
+    const pad = function (n) { return String(n).padStart(2, '0'); };
+    return h ? h + ':' + pad(m) + ':' + pad(s % 60) : m + ':' + pad(s % 60);
+  }
+  function axisSize(u, values) {
+    const longest = (values || []).reduce(function (m, v) { return Math.max(m, v.length); }, 3);
+    return Math.ceil(longest * 7.5) + 18;
+  }
+  const STEP_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000,
+    1e4, 2e4, 2.5e4, 5e4, 1e5, 2e5, 2.5e5, 5e5, 1e6, 2e6, 5e6, 1e7]; // steps are whole
+  const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
+    21600, 43200, 86400];
+  // One colour per quantity (not per position), so "available" never looks like the limit.
+  const MEMORY_COLORS = { rss: '--c1', backend_active: '--c2', backend_driver: '--c6',
+    system_used: '--c4', system_available: '--c5', swap_used: '--c3' };
+  const MEMORY_LABELS = { rss: 'process', backend_active: 'allocator', backend_driver: 'driver',
+    system_used: 'system used', system_available: 'available', swap_used: 'swap',
+    system_total: 'total' };
+
+  // --- charts ---------------------------------------------------------------------------------
+  // A chart over one store's columns; the element's data-series names the columns it draws
+  // and data-source the store. ``backend`` names the allocator for the memory legend.
+  function Chart(key, stores, backend) {
+    this.key = key;
+    this.backend = backend || function () { return null; };
+    this.el = document.getElementById('chart-' + key);
+    this.empty = document.getElementById('chart-' + key + '-empty');
+    this.source = this.el.dataset.source || 'metrics';
+    this.store = stores[this.source];
+    this.wanted = this.el.dataset.series.split(',');
+    this.names = [];
+    this.plot = null;
+  }
+
+  Chart.prototype.present = function () {
+    const cols = this.store.cols;
+    return this.wanted.filter(function (name) {
+      const col = cols[name];
+      return col && col.some(function (v) { return v != null; });
+    });
+  };
+
+  Chart.prototype.seriesFor = function (name, i) {
+    const palette = ['--c1', '--c2', '--c3', '--c4', '--c5', '--c6'].map(css);
+    if (this.source !== 'memory') {
+      return { label: name, stroke: palette[i % palette.length], width: 2, spanGaps: true,
+        points: { size: 5 }, value: pointValue };
+    }
+    let label = MEMORY_LABELS[name] || name;
+    const backendName = this.backend();
+    if (backendName && name.indexOf('backend_') === 0) label = backendName + ' ' + label;
+    if (name === 'system_total') {
+      // The machine's limit: a flat dashed line the other series are read against.
+      return { label: label, stroke: css('--danger'), width: 1.5, dash: [6, 4],
+        points: { show: false }, value: gbValue };
+    }
+    return { label: label, stroke: css(MEMORY_COLORS[name] || '--c1'), width: 2,
+      spanGaps: true, points: { show: false }, value: gbValue };
+  };
+
+  Chart.prototype.build = function (names) {
+    if (this.plot) this.plot.destroy();
+    const axis = {
+      stroke: css('--muted'),
+      grid: { stroke: css('--grid'), width: 1 },
+      ticks: { stroke: css('--grid'), width: 1 },
+      font: '12px ' + css('--font-mono'),
+    };
+    const self = this;
+    const memory = this.source === 'memory';
+    this.names = names;
+    const xAxis = memory
+      ? { label: 'time into the run (m:ss)', labelSize: 20, incrs: TIME_INCRS,
+        values: function (u, splits) { return splits.map(clock); } }
+      : { label: 'step', labelSize: 20, incrs: STEP_INCRS };
+    this.plot = new uPlot({
+      width: Math.max(200, this.el.clientWidth),
+      height: CHART_HEIGHT,
+      scales: { x: { time: false }, y: memory ? { range: function (u, min, max) {
+        return [0, max > 0 ? max * 1.05 : 1]; } } : {} },
+      cursor: { drag: { x: true, y: false } },
+      series: [{ label: memory ? 'time' : 'step',
+        value: function (u, v) { return v == null ? '--' : (memory ? clock(v) : v); } }]
+        .concat(names.map(function (name, i) { return self.seriesFor(name, i); })),
+      axes: [Object.assign(xAxis, axis),
+        Object.assign({ size: axisSize, values: memory
+          ? function (u, splits) { return splits.map(function (v) { return v + ' GB'; }); }
+          : tickValues }, axis)],
+      hooks: { setLegend: [showLastWhenIdle] },
+    }, this.data(), this.el);
+    this.empty.hidden = true;
+  };
+
+  // Away from the cursor the legend shows the latest values rather than "--".
+  let settingLegend = false;
+  function showLastWhenIdle(u) {
+    const n = u.data[0].length;
+    if (settingLegend || u.cursor.idx != null || !n) return;
+    settingLegend = true;
+    u.setLegend({ idx: n - 1 });
+    settingLegend = false;
+  }
+
+  Chart.prototype.data = function () {
+    const cols = this.store.cols;
+    return [this.store.x].concat(this.names.map(function (n) { return cols[n]; }));
+  };
+
+  Chart.prototype.draw = function () {
+    const names = this.present();
+    if (!names.length) return;
+    if (!this.plot || names.join() !== this.names.join()) this.build(names);
+    else this.plot.setData(this.data());
+    showLastWhenIdle(this.plot);
+  };
+
+  Chart.prototype.resize = function () {
+    if (this.plot) this.plot.setSize({ width: this.el.clientWidth, height: CHART_HEIGHT });
+  };
+
+  window.ProspectCharts = { Store: Store, Chart: Chart, css: css, showLastWhenIdle:
+    showLastWhenIdle };
+})();
