@@ -32,6 +32,9 @@ from bench.common import Server  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 NAMES = ("loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins",
          "learning_rate", "grad_norm", "logps/chosen")
+# What templates/job.html's charts draw (static/js/job.js asks for these names only).
+CHARTED = ("loss", "eval_loss", "val_loss", "rewards/chosen", "rewards/rejected",
+           "rewards/margins", "kl", "learning_rate")
 
 
 def fill_db(home: Path, steps: int, memory_samples: int) -> int:
@@ -156,6 +159,11 @@ def main() -> None:
             print(f"server  metrics  max_points={args.max_points}: {s * 1000:7.0f} ms  "
                   f"{len(body['step']):,} steps kept, {size / 1024:,.0f} KiB, grad_norm "
                   f"spike kept: {spike > 20}")
+            s, size, body = timed_get(server, f"{q}/metrics?max_points={args.max_points}"
+                                      f"&names={','.join(CHARTED)}", args.repeat)
+            print(f"server  metrics  the names the charts draw ({len(CHARTED)}):       "
+                  f"{s * 1000:7.0f} ms  {len(body['step']):,} steps kept, "
+                  f"{size / 1024:,.0f} KiB")
             s, size, body = timed_get(server, f"{q}/series/memory?max_points={args.max_points}",
                                       args.repeat)
             print(f"server  memory   max_points={args.max_points}: {s * 1000:7.0f} ms  "

@@ -165,8 +165,17 @@
         redraw(source);
       });
   }
+  function metricNames() {
+    const names = [];
+    eachChart(function (c) {
+      if (c.source === 'metrics') c.wanted.forEach(function (n) { names.push(n); });
+    });
+    return names;
+  }
   const loaded = Promise.all([
-    load('metrics', api + '/metrics?max_points=' + MAX_POINTS, function (c) {
+    // Only the names the charts draw: a TRL run logs twice as many, each a row per step.
+    load('metrics', api + '/metrics?max_points=' + MAX_POINTS + '&names=' +
+      encodeURIComponent(metricNames().join(',')), function (c) {
       fill(stores.metrics, c.step, c, ['step']);
     }),
     load('progress', api + '/series/progress?max_points=' + MAX_POINTS, function (c) {
