@@ -7,6 +7,7 @@ submitting from the form and the loss/rewards charts; this extends it, not repea
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -151,5 +152,44 @@ def test_system_panel_on_every_page_refreshes(browser, live_server):
     page.on("request", lambda r: "/fragments/system" in r.url and fetched.append(r.url))
     page.wait_for_timeout(5600)
     assert fetched, "the panel did not refresh itself"
+    watch.check()
+    context.close()
+
+
+def test_cancel_then_resume_then_fuse_from_the_action_bar(browser, live_server):
+    from playwright.sync_api import expect
+
+    status, job = live_server.post("/api/jobs", {
+        "name": "resume me", "model": "tiny-demo", "dataset": "demo-kto",
+        "params": {"max_steps": 40, "logging_steps": 1, "save_steps": 2,
+                   "gradient_accumulation_steps": 1, "max_length": 96}})
+    assert status == 201, job
+    context, page, watch = open_page(browser, width=1366)
+    page.on("dialog", lambda d: d.accept())
+    page.goto(f"{live_server.url}/jobs/{job['id']}")
+    wait_js(page, f"({LOSS_POINTS})() >= 3", timeout=TRAIN_TIMEOUT_MS)
+    page.locator("#job-actions [data-action=cancel]").click()
+    expect(page.locator("#job-card .badge")).to_have_text("cancelled", timeout=90_000)
+    resume = page.locator("#job-actions [data-action=resume]")
+    expect(resume).to_be_visible()  # a checkpoint exists: the bar offers to go on
+    expect(page.locator("#job-actions [data-action=fuse]")).to_be_hidden()
+    live_server.wait_job(job["id"])  # the worker process is gone before resuming
+    resume.click()
+    expect(page.locator("#job-card .badge")).to_have_text("succeeded", timeout=TRAIN_TIMEOUT_MS)
+    assert live_server.get(f"/api/jobs/{job['id']}")["step"] == 40
+
+    fuse = page.locator("#job-actions [data-action=fuse]")
+    expect(fuse).to_be_visible()
+    with page.expect_navigation():
+        fuse.click()  # a fuse job: the page moves to it
+    page.wait_for_url(re.compile(r".*/jobs/\d+$"))
+    fuse_id = int(page.url.rsplit("/", 1)[1])
+    assert fuse_id != job["id"]
+    expect(page.locator("#job-card .badge")).to_have_text("succeeded", timeout=TRAIN_TIMEOUT_MS)
+    row = page.locator("#job-artifacts tr[data-kind=fused_model]")
+    expect(row).to_contain_text("fused")
+    expect(row.locator("a")).to_have_text("Download")
+    expect(page.locator("#job-actions [data-action=clone]")).to_be_hidden()  # not for a fuse
+    shot(page, "24-fuse-job")
     watch.check()
     context.close()

@@ -82,22 +82,25 @@
     for (let i = col ? col.length - 1 : -1; i >= 0; i--) if (col[i] != null) return col[i];
     return null;
   }
+  function setText(id, text) {
+    const el = document.getElementById(id);
+    if (el && el.textContent !== text) el.textContent = text;
+  }
   function notes() {
     const m = stores.metrics;
     const n = m.x.length;
-    document.getElementById('loss-note').textContent =
-      n ? 'step ' + m.x[n - 1] + ' · ' + n + ' points' : '';
+    setText('loss-note', n ? 'step ' + m.x[n - 1] + ' · ' + n + ' points' : '');
     const tps = lastOf(stores.progress.cols.tokens_per_s);
-    document.getElementById('tps-note').textContent =
-      tps != null ? Math.round(tps).toLocaleString() + ' tokens/s now' : '';
+    setText('tps-note', tps != null ? Math.round(tps).toLocaleString() + ' tokens/s now' : '');
     const mc = stores.memory.cols;
     const used = lastOf(mc.system_used);
     const total = lastOf(mc.system_total);
-    const peak = mc.rss ? Math.max.apply(null, mc.rss.filter(function (v) { return v != null; })) : null;
+    let peak = null; // a loop, not Math.max.apply: a day-long run has more samples than args
+    (mc.rss || []).forEach(function (v) { if (v != null && (peak == null || v > peak)) peak = v; });
     const parts = [];
-    if (peak != null && isFinite(peak)) parts.push('process peak ' + peak.toFixed(2) + ' GB');
+    if (peak != null) parts.push('process peak ' + peak.toFixed(2) + ' GB');
     if (used != null && total) parts.push('system ' + Math.round(100 * used / total) + '% used');
-    document.getElementById('mem-note').textContent = parts.join(' · ');
+    setText('mem-note', parts.join(' · '));
   }
 
   // Only the charts whose store changed are drawn again, once per animation frame.
