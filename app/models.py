@@ -159,7 +159,7 @@ class Metric(SQLModel, table=True):
 
     __table_args__ = (
         UniqueConstraint("job_id", "seq", "name"),
-        Index("ix_metric_job_name_step", "job_id", "name", "step"),
+        Index("ix_metric_columnar", "job_id", "name", "step", "seq", "value"),
     )
     id: int | None = Field(default=None, primary_key=True)
     job_id: int = Field(foreign_key="job.id", ondelete="CASCADE")

@@ -60,7 +60,8 @@ def series(session: Session, job_id: int, kind: str, max_points: int | None,
         by_seq[seq] = {n: _number(v) for n, v in zip(names, values, strict=True)} | {"t": t}
     seqs = sorted(by_seq)
     if max_points and len(seqs) > max_points:
-        seqs = downsample(seqs, by_seq, list(columns), max_points)
+        seqs = downsample(seqs, {c: {s: by_seq[s][c] for s in seqs} for c in columns},
+                          max_points)
     out: dict[str, Any] = {"seq": seqs, "t": [by_seq[s]["t"] for s in seqs]}
     if kind == "memory":
         start = first_t if first_t is not None else (out["t"][0] if seqs else 0.0)
