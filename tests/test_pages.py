@@ -254,7 +254,9 @@ def test_live_job_page_wires_sse_to_card_chart_and_log(app, client):
     assert 'hx-trigger="sse:progress throttle:1s"' in html
     assert 'hx-trigger="sse:metric, sse:memory, sse:log"' in html
     assert 'id="chart-loss"' in html and 'id="log-tail"' in html and "/static/js/job.js" in html
-    assert f'hx-post="/api/jobs/{job.id}/cancel"' in html and "25%" in html
+    cancel = re.search(r'<button[^>]*data-action="cancel"[^>]*>', html).group(0)
+    assert f'data-url="/api/jobs/{job.id}/cancel"' in cancel and " hidden" not in cancel
+    assert "25%" in html
     assert "learning_rate" in html and "per_device_train_batch_size" in html
 
 
@@ -264,7 +266,9 @@ def test_finished_job_reads_from_the_database_only(app, client):
                   finished_at=datetime.now(UTC))
     html = client.get(f"/jobs/{job.id}").text
     assert "sse-connect" not in html and 'data-live="false"' in html
-    assert "/x/adapter" in html and "Cancel</button>" not in html
+    assert "/x/adapter" in html
+    cancel = re.search(r'<button[^>]*data-action="cancel"[^>]*>', html).group(0)
+    assert " hidden" in cancel  # nothing to cancel: the action bar hides it
 
 
 def test_card_fragment_shows_error_hint_and_log_tail(app, client):
@@ -283,11 +287,15 @@ def test_unknown_job_is_a_404_page(client):
 
 
 # --- assets ------------------------------------------------------------------------------------
+LINK = r'(?<![\w-])(?:src|href|action|sse-connect|hx-get|hx-post)="([^"]+)"'
+
+
 def test_pages_load_nothing_from_another_host(app, client):
     job = add_job(app)
-    for path in ("/", "/jobs/new", f"/jobs/{job.id}", "/fragments/jobs"):
+    for path in ("/", "/jobs/new", f"/jobs/{job.id}", "/fragments/jobs", "/compare",
+                 "/datasets", "/adapters", "/models"):
         html = client.get(path).text
-        for url in re.findall(r'(?:src|href|action|sse-connect|hx-get|hx-post)="([^"]+)"', html):
+        for url in re.findall(LINK, html):
             assert url.startswith(("/", "#")), (path, url)
     for asset in ("/static/vendor/htmx/htmx.min.js", "/static/vendor/htmx-ext-sse/sse.min.js",
                   "/static/vendor/uplot/uPlot.iife.min.js", "/static/vendor/uplot/uPlot.min.css",

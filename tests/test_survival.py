@@ -105,8 +105,8 @@ def test_server_sigkill_mid_training_loses_and_repeats_nothing(demo_home, tmp_pa
             m = second.get(f"/api/jobs/{job['id']}/metrics?names=loss")
             assert m["step"] == list(range(1, 41)) and m["loss"] == losses
             if page:  # the open page's chart went on after the restart, without a gap
-                wait_js(page, "window.prospectJob.store.step.length >= 40", timeout=60_000)
-                assert page.evaluate("window.prospectJob.store.step") == list(range(1, 41))
+                wait_js(page, "window.prospectJob.store.x.length >= 40", timeout=60_000)
+                assert page.evaluate("window.prospectJob.store.x") == list(range(1, 41))
                 assert page.evaluate("window.prospectJob.store.cols.loss") == losses
 
         # A live page that saw seq `before_kill` reconnects and gets exactly what came after.
