@@ -13,7 +13,18 @@ from fastapi.staticfiles import StaticFiles
 from app.config import Settings, get_settings
 from app.db import ROOT, make_engine, migrate
 from app.jobs import JobInputError
-from app.routes import adapters, api, artifacts, datasets, job_page, library, pages, runs, series
+from app.routes import (
+    adapters,
+    api,
+    artifacts,
+    dataset_pages,
+    datasets,
+    job_page,
+    library,
+    pages,
+    runs,
+    series,
+)
 from app.routes import plan as plan_routes
 from app.routes import system as system_routes
 from app.security import LocalOnlyMiddleware, new_csrf_token
@@ -74,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(adapters.router)
     app.include_router(datasets.router)
+    app.include_router(dataset_pages.router)
     app.include_router(system_routes.router)
     app.include_router(plan_routes.router)
     app.include_router(pages.router)

@@ -142,3 +142,11 @@ def kill_workers(server: LiveServer) -> None:
         if job.get("pid"):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(job["pid"], signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium, one per test module (tests/chromium.py)."""
+    from tests.chromium import launch
+
+    yield from launch()

@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from tests.chromium import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT  # noqa: F401 - re-exported
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 TRAIN_TIMEOUT_MS = 180_000
 # Every Content-Security-Policy violation becomes a console error naming the element (the
 # browser's own message does not say which one); Watch fails the test on it.
@@ -31,19 +26,6 @@ CSP_REPORTER = ("document.addEventListener('securitypolicyviolation', e => conso
 LOSS_POINTS = "() => { const c = window.prospectJob && window.prospectJob.charts.loss; " \
               "return c && c.plot ? c.plot.data[0].length : 0 }"
 
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    if not (ROOT / "workers" / "torch" / "__main__.py").is_file():
-        pytest.skip("the torch worker (workers/torch/__main__.py) does not exist yet")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 class Watch:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, open_page, shot
+from tests.test_browser import open_page, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -19,19 +19,6 @@ ROWS += [{"prompt": [{"role": "system", "content": "Be brief."},
           "chosen": [{"role": "assistant", "content": "Blue."}],
           "rejected": [{"role": "assistant", "content": "No."}]} for i in range(2)]
 
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    from pathlib import Path
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def test_upload_check_preview_and_pick(browser, live_server, tmp_path):

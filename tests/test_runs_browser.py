@@ -11,7 +11,7 @@ import pytest
 from app.models import JobStatus
 from tests.conftest import kill_workers, make_server
 from tests.runs_data import add_run, engine_for
-from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, open_page, wait_js
+from tests.test_browser import ARTIFACTS, open_page, wait_js
 
 pytestmark = [pytest.mark.browser]
 
@@ -22,17 +22,6 @@ def shot(page, name: str, full_page: bool = True) -> None:
     caret="initial" leaves the page as the person has it."""
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page, caret="initial")
 
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
