@@ -101,6 +101,9 @@ def test_the_form_shows_the_verdict(server):
         page.fill("#f-model-text", server.huge)
         page.locator("#f-model-text").dispatch_event("change")
         page.wait_for_selector("#plan-result [data-verdict=\"won't fit\"]", timeout=15000)
+        # the verdict also sits beside the page's Start button, where no scrolling is needed
+        page.wait_for_selector("#plan-chip.plan-wont-fit", timeout=15000)
+        assert "won't fit" in page.inner_text("#plan-chip").lower()
         ARTIFACTS.mkdir(exist_ok=True)
         page.locator("#plan-result").scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "plan-form-wont-fit.png"), full_page=True)
