@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workers.mlx.data import common_prefix_length  # plain Python: no MLX import
+
 PROBLEM_KEY = "__prospect_problem__"  # a row the reader could not turn into JSON
 
 
@@ -130,15 +132,6 @@ def percentiles(values: list[int]) -> dict[str, float]:
             "max": ordered[-1], "mean": round(sum(ordered) / len(ordered), 1)}
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def lengths(tokenizer_dir: str, data: str, kind: str) -> dict:
     """Per row: tokens of prompt + completion, and (KTO) of the prompt as TRL splits it."""
     renderer = ChatRenderer(Path(tokenizer_dir))
@@ -164,7 +157,7 @@ def lengths(tokenizer_dir: str, data: str, kind: str) -> dict:
                                          for r in chunk])
             for p_ids, f_ids in zip(prompt_ids, full_ids, strict=True):
                 # Where TRL's KTOTrainer splits prompt from completion (workers/mlx/data.py).
-                prompts.append(_common_prefix(p_ids, f_ids))
+                prompts.append(common_prefix_length(p_ids, f_ids))
                 totals.append(len(f_ids))
         else:
             texts = [r["text"] if "text" in r else renderer.render(r["messages"]) for r in chunk]

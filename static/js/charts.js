@@ -171,6 +171,7 @@
     if (this.plot) this.plot.setSize({ width: this.el.clientWidth, height: CHART_HEIGHT });
   };
 
+  // The compare page (static/js/compare.js) formats and themes its chart with these too.
   window.ProspectCharts = { Store: Store, Chart: Chart, css: css, showLastWhenIdle:
-    showLastWhenIdle };
+    showLastWhenIdle, pointValue: pointValue, tickValues: tickValues, axisSize: axisSize };
 })();

@@ -6,7 +6,7 @@
   'use strict';
 
   const el = document.getElementById('compare-chart');
-  if (!el || !window.uPlot) return;
+  if (!el || !window.uPlot || !window.ProspectCharts) return;
   const empty = document.getElementById('compare-empty');
   const select = document.getElementById('compare-metric');
   const ids = el.dataset.ids;
@@ -15,33 +15,13 @@
   let plot = null;
   let current = null; // {metric, runs, data}
 
-  function css(name) {
-    return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-  }
+  const PC = window.ProspectCharts; // formatting and theming shared with the job page
+  const css = PC.css;
   function palette() {
     const named = ['--c1', '--c2', '--c3', '--c4', '--c5', '--c6', '--c7', '--c8'].map(css);
     return named.filter(Boolean).concat(['#0891b2', '#9333ea', '#65a30d', '#db2777']);
   }
 
-  function pointValue(u, v) {
-    if (v == null) return '--';
-    const a = Math.abs(v);
-    return a !== 0 && (a >= 1e6 || a < 1e-3) ? v.toExponential(3) : String(+v.toPrecision(4));
-  }
-  function tickValues(u, splits, axisIdx, space, incr) {
-    const dec = Math.max(0, Math.min(10, Math.ceil(-Math.log10(incr) - 1e-9)));
-    return splits.map(function (v) {
-      if (v == null) return '';
-      if (Math.abs(v) >= 1e6 || dec > 6) return v === 0 ? '0' : v.toExponential(1);
-      return v.toFixed(dec);
-    });
-  }
-  function axisSize(u, values) {
-    const longest = (values || []).reduce(function (m, v) { return Math.max(m, v.length); }, 3);
-    return Math.ceil(longest * 7.5) + 18;
-  }
-
-  // [{step: [...], name: [...]}, …] -> [steps, run1 values, run2 values, …]
   function align(runs, metric, series) {
     const all = new Set();
     runs.forEach(function (r) {
@@ -82,15 +62,17 @@
       height: HEIGHT,
       scales: { x: { time: false } },
       cursor: { drag: { x: true, y: false } },
+      hooks: { setLegend: [PC.showLastWhenIdle] },
       series: [{ label: 'step', value: function (u, v) { return v == null ? '--' : v; } }]
         .concat(current.runs.map(function (r, i) {
           return { label: '#' + r.id + ' ' + r.name, stroke: colors[i % colors.length],
-            width: 2, spanGaps: true, points: { size: 4 }, value: pointValue };
+            width: 2, spanGaps: true, points: { size: 4 }, value: PC.pointValue };
         })),
       axes: [Object.assign({ label: 'step', labelSize: 20 }, axis),
-        Object.assign({ size: axisSize, values: tickValues, label: current.metric,
+        Object.assign({ size: PC.axisSize, values: PC.tickValues, label: current.metric,
           labelSize: 20 }, axis)],
     }, current.data, el);
+    PC.showLastWhenIdle(plot); // the legend shows each run's last value, not "--"
     window.prospectCompare.plot = plot;
   }
 
