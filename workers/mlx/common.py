@@ -197,6 +197,23 @@ class Reporter:
         return values
 
 
+def prepare_training(job: JobConfig, model: nn.Module):
+    """Adam, with its state, the step and the token count restored on resume; gradient
+    checkpointing when asked. Returns (optimizer, start step, tokens seen)."""
+    import mlx.optimizers as optim
+    from mlx_lm.tuner.trainer import grad_checkpoint
+
+    p = job.params
+    optimizer = optim.Adam(learning_rate=p["learning_rate"])
+    start, tokens = 0, 0
+    if job.resume_from_checkpoint:
+        state = load_checkpoint(job.resume_from_checkpoint, model, optimizer)
+        start, tokens = state["step"], state.get("tokens", 0)
+    if p["grad_checkpoint"]:
+        grad_checkpoint(model.layers[0])
+    return optimizer, start, tokens
+
+
 def report_and_checkpoint(job: JobConfig, events: EventWriter, reporter: Reporter,
                           model: nn.Module, optimizer, config: dict[str, Any], it: int,
                           cancelled: bool, rank: int, between=None) -> None:

@@ -24,7 +24,6 @@ import time
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
 import numpy as np
 from mlx.nn.utils import average_gradients
 
@@ -36,8 +35,8 @@ from workers.mlx.common import (
     adapter_config,
     add_lora,
     finish,
-    load_checkpoint,
     load_model,
+    prepare_training,
     report_and_checkpoint,
     trainable_count,
 )
@@ -205,15 +204,7 @@ def train(job: JobConfig, rows: list[Row], events: EventWriter, stop,
         raise ValueError(f"batch_size={p['batch_size']} must split into {size} equal parts "
                          "of at least 2 (the processes of the distributed launch)")
 
-    optimizer = optim.Adam(learning_rate=p["learning_rate"])
-    start, tokens = 0, 0
-    if job.resume_from_checkpoint:
-        state = load_checkpoint(job.resume_from_checkpoint, model, optimizer)
-        start, tokens = state["step"], state.get("tokens", 0)
-    if p["grad_checkpoint"]:
-        from mlx_lm.tuner.trainer import grad_checkpoint
-
-        grad_checkpoint(model.layers[0])
+    optimizer, start, tokens = prepare_training(job, model)
     step = KTOStep(model, optimizer, p["beta"], p["desirable_weight"], p["undesirable_weight"],
                    size)
 

@@ -17,11 +17,10 @@ from types import SimpleNamespace
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
 import numpy as np
 from mlx.nn.utils import average_gradients
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
-from mlx_lm.tuner.trainer import default_loss, evaluate, grad_checkpoint, iterate_batches
+from mlx_lm.tuner.trainer import default_loss, evaluate, iterate_batches
 
 from workers.memory import MemorySampler, mlx_probe
 from workers.mlx.common import (
@@ -30,8 +29,8 @@ from workers.mlx.common import (
     adapter_config,
     add_lora,
     finish,
-    load_checkpoint,
     load_model,
+    prepare_training,
     report_and_checkpoint,
     trainable_count,
 )
@@ -73,13 +72,7 @@ def train(job: JobConfig, train_rows: list[dict], valid_rows: list[dict], events
         raise ValueError(f"batch_size={p['batch_size']} must be divisible by the {size} "
                          "processes of the distributed launch")
 
-    optimizer = optim.Adam(learning_rate=p["learning_rate"])
-    start, tokens = 0, 0
-    if job.resume_from_checkpoint:
-        state = load_checkpoint(job.resume_from_checkpoint, model, optimizer)
-        start, tokens = state["step"], state.get("tokens", 0)
-    if p["grad_checkpoint"]:
-        grad_checkpoint(model.layers[0])
+    optimizer, start, tokens = prepare_training(job, model)
 
     loss_value_and_grad = nn.value_and_grad(model, default_loss)
     compiled_state = [model.state, optimizer.state, mx.random.state]
