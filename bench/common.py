@@ -72,7 +72,7 @@ class Server:
         proc = psutil.Process(self.proc.pid)
         while job["status"] not in FINAL or job["pid"] is not None:
             self.peak_rss = max(self.peak_rss, proc.memory_info().rss)
-            time.sleep(0.25)
+            time.sleep(1.0)  # the harness, not Prospect: poll lightly on 2 cores
             job = self.call(f"/api/jobs/{job['id']}")
         if job["status"] != "succeeded":
             raise SystemExit(f"the Prospect job ended {job['status']}: {job['error']}\n"
