@@ -30,6 +30,7 @@ from app.db import ROOT
 from app.ingest import ingest, log_tail
 from app.jobs import queued_jobs, transition
 from app.models import Job, JobStatus, utcnow
+from workers.launch_env import worker_env
 from workers.protocol import CONFIG_FILE, EVENTS_FILE, LOG_FILE
 
 log = logging.getLogger("prospect.supervisor")
@@ -302,7 +303,7 @@ class Supervisor:
         (run_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         cmd = [self.settings.python or sys.executable, "-m", f"workers.{job.backend}",
                "--config", str(run_dir / CONFIG_FILE)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = worker_env(os.environ, job.backend)
         env.pop("PROSPECT_API_TOKEN", None)  # the worker needs no secret of the server
         if self.settings.allow_downloads:  # workers default to offline (HF_HUB_OFFLINE=1)
             env.update(HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0")

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from app.model_info import inspect_model  # noqa: E402
+from workers.launch_env import worker_env  # noqa: E402
 
 GB = 1e9
 ROWS = 16  # rows of the synthetic dataset, each longer than any max length here
@@ -119,8 +120,9 @@ def run_worker(work: Path, name: str, backend: str, method: str, assets: dict,
               "dataset": assets["dataset"], "run_dir": str(run_dir), "params": params,
               "resume_from_checkpoint": None}
     (run_dir / "config.json").write_text(json.dumps(config))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+    env = {**worker_env(os.environ, backend), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    # ^ as the supervisor starts a worker (workers/launch_env.py)
     t0 = time.time()
     with open(run_dir / "worker.log", "wb") as log:
         proc = subprocess.run([sys.executable, "-m", f"workers.{backend}", "--config",
