@@ -43,9 +43,9 @@ CUDA_CONTEXT = 0.55 * GB  # CUDA context + cuBLAS workspace, outside the allocat
 ALLOCATOR_SLACK = 0.10  # reserved - allocated in torch's caching allocator, as a fraction
 TRL_TOKEN_TILE, TRL_VOCAB_TILE = 4096, 32768  # trl.kernels.chunked_logprob
 # Measured activations over the per-block count above, per device (bench/planner.py): CUDA
-# keeps less than the count (fused attention, in-place ops), the CPU more (the math attention
-# path and malloc's fragmentation show in the RSS).
-ACTIVATION_SCALE = {"cuda": 0.62, "cpu": 1.13, "mps": 1.0, "gpu": 1.0}
+# keeps less than the count (fused attention, in-place ops), and so does the CPU once glibc
+# hands freed blocks back (workers/launch_env.py; before that, retained heap put it at 1.13).
+ACTIVATION_SCALE = {"cuda": 0.62, "cpu": 0.76, "mps": 1.0, "gpu": 1.0}
 CPU_TILE_TEMPS = 5  # fp32 copies of a tile alive at once when folded with torch ops (CPU)
 
 
