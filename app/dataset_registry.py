@@ -23,6 +23,7 @@ from app.config import Settings
 from app.dataset_formats import MAX_SHOWN, Analysis, analyze
 from app.dataset_readers import SUFFIXES, suffix_of
 from app.jobs import HUB_ID, JobInputError, _local_path
+from app.model_info import hub_cache_dir
 from app.models import DatasetEntry, Job, JobStatus
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -152,18 +153,6 @@ def register_path(session: Session, settings: Settings, value: str,
 
 
 # --- the Hugging Face cache ----------------------------------------------------------------
-def hub_cache_dir() -> Path:
-    """Where huggingface_hub keeps downloads: HF_HUB_CACHE, else HF_HOME/hub, else
-    $XDG_CACHE_HOME/huggingface/hub (~/.cache by default)."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return xdg / "huggingface" / "hub"
-
-
 def hub_snapshot(repo_id: str, kind: str = "datasets") -> Path | None:
     """The cached snapshot of a hub repo: the one refs/main names, else the newest."""
     repo = hub_cache_dir() / f"{kind}--{repo_id.replace('/', '--')}"

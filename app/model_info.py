@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,18 @@ class ModelInfoError(ValueError):
     """The model cannot be inspected: no folder, no config.json, or a broken file."""
 
 
-def hub_cache_dir(env: dict[str, str] | None = None) -> Path:
+def hub_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where huggingface_hub keeps downloads, in its own order: $HF_HUB_CACHE (or the older
+    $HUGGINGFACE_HUB_CACHE), else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub
+    (~/.cache by default). Models, the model picker and hub datasets all read it here."""
     env = os.environ if env is None else env
-    if env.get("HF_HUB_CACHE"):
-        return Path(env["HF_HUB_CACHE"]).expanduser()
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(var):
+            return Path(env[var]).expanduser()
     if env.get("HF_HOME"):
         return Path(env["HF_HOME"]).expanduser() / "hub"
-    return Path.home() / ".cache" / "huggingface" / "hub"
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() \
+        / "huggingface" / "hub"
 
 
 def resolve_model_dir(path_or_id: str, env: dict[str, str] | None = None) -> Path | None:

@@ -18,20 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.model_info import hub_cache_dir
+
 SCAN_TTL_S = 30.0  # the picker and the models page ask often; a download takes minutes
 _lock = threading.Lock()
 _cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
-
-
-def hub_cache_dir(env: dict[str, str] | None = None) -> Path:
-    """$HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub (huggingface_hub's
-    own order)."""
-    env = os.environ if env is None else env
-    if env.get("HF_HUB_CACHE"):
-        return Path(env["HF_HUB_CACHE"]).expanduser()
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    return Path.home() / ".cache" / "huggingface" / "hub"
 
 
 def blobs_size(repo: Path) -> int:

@@ -123,7 +123,7 @@ def model_rows(session: Session) -> tuple[list[dict], list[dict]]:
 @router.get("/models", response_class=HTMLResponse)
 async def models_page(request: Request, session: SessionDep) -> HTMLResponse:
     registered, cached = await run_in_threadpool(model_rows, session)
-    from app.model_sources import hub_cache_dir
+    from app.model_info import hub_cache_dir
 
     return page(request, "models.html", nav="models", registered=registered, cached=cached,
                 cache_dir=str(hub_cache_dir()))
