@@ -197,6 +197,23 @@ class Reporter:
         return values
 
 
+def load_for_training(job: JobConfig, events: EventWriter, sampler):
+    """The model with LoRA layers on it, for both methods: returns (model, tokenizer, number
+    of adapted blocks, the adapter_config.json to save). Memory events report MLX from here."""
+    from workers.memory import mlx_probe
+
+    p = job.params
+    sampler.backend_probe = mlx_probe
+    events.emit("status", phase="loading_model",
+                message=f"loading {job.model} with mlx-lm on {mx.default_device()}")
+    model, tokenizer = load_model(job.model)
+    num_layers = add_lora(model, job)
+    if num_layers < p["num_layers"]:
+        events.emit("log", level="info", message=f"the model has {num_layers} blocks: LoRA "
+                    f"goes on all of them (num_layers={p['num_layers']})")
+    return model, tokenizer, num_layers, adapter_config(job, num_layers)
+
+
 def prepare_training(job: JobConfig, model: nn.Module):
     """Adam, with its state, the step and the token count restored on resume; gradient
     checkpointing when asked. Returns (optimizer, start step, tokens seen)."""

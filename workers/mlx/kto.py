@@ -28,14 +28,12 @@ import numpy as np
 from mlx.nn.utils import average_gradients
 
 from workers.data import Row
-from workers.memory import MemorySampler, mlx_probe
+from workers.memory import MemorySampler
 from workers.mlx.common import (
     Reporter,
     RunResult,
-    adapter_config,
-    add_lora,
     finish,
-    load_model,
+    load_for_training,
     prepare_training,
     report_and_checkpoint,
     trainable_count,
@@ -176,15 +174,7 @@ def batch_order(n_rows: int, batch_size: int, seed: int):
 def train(job: JobConfig, rows: list[Row], events: EventWriter, stop,
           sampler: MemorySampler) -> RunResult:
     p = job.params
-    sampler.backend_probe = mlx_probe
-    events.emit("status", phase="loading_model",
-                message=f"loading {job.model} with mlx-lm on {mx.default_device()}")
-    model, tokenizer = load_model(job.model)
-    num_layers = add_lora(model, job)
-    config = adapter_config(job, num_layers)
-    if num_layers < p["num_layers"]:
-        events.emit("log", level="info", message=f"the model has {num_layers} blocks: LoRA "
-                    f"goes on all of them (num_layers={p['num_layers']})")
+    model, tokenizer, num_layers, config = load_for_training(job, events, sampler)
 
     events.emit("status", phase="preparing_data", message=f"tokenizing {len(rows)} rows")
     examples, dropped = tokenize_kto(rows, tokenizer, p["max_seq_length"])

@@ -22,14 +22,12 @@ from mlx.nn.utils import average_gradients
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.trainer import default_loss, evaluate, iterate_batches
 
-from workers.memory import MemorySampler, mlx_probe
+from workers.memory import MemorySampler
 from workers.mlx.common import (
     Reporter,
     RunResult,
-    adapter_config,
-    add_lora,
     finish,
-    load_model,
+    load_for_training,
     prepare_training,
     report_and_checkpoint,
     trainable_count,
@@ -41,15 +39,7 @@ from workers.torch.config import JobConfig
 def train(job: JobConfig, train_rows: list[dict], valid_rows: list[dict], events: EventWriter,
           stop, sampler: MemorySampler) -> RunResult:
     p = job.params
-    sampler.backend_probe = mlx_probe
-    events.emit("status", phase="loading_model",
-                message=f"loading {job.model} with mlx-lm on {mx.default_device()}")
-    model, tokenizer = load_model(job.model)
-    num_layers = add_lora(model, job)
-    config = adapter_config(job, num_layers)
-    if num_layers < p["num_layers"]:
-        events.emit("log", level="info", message=f"the model has {num_layers} blocks: LoRA "
-                    f"goes on all of them (num_layers={p['num_layers']})")
+    model, tokenizer, num_layers, config = load_for_training(job, events, sampler)
 
     events.emit("status", phase="preparing_data",
                 message=f"tokenizing {len(train_rows)} train and {len(valid_rows)} valid rows")
