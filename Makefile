@@ -74,11 +74,13 @@ lock:
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
 	$(call torch_first,$(LOCK_VENV)/bin,)
 	$(LOCK_VENV)/bin/$(PIP) -e '.[torch,mlx,dev]'
-	@{ sed -n '/^#/p' constraints/linux-cpu.txt; \
+	@{ sed -n '/^# Python /d; /^#/p' constraints/linux-cpu.txt; \
+	  $(LOCK_VENV)/bin/python -c 'import sys; print("# Python %d.%d" % sys.version_info[:2])'; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -iv '^prospect[= ]' \
 	    | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints/linux-cpu.txt.new
 	@mv constraints/linux-cpu.txt.new constraints/linux-cpu.txt
-	@{ sed -n '/^#/p' constraints/macos-arm64.txt; grep -v '^#' constraints/linux-cpu.txt \
+	@{ sed -n '/^# Python /d; /^#/p' constraints/macos-arm64.txt; \
+	  grep '^# Python ' constraints/linux-cpu.txt; grep -v '^#' constraints/linux-cpu.txt \
 	    | sed 's/^mlx-cpu==/mlx-metal==/'; } > constraints/macos-arm64.txt.new
 	@mv constraints/macos-arm64.txt.new constraints/macos-arm64.txt
 	rm -rf $(LOCK_VENV)
