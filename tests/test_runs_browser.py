@@ -131,6 +131,28 @@ def test_edit_notes_and_tags_in_place(browser, server):
     context.close()
 
 
+def test_enter_the_moment_focus_returns_opens_the_editor(browser, server):
+    """A keyboard user who presses Enter the instant Escape's cancel hands focus back to
+    *Edit notes* gets the editor, every time. The page used to focus the button when htmx
+    swapped it in, 20 ms before htmx bound its hx-get: a press in that window did nothing
+    (the 1-in-3 failure of the test above). Here the press comes inside the focus event
+    itself, so the window is hit every time rather than by chance."""
+    context, page, watch = open_page(browser, width=1366, height=900)
+    page.goto(f"{server.url}/jobs/{server.ids['base']}")
+    page.click("#notes-edit")
+    page.locator("#notes-text").wait_for()
+    page.evaluate("""() => document.addEventListener('focusin', (e) => {
+        if (e.target.id === 'notes-edit') { window.__pressed = (window.__pressed || 0) + 1;
+                                            e.target.click(); } })""")
+    for n in range(1, 4):
+        page.locator("#notes-text").wait_for()
+        page.locator("#notes-text").press("Escape")
+        wait_js(page, f"() => window.__pressed === {n}")  # focus came back: Enter "pressed"
+        page.locator("#notes-text").wait_for(timeout=5000)  # ... and the editor opened
+    watch.check()
+    context.close()
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_pick_two_runs_and_compare_them(browser, server, scheme):
     context, page, watch = open_page(browser, scheme=scheme, width=1280, height=900)

@@ -81,7 +81,10 @@
     const cancel = form && form.querySelector('[data-cancel]');
     if (cancel) cancel.click();
   });
-  document.addEventListener('htmx:afterSwap', function (evt) {
+  // afterSettle, not afterSwap: htmx binds hx-get on swapped-in content only when it settles
+  // (20 ms later). Focus given at afterSwap put the keyboard on a button that did nothing yet,
+  // so Enter pressed at once was lost (tests/test_runs_browser.py failed 1 run in 3).
+  document.addEventListener('htmx:afterSettle', function (evt) {
     const edit = document.getElementById('notes-edit');
     if (evt.detail.target && evt.detail.target.id === 'job-notes' && edit) edit.focus();
   });
