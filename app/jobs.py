@@ -9,10 +9,12 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from app.config import Settings
+from app.model_sources import downloads_allowed, missing_message, missing_model
 from app.models import TRANSITIONS, DatasetEntry, Job, JobCreate, JobStatus, ModelEntry, utcnow
 from app.plan_check import DoesNotFit, check_fits
 from workers.data import DatasetError, kto_stats, load_kto_dataset
 from workers.mlx.data import load_sft_rows
+from workers.model_source import hub_id_problem
 from workers.params import ParamError, method_for
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
@@ -54,8 +56,12 @@ def _local_path(value: str, settings: Settings, field: str) -> Path:
     return path
 
 
-def resolve_model(session: Session, value: str, settings: Settings) -> str:
-    """A registered model id, a local folder with a config.json, or a Hugging Face hub id."""
+def resolve_model(session: Session, value: str, settings: Settings,
+                  must_be_here: bool = True) -> str:
+    """A registered model id, a local folder with a config.json, or a Hugging Face hub id.
+
+    A hub id must be in the local cache unless workers may download it now; the planner
+    passes ``must_be_here=False`` (it plans a preset's model before it is downloaded)."""
     value = value.strip()
     if not value:
         raise JobInputError("model", "choose a model: tiny-demo, a local folder or a hub id")
@@ -74,7 +80,13 @@ def resolve_model(session: Session, value: str, settings: Settings) -> str:
                                 "saved with save_pretrained (or an MLX model folder)")
         return str(path)
     if HUB_ID.match(value):
-        return value  # the worker loads it from the local cache (or the hub where online)
+        problem = hub_id_problem(value)  # `tests/..` would name a folder, not a repo
+        if problem:
+            raise JobInputError("model", f"{value!r} is not a hub id: {problem}")
+        if must_be_here and missing_model(value) is not None \
+                and not downloads_allowed(settings.allow_downloads):
+            raise JobInputError("model", missing_message(value))
+        return value  # the worker resolves it through the hub cache (workers/model_source.py)
     raise JobInputError("model", f"{value!r} is not a registered model, an absolute folder "
                         "path or a hub id like Qwen/Qwen2-0.5B-Instruct")
 

@@ -21,6 +21,7 @@ from app.routes import (
     datasets,
     job_page,
     library,
+    new_job,
     pages,
     runs,
     series,
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system_routes.router)
     app.include_router(plan_routes.router)
     app.include_router(pages.router)
+    app.include_router(new_job.router)  # before job_page: /jobs/new before /jobs/{id}
     app.include_router(job_page.router)  # after pages: /jobs/new before /jobs/{id}
     app.include_router(artifacts.router)
     app.include_router(series.router)

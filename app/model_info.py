@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from workers.model_source import hub_id_problem, is_folder_path
+
 DTYPE_BYTES = {
     "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
     "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -52,10 +54,10 @@ def resolve_model_dir(path_or_id: str, env: dict[str, str] | None = None) -> Pat
     value = str(path_or_id).strip()
     if not value:
         return None
-    local = Path(value).expanduser()
-    if local.is_dir():
-        return local
-    if value.startswith(("/", "~", ".")) or value.count("/") != 1:
+    if is_folder_path(value):  # absolute only: never a folder relative to the server's cwd
+        local = Path(value).expanduser()
+        return local if local.is_dir() else None
+    if hub_id_problem(value):
         return None
     repo = hub_cache_dir(env) / ("models--" + value.replace("/", "--"))
     snapshots = repo / "snapshots"

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.model_info import hub_cache_dir
+from app.model_info import hub_cache_dir, resolve_model_dir
 
 SCAN_TTL_S = 30.0  # the picker and the models page ask often; a download takes minutes
 _lock = threading.Lock()
@@ -113,3 +113,33 @@ def label(model: dict[str, Any]) -> str:
     if not model.get("mlx"):
         return ""
     return f"mlx · {model['bits']}-bit" if model.get("bits") else "mlx"
+
+
+# --- is a hub id here, or can a worker get it now? ------------------------------------------
+OFF_WORDS = ("1", "true", "yes", "on")
+
+
+def downloads_allowed(allow_downloads: bool, env: dict[str, str] | None = None) -> bool:
+    """Whether a worker may fetch an uncached hub id now: PROSPECT_ALLOW_DOWNLOADS on, and
+    the server not told to stay offline (HF_HUB_OFFLINE)."""
+    env = os.environ if env is None else env
+    return allow_downloads and env.get("HF_HUB_OFFLINE", "").strip().lower() not in OFF_WORDS
+
+
+def download_command(repo_id: str) -> str:
+    return f"hf download {repo_id}"
+
+
+def missing_model(repo_id: str, env: dict[str, str] | None = None) -> dict[str, str] | None:
+    """None when hub id ``repo_id`` has a usable snapshot in the cache; else what to do."""
+    if resolve_model_dir(repo_id, env) is not None:
+        return None
+    return {"model": repo_id, "command": download_command(repo_id),
+            "cache_dir": str(hub_cache_dir(env))}
+
+
+def missing_message(repo_id: str, env: dict[str, str] | None = None) -> str:
+    return (f"{repo_id} is not on this machine (not in the Hugging Face cache at "
+            f"{hub_cache_dir(env)}) and workers do not download models (PROSPECT_ALLOW_DOWNLOADS"
+            f" is off, or HF_HUB_OFFLINE is set). Get it with `{download_command(repo_id)}` in "
+            "a terminal, then start again")

@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from app.model_info import ModelInfoError, _sizes, inspect_model, params_from_config
+from app.model_sources import missing_model
 from app.planner import NO_FIT, plan
+from workers.model_source import hub_id_problem, is_folder_path
 
 SEED_KTO = dict(per_device_train_batch_size=2, gradient_accumulation_steps=8,
                 learning_rate=5e-7, max_length=512, beta=0.1, gradient_checkpointing=True)
@@ -92,6 +94,12 @@ def presets() -> list[dict[str, Any]]:
             for i, t, b, m, model, s, q, p, says in _PRESETS]
 
 
+def form_presets() -> list[dict[str, Any]]:
+    """The presets with ``here``: whether their model is in the local cache (the form marks
+    the others and names the download command)."""
+    return [{**p, "here": missing_model(p["model"]) is None} for p in presets()]
+
+
 def preset(preset_id: str) -> dict[str, Any] | None:
     return next((p for p in presets() if p["id"] == preset_id), None)
 
@@ -113,9 +121,10 @@ def plan_job(model: str, backend: str, method: str, params: dict[str, Any],
     """The plan, or verdict "unknown" with a note when the model cannot be read (the job is
     never blocked then). ``model`` is the resolved path or hub id."""
     facts, note = model_facts(model)
+    missing = None if is_folder_path(model) or hub_id_problem(model) else missing_model(model)
     if facts is None:
         return {"verdict": "unknown", "message": f"no memory check: {note}", "note": note,
-                "suggestion": None}
+                "suggestion": None, "model_missing": missing}
     if system is None:
         from app.system import system_info
 
@@ -125,6 +134,10 @@ def plan_job(model: str, backend: str, method: str, params: dict[str, Any],
         "params", "num_hidden_layers", "hidden_size", "vocab_size", "dtype", "quantization",
         "params_source")}
     out["note"] = note
+    out["model_missing"] = missing  # a verdict on a model that is not here says so
+    if missing:
+        out["message"] += (f" The model is not on this machine yet: get it with "
+                           f"`{missing['command']}`.")
     return out
 
 

@@ -29,10 +29,11 @@ The constants were calibrated with bench/planner.py (README, "Memory planner").
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-GB = 1e9
+from app.units import fmt_bytes, fmt_count
+
+GB = 1e9  # the calibrated constants below were written in 1e9 bytes; shown in GiB (app.units)
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 FITS, TIGHT, NO_FIT = "fits", "tight", "won't fit"
 FIT_RATIO = 0.8  # above 80 % of the budget a job is "tight": estimates are good to ±20 %
@@ -164,8 +165,8 @@ def estimate(m: dict[str, Any], backend: str, method: str, params: dict[str, Any
     kto = method == "kto"
     rows: list[tuple[str, float, str]] = [
         ("weights", weights_bytes(m, backend, dtype),
-         f"{m['params'] / 1e9:.2f} B parameters in {_dtype_note(m, backend, dtype)}"),
-        ("adapter", lora_n * 4.0, f"{lora_n / 1e6:.1f} M LoRA parameters, fp32"),
+         f"{fmt_count(m['params'])} parameters in {_dtype_note(m, backend, dtype)}"),
+        ("adapter", lora_n * 4.0, f"{fmt_count(lora_n)} LoRA parameters, fp32"),
         ("optimizer", lora_n * 8.0, "AdamW's two moments per adapter parameter, fp32"),
         ("gradients", lora_n * 4.0, "one fp32 gradient per adapter parameter"),
         ("activations", saved,
@@ -351,7 +352,7 @@ def plan(m: dict[str, Any], backend: str, method: str, params: dict[str, Any],
     budget = budget_for(device, system)
     word, ratio = verdict(est, budget)
     out = {"verdict": word, "ratio": round(ratio, 3), "device": device, "estimate": est,
-           "budget": budget, "suggestion": None, "message": ""}
+           "budget": budget, "suggestion": None, "message": "", "advice": ""}
     if word == FITS:
         out["message"] = f"needs about {_gb(est['total_bytes'])} of {_gb(budget['bytes'])}"
         return out
@@ -367,29 +368,26 @@ def plan(m: dict[str, Any], backend: str, method: str, params: dict[str, Any],
         if best is None or r2 < best[1]:
             best = (text, r2, e2)
     need = f"needs about {_gb(est['total_bytes'])}, {budget['note']}"
+    # ``advice``: what to do, once (the form shows it beside the numbers; the API's message
+    # is the need and the advice in one sentence).
     if out["suggestion"]:
-        out["message"] = f"{need}. To fit: {out['suggestion']['text']} " \
-                         f"(about {_gb(out['suggestion']['total_bytes'])})."
+        out["advice"] = f"To fit: {out['suggestion']['text']} " \
+                        f"(about {_gb(out['suggestion']['total_bytes'])})."
     elif word == NO_FIT and mac and est["total_bytes"] <= FIT_RATIO * budget["available"]:
         mb = int(min(budget["total"] - 4 * 2**30, 1.25 * est["device_bytes"]) / 2**20)
-        out["message"] = (f"{need}. It fits in the free memory but not under Metal's "
-                          f"working-set limit: raise it with `sudo sysctl "
-                          f"iogpu.wired_limit_mb={mb}` (until the next restart), or make "
-                          "the job smaller.")
+        out["advice"] = ("It fits in the free memory but not under Metal's working-set "
+                         f"limit: raise it with `sudo sysctl iogpu.wired_limit_mb={mb}` "
+                         "(until the next restart), or make the job smaller.")
     elif word == NO_FIT:
         weights = est["breakdown"][0]["bytes"]
-        out["message"] = (f"{need}. Nothing tried fits (the weights alone take "
-                          f"{_gb(weights)}): choose a smaller model"
-                          + (", or a 4-bit MLX model" if backend == "torch" else "")
-                          + (f"; the closest was: {best[0]}" if best else "") + ".")
+        out["advice"] = (f"Nothing tried fits (the weights alone take {_gb(weights)}): "
+                         "choose a smaller model"
+                         + (", or a 4-bit MLX model" if backend == "torch" else "")
+                         + (f"; the closest was: {best[0]}" if best else "") + ".")
     else:
-        out["message"] = f"{need}: close to the limit; it may swap or run out."
+        out["advice"] = "Close to the limit: it may swap or run out."
+    out["message"] = f"{need}. {out['advice']}"
     return out
 
 
-def _gb(n: float) -> str:
-    return f"{n / GB:.1f} GB" if n < 100 * GB else f"{n / GB:.0f} GB"
-
-
-def fmt_bytes(n: float) -> str:
-    return _gb(n) if n >= 0.1 * GB else f"{math.ceil(n / 1e6)} MB"
+_gb = fmt_bytes  # every size in a plan is binary, GiB/MiB (app/units.py)

@@ -72,7 +72,8 @@ def test_models_page_lists_registered_and_cached_models(lib_server):
     status, html = html_of(lib_server, "/models")
     assert status == 200
     assert "tiny-demo" in html and "LlamaForCausalLM" in html
-    assert "121,344" in html  # the demo's parameter count, from its safetensors header
+    # the demo's parameter count, from its safetensors header: "121 K", exact in the title
+    assert '<span title="121,344 parameters">121 K</span>' in html
     assert "acme/tiny-chat" in html and "mlx-community/tiny-chat-4bit" in html
     assert "mlx · 4-bit" in html and "half/downloaded" not in html
     assert '/jobs/new?model=mlx-community/tiny-chat-4bit' in html.replace("%2F", "/")

@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from app.config import Settings
 from app.db import ROOT, migrate
+from app.job_form import form_defaults
 from app.main import create_app
 from app.models import DatasetEntry, Job, JobStatus, ModelEntry
 from workers.params import TORCH_KTO
@@ -86,9 +87,8 @@ def form_data(**params) -> dict:
             "dataset_choice": "demo-kto", "dataset_text": ""}
     for knob in TORCH_KTO.knobs:
         value = params.get(knob.name, knob.default)
-        if knob.type is bool:
-            if value:
-                data[f"params.{knob.name}"] = "true"
+        if knob.type is bool:  # the hidden "false" marker, then the box's "true" if checked
+            data[f"params.{knob.name}"] = ["false", "true"] if value else ["false"]
         else:
             data[f"params.{knob.name}"] = ", ".join(value) if isinstance(value, list) \
                 else str(value)
@@ -130,6 +130,8 @@ def test_jobs_fragment_lists_newest_first_with_badges(app, client):
 
 # --- the new-job form --------------------------------------------------------------------------
 def test_form_renders_every_knob_with_its_default(client):
+    """With the demo model chosen, the demo's defaults; every other knob its own."""
+    defaults = form_defaults(TORCH_KTO, "tiny-demo")
     r = client.get("/jobs/new")
     assert r.status_code == 200
     c = controls(r.text)
@@ -140,14 +142,14 @@ def test_form_renders_every_knob_with_its_default(client):
         ctl = c[f"params.{knob.name}"]
         assert knob.help in html.unescape(r.text), knob.name
         if knob.type is bool:
-            assert ctl["type"] == "checkbox" and ("checked" in ctl) == knob.default
+            assert ctl["type"] == "checkbox" and ("checked" in ctl) == defaults[knob.name]
         elif knob.choices:
-            assert ctl["tag"] == "select" and ctl["value"] == knob.default
+            assert ctl["tag"] == "select" and ctl["value"] == defaults[knob.name]
         elif knob.type is list:
-            assert ctl["type"] == "text" and ctl["value"] == ", ".join(knob.default)
+            assert ctl["type"] == "text" and ctl["value"] == ", ".join(defaults[knob.name])
         else:
             assert ctl["type"] == "number", knob.name
-            assert knob.type(ctl["value"]) == knob.default, knob.name
+            assert knob.type(ctl["value"]) == defaults[knob.name], knob.name
             assert float(ctl["min"]) == knob.min and float(ctl["max"]) == knob.max
     for legend in ("Training", "KTO loss", "Memory", "LoRA adapter", "Logging", "Hardware"):
         assert f"<legend>{legend}" in r.text

@@ -23,6 +23,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import load
 
+from workers.model_source import model_source
 from workers.protocol import EventWriter
 from workers.torch.config import JobConfig
 from workers.torch.errors import ModelNotFound
@@ -43,19 +44,11 @@ class RunResult:
 def load_model(model_id: str, **kwargs):
     """(model, tokenizer) from a local folder or the hub cache (offline), as mlx-lm loads it;
     ``kwargs`` go to ``mlx_lm.load`` (adapter_path, return_config)."""
-    local = Path(model_id).expanduser()
-    if not local.exists() and model_id.startswith(("/", ".", "~")):
-        raise ModelNotFound(f"no model folder at {model_id}")
-    source = str(local) if local.exists() else model_id
+    source = model_source(model_id)  # an absolute folder: never relative to the cwd
     try:
         loaded = load(source, **kwargs)
     except (FileNotFoundError, OSError) as exc:
-        if local.exists():
-            raise ModelNotFound(f"the folder {source} holds no loadable model: {exc}") from exc
-        raise ModelNotFound(
-            f"{model_id!r} is neither a local folder nor a hub id in the local "
-            "Hugging Face cache (Prospect runs offline)"
-        ) from exc
+        raise ModelNotFound(f"the folder {source} holds no loadable model: {exc}") from exc
     return loaded
 
 

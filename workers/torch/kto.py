@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -22,6 +21,7 @@ from trl import KTOConfig, KTOTrainer
 
 from workers.data import Row
 from workers.memory import MemorySampler, torch_probe
+from workers.model_source import model_source
 from workers.protocol import EventWriter
 from workers.torch.callback import EventCallback
 from workers.torch.config import JobConfig
@@ -118,20 +118,12 @@ def train(job: JobConfig, rows: list[Row], events: EventWriter, stop, sampler: M
 
 def load_model(model_id: str, choice: DeviceChoice):
     """Tokenizer and model from a local folder, or from the hub cache (offline)."""
-    local = Path(model_id).expanduser()
-    if not local.exists() and model_id.startswith(("/", ".", "~")):
-        raise ModelNotFound(f"no model folder at {model_id}")
-    source = str(local) if local.exists() else model_id
+    source = model_source(model_id)  # an absolute folder: never relative to the cwd
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, choice.dtype))
-    except OSError as exc:  # missing files, or a hub id that is not in the cache
-        if local.exists():
-            raise ModelNotFound(f"the folder {source} holds no loadable model: {exc}") from exc
-        raise ModelNotFound(
-            f"{model_id!r} is neither a local folder nor a hub id in the local "
-            "Hugging Face cache (Prospect runs offline)"
-        ) from exc
+    except OSError as exc:  # missing or broken files
+        raise ModelNotFound(f"the folder {source} holds no loadable model: {exc}") from exc
     if tokenizer.chat_template is None:
         raise ValueError(
             f"{model_id} has no chat template (tokenizer.chat_template is unset); "

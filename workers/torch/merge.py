@@ -16,6 +16,7 @@ from typing import Any
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from workers.model_source import model_source
 from workers.protocol import EventWriter
 from workers.torch.config import JobConfig
 from workers.torch.errors import ModelNotFound
@@ -49,8 +50,7 @@ def run(job: JobConfig, events: EventWriter) -> RunResult:
 
 def load_base(model_id: str):
     """Tokenizer and model (in its saved dtype) from a local folder or the hub cache."""
-    local = Path(model_id).expanduser()
-    source = str(local) if local.exists() else model_id
+    source = model_source(model_id)  # an absolute folder: never relative to the cwd
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")

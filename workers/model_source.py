@@ -1,0 +1,71 @@
+"""Where a job's model is read from: a folder given by its absolute path, or a hub id looked up
+in the Hugging Face cache. Never a path relative to the worker's working directory.
+
+transformers' and mlx-lm's loaders take "a folder, else a hub id" and test the folder first,
+relative to the current directory: an id like ``tests/..`` would load whatever folder that
+names. So a worker turns a hub id into its snapshot folder here (through huggingface_hub's own
+cache lookup) and hands the loaders only absolute folders. The server checks ids with the same
+``hub_id_problem`` before a job is queued. Plain Python at import: the server imports this.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+# What a model needs from its repo (mlx-lm downloads the same set): config, tokenizer, weights.
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt",
+                  "*.jsonl", "*.py"]
+
+
+def hub_id_problem(value: str) -> str | None:
+    """Why ``value`` is not a hub id (org/name), or None when it is one.
+
+    The hub's own rules, those that matter for safety: letters, digits, '-', '_', '.';
+    no '..', and neither part may start or end with '.' or '-' (so no '.' or '..' part)."""
+    if not HUB_ID.match(value):
+        return "a hub id is org/name in letters, digits, '-', '_' and '.'"
+    for part in value.split("/"):
+        if ".." in part or part.startswith((".", "-")) or part.endswith((".", "-")):
+            return (f"{part!r}: a hub id's parts may not contain '..' nor start or end with "
+                    "'.' or '-'")
+    return None
+
+
+def is_folder_path(value: str) -> bool:
+    """An absolute folder path (or ~/…); anything else is taken as a hub id."""
+    return value.startswith(("/", "~"))
+
+
+def model_source(model_id: str) -> str:
+    """The absolute folder to load ``model_id`` from; raises ModelNotFound naming the fix.
+
+    A hub id resolves through the Hugging Face cache; where downloads are allowed
+    (HF_HUB_OFFLINE=0: PROSPECT_ALLOW_DOWNLOADS) a missing one is downloaded into it first."""
+    from workers.torch.errors import ModelNotFound
+
+    value = str(model_id).strip()
+    if is_folder_path(value):
+        folder = Path(value).expanduser()
+        if not folder.is_dir():
+            raise ModelNotFound(f"no model folder at {value}")
+        return str(folder.resolve())
+    problem = hub_id_problem(value)
+    if problem:
+        raise ModelNotFound(f"{value!r} is neither an absolute model folder nor a hub id "
+                            f"({problem})")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(value, local_files_only=True, allow_patterns=ALLOW_PATTERNS)
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
+        if constants.HF_HUB_OFFLINE:
+            raise ModelNotFound(
+                f"{value!r} is not in the local Hugging Face cache (Prospect runs offline): "
+                f"run `hf download {value}` first") from exc
+    try:
+        return snapshot_download(value, allow_patterns=ALLOW_PATTERNS)
+    except Exception as exc:  # network, gated repo, no such repo: all "cannot get it"
+        raise ModelNotFound(f"{value!r} could not be downloaded: {exc}") from exc
