@@ -84,6 +84,21 @@ class Sparkline:
         return f"loss from {self.first:.4g} to {self.last:.4g} (low {self.low:.4g})"
 
 
+REL_SPAN_FLOOR = 1e-3  # the same floor as the charts' y axis (static/js/charts.js)
+ABS_SPAN_FLOOR = 1e-12
+
+
+def value_box(lo: float, hi: float) -> tuple[float, float]:
+    """The (bottom, span) of the y range drawn for values lo..hi. A span under 1e-3 of the
+    values' magnitude is below the 4 digits the list shows and would turn float noise into
+    a full-height cliff (loss 0.499992 -> 0.500000): it is widened around its middle, so a
+    nearly flat series draws flat in the middle of the box."""
+    floor = max(max(abs(lo), abs(hi)) * REL_SPAN_FLOOR, ABS_SPAN_FLOOR)
+    if hi - lo >= floor:
+        return lo, hi - lo
+    return (lo + hi) / 2 - floor / 2, floor
+
+
 def sparkline(series: list[tuple[float, float]], width: int = WIDTH,
               height: int = HEIGHT) -> Sparkline | None:
     """Scale (step, value) pairs into the box; y grows downwards in SVG."""
@@ -95,11 +110,11 @@ def sparkline(series: list[tuple[float, float]], width: int = WIDTH,
     s0, s1 = min(steps), max(steps)
     lo, hi = min(values), max(values)
     xspan = (s1 - s0) or 1.0
-    yspan = (hi - lo) or 1.0
+    ylo, yspan = value_box(lo, hi)
     coords = []
     for s, v in finite:
         x = PAD + (s - s0) / xspan * (width - 2 * PAD) if s1 > s0 else width / 2
-        y = height - PAD - (v - lo) / yspan * (height - 2 * PAD) if hi > lo else height / 2
+        y = height - PAD - (v - ylo) / yspan * (height - 2 * PAD)
         coords.append(f"{x:.1f},{y:.1f}")
     if len(coords) == 1:  # one point: a short flat tick so something is visible
         x, y = coords[0].split(",")

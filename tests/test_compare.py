@@ -121,6 +121,21 @@ def test_sparkline_scales_into_its_box():
     assert sparkline([]) is None and sparkline([(1, float("nan"))]) is None
 
 
+def test_sparkline_does_not_zoom_below_the_values_precision():
+    """The demo's first run: loss 0.500000 -> 0.499992. That used to fill the box top to
+    bottom; below 1e-3 of the value it is flat in the middle, while a real change of 1 %
+    still spans the box."""
+    flat = sparkline([(1, 0.5), (2, 0.499996), (3, 0.499992)], width=100, height=20)
+    ys = [float(p.split(",")[1]) for p in flat.points.split()]
+    assert max(ys) - min(ys) < 0.5 and all(9.5 < y < 10.5 for y in ys), ys
+    real = sparkline([(1, 0.5), (2, 0.4975), (3, 0.495)], width=100, height=20)
+    ys = [float(p.split(",")[1]) for p in real.points.split()]
+    assert (ys[0], ys[-1]) == (2.0, 18.0)
+    tiny = sparkline([(1, 2e-5), (2, 1e-5), (3, 0.0)], width=100, height=20)  # small values
+    ys = [float(p.split(",")[1]) for p in tiny.points.split()]  # ... are not noise
+    assert (ys[0], ys[-1]) == (2.0, 18.0)
+
+
 def test_sparkline_of_a_100k_step_run_reads_a_few_points_per_slice(server):
     """The list refreshes every 3 s: a page's sparklines must not read every point (a
     GROUP BY over all 100,000 rows took 150 ms here; the slices' index seeks take ~1 ms)."""

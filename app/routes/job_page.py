@@ -15,11 +15,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
+from sqlalchemy import func
 from sqlmodel import Session, select
 
 from app.db import SessionDep
 from app.model_sources import cached_models
-from app.models import DatasetEntry, Job, JobStatus, ModelEntry
+from app.models import DatasetEntry, Event, Job, JobStatus, ModelEntry
 from app.routes.api import JobId
 from app.routes.artifacts import list_artifacts
 from app.routes.pages import (
@@ -71,10 +72,33 @@ def worker_config(job: Job) -> str:
     return text[:CONFIG_SHOWN_MAX]
 
 
-def started_ts(job: Job) -> float | None:
-    """Unix time the job started: the memory chart's x axis counts from it."""
+def started_ts(session: Session, job: Job) -> float | None:
+    """Unix time the job first started: the memory chart's x axis counts from it. The
+    first event's time, not ``started_at``: a resume sets that again, which put every
+    sample from before the resume at x = 0."""
+    first = session.exec(select(Event.t).where(Event.job_id == job.id)
+                         .order_by(Event.seq).limit(1)).first()
+    if first is not None:
+        return round(first, 3)
     start = aware(job.started_at)
     return round(start.timestamp(), 3) if start else None
+
+
+def restarts(session: Session, job_id: int) -> list[dict[str, Any]]:
+    """Where a resumed run started again: each worker start after the first (its
+    ``loading_model`` status event) with its time and the first step it reported, for the
+    charts' "resumed" markers."""
+    phase = func.json_extract(Event.data, "$.phase")
+    starts = session.exec(select(Event.seq, Event.t).where(
+        Event.job_id == job_id, Event.type == "status", phase == "loading_model")
+        .order_by(Event.seq)).all()
+    out = []
+    for seq, t in starts[1:]:
+        step = session.exec(select(func.json_extract(Event.data, "$.step")).where(
+            Event.job_id == job_id, Event.type.in_(("progress", "metric")), Event.seq > seq)
+            .order_by(Event.seq).limit(1)).first()
+        out.append({"t": round(t, 3), "step": step if isinstance(step, int) else None})
+    return out
 
 
 def actions(job: Job) -> dict[str, bool]:
@@ -100,7 +124,8 @@ def job_page(job_id: JobId, request: Request, session: SessionDep) -> HTMLRespon
     events_url = f"/api/jobs/{job.id}/events?after={job.last_seq}" if live else ""
     return page(request, "job.html", job=job, live=live, events_url=events_url,
                 params=params_rows(job), config_text=worker_config(job), can=actions(job),
-                artifacts=list_artifacts(session, job), started_ts=started_ts(job))
+                artifacts=list_artifacts(session, job), started_ts=started_ts(session, job),
+                restarts=restarts(session, job.id))
 
 
 @router.get("/jobs/{job_id}/card", response_class=HTMLResponse)

@@ -47,7 +47,84 @@
     const a = Math.abs(v);
     return a !== 0 && (a >= 1e6 || a < 1e-3) ? v.toExponential(3) : String(+v.toPrecision(4));
   }
-  function gbValue(u, v) { return v == null ? '--' : v.toFixed(2) + ' GB'; }
+  // The y range never zooms below what the values' own precision warrants: values show 4
+  // significant digits, so a span under 1e-3 of their magnitude cannot be read on the ticks
+  // and only turns float noise into a cliff (loss 0.499992 -> 0.500000 drew full height).
+  // Such a span is widened around its middle, so a nearly flat series reads flat.
+  const REL_SPAN_FLOOR = 1e-3;
+  const ABS_SPAN_FLOOR = 1e-12;
+  function spanFloor(min, max) {
+    return Math.max(Math.max(Math.abs(min), Math.abs(max)) * REL_SPAN_FLOOR, ABS_SPAN_FLOOR);
+  }
+  function valueRange(u, min, max) {
+    if (min == null || max == null || !isFinite(min) || !isFinite(max)) return [min, max];
+    const floor = spanFloor(min, max);
+    if (max - min < floor) {
+      const mid = (min + max) / 2;
+      min = mid - floor / 2;
+      max = mid + floor / 2;
+    }
+    return uPlot.rangeNum(min, max, 0.1, true); // uPlot's own default padding from here on
+  }
+  // Memory is binary and says so (1 GiB = 2**30 bytes), written as app/units.py fmt_bytes
+  // writes it: the charts hold GiB; under 1 GiB the value reads in MiB.
+  function fmtGiB(v) {
+    if (v == null || !isFinite(v)) return '--';
+    const a = Math.abs(v);
+    const [x, unit] = a >= 1024 ? [v / 1024, 'TiB'] : a >= 1 ? [v, 'GiB']
+      : a >= 1 / 1024 ? [v * 1024, 'MiB'] : a >= 1 / 1048576 ? [v * 1048576, 'KiB'] : [null];
+    if (x == null) return Math.round(v * 1073741824) + ' B';
+    return (Math.abs(x) >= 100 ? x.toFixed(0) : x.toFixed(1)) + ' ' + unit;
+  }
+  function gbValue(u, v) { return fmtGiB(v); }
+  // Axis ticks share one unit: MiB when the axis stays under 1 GiB, GiB otherwise.
+  function memoryTicks(u, splits) {
+    const mib = u.scales.y.max != null && u.scales.y.max < 1;
+    return splits.map(function (v) {
+      if (v == null) return '';
+      return mib ? +(v * 1024).toFixed(1) + ' MiB' : +v.toFixed(2) + ' GiB';
+    });
+  }
+  // Tick positions at round numbers of the unit the ticks are written in (256 MiB, not
+  // 0.25 GiB = 256 MiB written as "256" next to "102", "205"...).
+  function memorySplits(u, axisIdx, min, max) {
+    const unit = max < 1 ? 1 / 1024 : 1;
+    const lo = min / unit;
+    const hi = max / unit;
+    const rough = (hi - lo) / 5 || 1;
+    const pow = Math.pow(10, Math.floor(Math.log10(rough)));
+    const incr = [1, 2, 2.5, 5, 10].map(function (m) { return m * pow; })
+      .find(function (x) { return x >= rough; }) || 10 * pow;
+    const out = [];
+    for (let v = Math.ceil(lo / incr) * incr; v <= hi + 1e-9; v += incr) out.push(v * unit);
+    return out;
+  }
+  // Vertical dashed lines at chosen x values with a short label (a resumed run's restarts).
+  function drawMarkers(u) {
+    const marks = u.prospectMarks || [];
+    if (!marks.length) return;
+    const ctx = u.ctx;
+    const top = u.bbox.top;
+    const bottom = top + u.bbox.height;
+    ctx.save();
+    ctx.strokeStyle = css('--muted');
+    ctx.fillStyle = css('--muted');
+    ctx.lineWidth = 1.5 * uPlot.pxRatio;
+    ctx.setLineDash([4 * uPlot.pxRatio, 4 * uPlot.pxRatio]);
+    ctx.font = (11 * uPlot.pxRatio) + 'px ' + css('--font-mono');
+    ctx.textAlign = 'left';
+    ctx.textBaseline = 'top';
+    marks.forEach(function (m) {
+      if (m.x < u.scales.x.min || m.x > u.scales.x.max) return;
+      const x = Math.round(u.valToPos(m.x, 'x', true));
+      ctx.beginPath();
+      ctx.moveTo(x, top);
+      ctx.lineTo(x, bottom);
+      ctx.stroke();
+      ctx.fillText(m.label, x + 4 * uPlot.pxRatio, top + 2 * uPlot.pxRatio);
+    });
+    ctx.restore();
+  }
   function clock(s) {
     s = Math.round(s);
     const h = Math.floor(s / 3600);
@@ -83,11 +160,15 @@
     this.wanted = this.el.dataset.series.split(',');
     this.names = [];
     this.plot = null;
+    this.only = null; // when set, only these columns are drawn (the memory chart's toggle)
+    this.marks = []; // [{x, label}]: vertical markers (where a resumed run restarted)
   }
 
   Chart.prototype.present = function () {
     const cols = this.store.cols;
+    const only = this.only;
     return this.wanted.filter(function (name) {
+      if (only && only.indexOf(name) < 0) return false;
       const col = cols[name];
       return col && col.some(function (v) { return v != null; });
     });
@@ -130,17 +211,17 @@
       width: Math.max(200, this.el.clientWidth),
       height: CHART_HEIGHT,
       scales: { x: { time: false }, y: memory ? { range: function (u, min, max) {
-        return [0, max > 0 ? max * 1.05 : 1]; } } : {} },
+        return [0, max > 0 ? max * 1.05 : 1]; } } : { range: valueRange } },
       cursor: { drag: { x: true, y: false } },
       series: [{ label: memory ? 'time' : 'step',
         value: function (u, v) { return v == null ? '--' : (memory ? clock(v) : v); } }]
         .concat(names.map(function (name, i) { return self.seriesFor(name, i); })),
       axes: [Object.assign(xAxis, axis),
         Object.assign({ size: axisSize, values: memory
-          ? function (u, splits) { return splits.map(function (v) { return v + ' GB'; }); }
-          : tickValues }, axis)],
-      hooks: { setLegend: [showLastWhenIdle] },
+          ? memoryTicks : tickValues }, memory ? { splits: memorySplits } : {}, axis)],
+      hooks: { setLegend: [showLastWhenIdle], draw: [drawMarkers] },
     }, this.data(), this.el);
+    this.plot.prospectMarks = this.marks;
     this.empty.hidden = true;
   };
 
@@ -173,5 +254,6 @@
 
   // The compare page (static/js/compare.js) formats and themes its chart with these too.
   window.ProspectCharts = { Store: Store, Chart: Chart, css: css, showLastWhenIdle:
-    showLastWhenIdle, pointValue: pointValue, tickValues: tickValues, axisSize: axisSize };
+    showLastWhenIdle, pointValue: pointValue, tickValues: tickValues, axisSize: axisSize,
+    valueRange: valueRange, fmtGiB: fmtGiB, spanFloor: spanFloor };
 })();

@@ -60,7 +60,7 @@
     plot = new uPlot({
       width: Math.max(240, el.clientWidth),
       height: HEIGHT,
-      scales: { x: { time: false } },
+      scales: { x: { time: false }, y: { range: PC.valueRange } },
       cursor: { drag: { x: true, y: false } },
       hooks: { setLegend: [PC.showLastWhenIdle] },
       series: [{ label: 'step', value: function (u, v) { return v == null ? '--' : v; } }]

@@ -66,7 +66,7 @@
     const st = stores.memory;
     if (seq <= st.lastSeq) return;
     st.lastSeq = seq;
-    if (t0 == null) t0 = t;
+    if (t0 == null) { t0 = t; markRestarts(); }
     st.add(Math.max(0, t - t0), values);
   }
 
@@ -97,11 +97,50 @@
     const total = lastOf(mc.system_total);
     let peak = null; // a loop, not Math.max.apply: a day-long run has more samples than args
     (mc.rss || []).forEach(function (v) { if (v != null && (peak == null || v > peak)) peak = v; });
+    if (memFit.auto && peak != null && total) { // small jobs start scaled to the process
+      memFit.auto = false;
+      if (peak < total / 4 && !memFit.box.checked) { memFit.box.checked = true; applyMemFit(); }
+    }
     const parts = [];
-    if (peak != null) parts.push('process peak ' + peak.toFixed(2) + ' GB');
+    if (peak != null) parts.push('process peak ' + PC.fmtGiB(peak));
+    if (total && memFit.box.checked) parts.push('machine total ' + PC.fmtGiB(total));
     if (used != null && total) parts.push('system ' + Math.round(100 * used / total) + '% used');
     setText('mem-note', parts.join(' · '));
   }
+
+  // The memory chart's "scale to the process": only the process's own series are drawn, so
+  // the y axis fits them; the machine's total moves to the note above the chart. Until the
+  // person touches the box, the first samples decide (auto).
+  const PROCESS_SERIES = ['rss', 'backend_active', 'backend_driver'];
+  const memFit = { box: document.getElementById('mem-fit'), auto: true };
+  function applyMemFit() {
+    const c = charts.mem;
+    if (!c) return;
+    c.only = memFit.box.checked ? PROCESS_SERIES : null;
+    c.draw();
+    notes();
+  }
+  if (memFit.box) {
+    memFit.box.addEventListener('change', function () { memFit.auto = false; applyMemFit(); });
+  } else {
+    memFit.box = { checked: false };
+    memFit.auto = false;
+  }
+
+  // A resumed run: a dashed "resumed" line where each later worker started (by step on the
+  // training charts, by time on the memory chart), from the stored status events.
+  let restarts = [];
+  try { restarts = JSON.parse(live.dataset.restarts || '[]'); } catch (e) { restarts = []; }
+  function markRestarts() {
+    eachChart(function (c) {
+      const marks = restarts.map(function (r) {
+        const x = c.source === 'memory' ? (t0 == null ? null : r.t - t0) : r.step;
+        return x == null ? null : { x: x, label: 'resumed' };
+      }).filter(Boolean);
+      c.marks.splice(0, c.marks.length, ...marks);
+    });
+  }
+  markRestarts();
 
   // Only the charts whose store changed are drawn again, once per animation frame.
   let frame = 0;

@@ -1,0 +1,123 @@
+"""What the job pages and the jobs list show, in headless Chromium at 1366 px: charts that do
+not zoom into float noise, the memory chart scaled to a small process, a resumed run's
+marker, a fuse job's own page, and a jobs table that fits its card.
+
+The runs are written straight into the server's database (tests/runs_data.py) with the
+events a worker would have written: these pages read only the database."""
+
+from __future__ import annotations
+
+import pytest
+from sqlmodel import Session
+
+from app.models import Event, Job, JobStatus
+from tests.conftest import kill_workers, make_server
+from tests.runs_data import add_run, engine_for
+from tests.test_browser import open_page, wait_js
+from tests.test_runs_browser import shot
+
+pytestmark = [pytest.mark.browser]
+GiB = 2**30
+T0 = 1_790_000_000.0  # the runs' first event (unix time)
+
+
+def add_events(engine, job_id: int, events: list[tuple[float, str, dict]]) -> None:
+    with Session(engine) as s:
+        for seq, (t, kind, data) in enumerate(events, start=1):
+            s.add(Event(job_id=job_id, seq=seq, t=T0 + t, type=kind, data=data))
+        job = s.get(Job, job_id)
+        job.last_seq = len(events)
+        s.add(job)
+        s.commit()
+
+
+def memory(t: float, rss_gib: float) -> tuple[float, str, dict]:
+    return (t, "memory", {"rss_bytes": int(rss_gib * GiB), "system": {
+        "total": 24 * GiB, "used": 10 * GiB, "available": 14 * GiB, "swap_used": 0}})
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = make_server(tmp_path_factory.mktemp("job-views-home"))
+    srv.start()
+    e = engine_for(srv.home)
+    ids = {
+        # The demo's first run with the seed's learning rate: a loss that does not move.
+        "flat": add_run(e, "flat loss", losses=[0.5, 0.499996, 0.499992]),
+        "small": add_run(e, "small process", losses=[1.0 - 0.01 * i for i in range(30)]),
+        "resumed": add_run(e, "resumed run", losses=[1.0 - 0.01 * i for i in range(40)]),
+    }
+    add_events(e, ids["small"], [memory(2.0 * i, 0.30 + 0.004 * i) for i in range(30)])
+    start = (0.0, "status", {"phase": "loading_model", "message": "loading"})
+    first = [(1.0 + i, "progress", {"step": i, "total_steps": 40, "tokens_per_s": 900.0})
+             for i in range(1, 21)]
+    first += [memory(1.0 + i, 0.5) for i in range(1, 21)]
+    stop = (25.0, "done", {"status": "cancelled"})
+    again = (100.0, "status", {"phase": "loading_model", "message": "loading again"})
+    second = [(100.0 + i, "progress", {"step": 16 + i, "total_steps": 40,
+                                        "tokens_per_s": 950.0}) for i in range(1, 25)]
+    second += [memory(100.0 + i, 0.5) for i in range(1, 25)]
+    add_events(e, ids["resumed"], [start, *sorted(first), stop, again, *sorted(second)])
+    srv.ids = ids
+    yield srv
+    kill_workers(srv)
+    srv.stop()
+
+
+def chart_ready(page, key: str) -> None:
+    wait_js(page, f"() => window.prospectJob && window.prospectJob.charts.{key}.plot")
+
+
+def test_a_flat_loss_draws_flat_not_as_a_cliff(browser, server):
+    context, page, watch = open_page(browser, width=1366, height=900)
+    page.goto(f"{server.url}/jobs/{server.ids['flat']}")
+    chart_ready(page, "loss")
+    lo, hi = page.evaluate("() => { const s = window.prospectJob.charts.loss.plot.scales.y;"
+                           " return [s.min, s.max]; }")
+    assert hi - lo >= 0.5e-3 and lo < 0.499992 and hi > 0.5, (lo, hi)  # was 0.499992-0.5
+    shot(page, "views-01-flat-loss", full_page=False)
+    watch.check()
+    context.close()
+
+
+def test_memory_chart_scales_to_a_small_process_and_back(browser, server):
+    context, page, watch = open_page(browser, width=1366, height=900)
+    page.goto(f"{server.url}/jobs/{server.ids['small']}")
+    chart_ready(page, "mem")
+    labels = "() => window.prospectJob.charts.mem.plot.series.map(s => s.label)"
+    ymax = "() => window.prospectJob.charts.mem.plot.scales.y.max"
+    # 0.4 GiB of 24 GiB: scaled to the process by default, the total in the note.
+    wait_js(page, "() => document.getElementById('mem-fit').checked")
+    assert "total" not in page.evaluate(labels)
+    assert page.evaluate(ymax) < 1
+    note = page.inner_text("#mem-note")
+    assert "machine total 24.0 GiB" in note and "process peak 426 MiB" in note, note
+    ticks = page.evaluate("() => window.prospectJob.charts.mem.plot.axes[1]._values")
+    assert ticks and all(t.endswith(" MiB") for t in ticks if t), ticks
+    page.locator("#chart-mem").scroll_into_view_if_needed()
+    shot(page, "views-02-memory-fit-process", full_page=False)
+    page.uncheck("#mem-fit")  # the whole machine: the total is the axis again
+    wait_js(page, labels + ".includes('total')")
+    assert page.evaluate(ymax) >= 24
+    assert "machine total" not in page.inner_text("#mem-note")
+    shot(page, "views-03-memory-whole-machine", full_page=False)
+    watch.check()
+    context.close()
+
+
+def test_a_resumed_run_marks_where_it_resumed(browser, server):
+    context, page, watch = open_page(browser, width=1366, height=900)
+    page.goto(f"{server.url}/jobs/{server.ids['resumed']}")
+    for key in ("tps", "mem"):
+        chart_ready(page, key)
+    marks = page.evaluate("() => ['tps', 'mem'].map(k =>"
+                          " window.prospectJob.charts[k].plot.prospectMarks.map(m => m.x))")
+    assert marks == [[17], [100]], marks  # the first step after the restart; its time
+    # x counts from the run's first event, not from the resume: the first worker's samples
+    # are not squeezed into x = 0.
+    xs = page.evaluate("() => window.prospectJob.stores.memory.x")
+    assert xs[0] == 2 and xs[-1] == 124, xs
+    page.locator("#chart-tps").scroll_into_view_if_needed()
+    shot(page, "views-04-resumed-marker", full_page=False)
+    watch.check()
+    context.close()
