@@ -22,6 +22,14 @@ class Settings(BaseSettings):
     allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host header "
                                      "names to accept besides the loopback names.")
     upload_limit_mb: int = Field(default=2048, ge=1)
+    body_limit_kib: int = Field(default=1024, ge=1, description="Largest request body "
+                                "other than a dataset upload, in KiB; more is a 413.")
+    export_cache_entries: int = Field(default=8, ge=1, description="MLX exports kept on "
+                                      "disk (datasets/<id>/mlx-*), all datasets together; "
+                                      "the least recently used is removed first.")
+    token_cache_entries: int = Field(default=32, ge=1, description="Token length tables "
+                                     "kept on disk (datasets/<id>/tokens-*.json), all "
+                                     "datasets together; least recently used removed first.")
     max_concurrent_jobs: int = Field(default=1, ge=1)
     cancel_grace_s: float = Field(default=60.0, gt=0, description="Seconds a worker has to "
                                   "save after SIGTERM before it is killed.")

@@ -11,6 +11,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
+from app.body_check import load_json
+
 ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS = ROOT / "migrations"
 
@@ -22,7 +24,8 @@ def make_engine(db_path: Path | str) -> Engine:
         from sqlalchemy.pool import StaticPool
 
         kwargs["poolclass"] = StaticPool
-    engine = create_engine(url, **kwargs)
+    # JSON columns read leniently: a stored lone surrogate must not break every reader.
+    engine = create_engine(url, json_deserializer=load_json, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record):  # noqa: ANN001 - DB-API connection

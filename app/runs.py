@@ -146,9 +146,11 @@ def facets(session: Session) -> dict[str, list[str]]:
     for name, column in (("backend", Job.backend), ("method", Job.method),
                          ("model", Job.model)):
         out[name] = list(session.exec(select(column).distinct().order_by(column).limit(500)))
-    out["tag"] = [r[0] for r in session.connection().execute(text(
-        "SELECT DISTINCT t.value FROM job, json_each(job.tags) AS t ORDER BY t.value "
-        "LIMIT 500"))]
+    # As bytes: a tag stored with a lone surrogate (before those were refused) comes out of
+    # json_each as invalid UTF-8, which sqlite3 would fail to decode, and the page with it.
+    out["tag"] = [bytes(r[0]).decode("utf-8", "replace") for r in session.connection().execute(
+        text("SELECT DISTINCT CAST(t.value AS BLOB) FROM job, json_each(job.tags) AS t "
+             "ORDER BY 1 LIMIT 500"))]
     return out
 
 

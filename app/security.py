@@ -8,13 +8,14 @@ import hashlib
 import hmac
 import re
 import secrets
-from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import cookie_parser
 from starlette.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.body_check import read_body
 from app.config import Settings
 
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -79,11 +80,16 @@ def _port(headers: dict[str, str]) -> int:
 
 
 def _cookie(header: str, name: str) -> str:
-    try:
-        cookie = SimpleCookie(header)
-    except CookieError:
-        return ""
-    return cookie[name].value if name in cookie else ""
+    """Leniently, as browsers and Starlette's request.cookies do: SimpleCookie drops the
+    whole header at the first cookie it cannot parse (a={"x":1}, a bare name), and the
+    browser sends every 127.0.0.1 cookie, whatever app on whatever port set it."""
+    return cookie_parser(header).get(name, "")
+
+
+def same_site_path(path: str) -> str:
+    """A redirect target on this server: '//evil.com' (from /%2F%2Fevil.com) or '/\\evil'
+    would be taken by the browser as another host."""
+    return "/" + path.lstrip("/\\")
 
 
 def _redacted(query_string: bytes) -> bytes:
@@ -101,6 +107,13 @@ def _with_headers(send: Send, csp: str) -> Send:
         await send(message)
 
     return send_with_headers
+
+
+def is_navigation(headers: dict[str, str]) -> bool:
+    """A person opening a link or a bookmark in a tab (not a frame: the pages refuse being
+    framed, yet the request itself would still run)."""
+    return headers.get("sec-fetch-mode") == "navigate" and \
+        headers.get("sec-fetch-dest", "document") == "document"
 
 
 class LocalOnlyMiddleware:
@@ -131,7 +144,7 @@ class LocalOnlyMiddleware:
                 hmac.compare_digest(query["token"][0].encode(), token.encode()):
             # Opening /?token=… once gives this browser a cookie, so the pages, their fetches
             # and EventSource (which cannot send headers) carry the token from then on.
-            resp = RedirectResponse(scope["path"], status_code=303)
+            resp = RedirectResponse(same_site_path(scope["path"]), status_code=303)
             resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
             await resp(scope, receive, send)
             return
@@ -139,6 +152,10 @@ class LocalOnlyMiddleware:
         if problem:
             status, message = problem
             await JSONResponse({"detail": message}, status_code=status)(scope, receive, send)
+            return
+        receive, refused = await read_body(scope, receive, headers, self.settings)
+        if refused is not None:
+            await refused(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -151,6 +168,13 @@ class LocalOnlyMiddleware:
             refused = self.foreign_origin(headers)
             if refused:
                 return 403, f"requests from {refused} are refused"
+        elif not path.startswith("/static/") and not is_navigation(headers):
+            # GETs write caches (an MLX export, token counts): another site's <img> or
+            # fetch() must not make them, nor read what they answer.
+            site = headers.get("sec-fetch-site")
+            if site and site not in ("same-origin", "none"):
+                return 403, (f"requests from a {site} page are refused; open Prospect's own "
+                             "pages, or call the API from a script")
         token = self.settings.api_token
         if token and not path.startswith("/static/"):
             auth = headers.get("authorization", "")

@@ -120,27 +120,54 @@ def _coerce(knob: Knob, value: Any) -> Any:
             raise ParamError(name, "must be a finite number in range") from None
         except (TypeError, ValueError):
             kind = "a whole number" if knob.type is int else "a number"
-            raise ParamError(name, f"must be {kind}, got {value!r}") from None
+            raise ParamError(name, f"must be {kind}, got {_shown(value)}") from None
         if knob.type is int and isinstance(value, float) and value != int(value):
-            raise ParamError(name, f"must be a whole number, got {value!r}")
+            raise ParamError(name, f"must be a whole number, got {_shown(value)}")
         if number != number or number in (float("inf"), float("-inf")):
             raise ParamError(name, "must be a finite number")
         if knob.min is not None and number < knob.min:
-            raise ParamError(name, f"must be at least {knob.min:g}, got {number:g}")
+            raise ParamError(name, f"must be at least {knob.min:g}, got {_shown(number)}")
         if knob.max is not None and number > knob.max:
-            raise ParamError(name, f"must be at most {knob.max:g}, got {number:g}")
+            raise ParamError(name, f"must be at most {knob.max:g}, got {_shown(number)}")
         return number
     if knob.type is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ParamError(name, "must be a list of module names, e.g. q_proj,v_proj")
+        _check_text(name, *value)
         return value
     if not isinstance(value, str):
-        raise ParamError(name, f"must be text, got {value!r}")
+        raise ParamError(name, f"must be text, got {_shown(value)}")
+    _check_text(name, value)
     if knob.choices and value not in knob.choices:
-        raise ParamError(name, f"must be one of {', '.join(knob.choices)}, got {value!r}")
+        raise ParamError(name, f"must be one of {', '.join(knob.choices)}, got {_shown(value)}")
     return value
+
+
+def _check_text(name: str, *values: str) -> None:
+    """Text that UTF-8 cannot encode (a lone surrogate, which JSON's \\ud800 can carry) or a
+    NUL would fail later, in the database, a config file or a path: refuse it here."""
+    for value in values:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ParamError(name, "contains a lone surrogate (e.g. \\ud800), which is not "
+                             "text; send valid Unicode") from None
+        if "\x00" in value:
+            raise ParamError(name, "contains a NUL character; give plain text")
+
+
+def _shown(value: Any) -> str:
+    """A value for a message: short, and never an error itself (f"{10**400:g}" raises
+    OverflowError; a 5000-digit number is no help to read)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**15:
+        digits = len(str(abs(value))) if abs(value) < 10**4000 else "thousands of"
+        return f"a number of {digits} digits"
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 TORCH_KTO = Method(

@@ -24,6 +24,7 @@ from fastapi.responses import StreamingResponse
 from sqlmodel import Session, select
 
 from app.db import SessionDep
+from app.jobs import check_path_text
 from app.models import Event, Job
 from app.routes.api import JobId, get_job
 
@@ -127,6 +128,7 @@ def confined(job: Job, rel: str) -> Path:
     root = run_root(job)
     if root is None or not root.is_dir():
         raise HTTPException(404, f"job {job.id} has no run folder on disk")
+    check_path_text(rel, "path")  # a NUL or an over-long name: a 422, never a 500
     if not rel or Path(rel).is_absolute() or "\x00" in rel:
         raise HTTPException(400, "path must be relative to the job's run folder, e.g. "
                             "'adapter' (see GET /api/jobs/{id}/artifacts)")
