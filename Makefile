@@ -58,8 +58,10 @@ chromium:
 			apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 		else echo "chromium is missing: install it (browser tests will be skipped)"; fi; fi
 
+# `make test PYTEST_ARGS="-x tests/test_doctor.py"` runs a part.
+PYTEST_ARGS ?= -q
 test: install chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -98,7 +100,7 @@ test-latest: chromium
 	@new=$$(grep -vxFf $(or $(CONSTRAINTS),constraints/linux-cpu.txt) $(LATEST)/freeze.txt); \
 	  if [ -n "$$new" ]; then echo "$$new" | sed 's/^/not in the tested set: /'; \
 	  else echo "the newest allowed releases are the tested set"; fi
-	$(LATEST)/bin/python -m pytest -q
+	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) $(LATEST) .pytest_cache .ruff_cache *.egg-info

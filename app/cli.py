@@ -1,4 +1,4 @@
-"""The `prospect` command: init, serve, submit, jobs."""
+"""The `prospect` command: init, serve, submit, jobs, doctor."""
 
 from __future__ import annotations
 
@@ -110,6 +110,15 @@ def cmd_jobs(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 1 when a check found a problem, so a script can stop before training."""
+    from app.doctor import PROBLEM, doctor, format_text
+
+    result = doctor(settings)
+    print(json.dumps(result, indent=2) if args.json else format_text(result))
+    return 1 if result["status"] == PROBLEM else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prospect", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     submit = sub.add_parser("submit", help="submit a job from a JSON or YAML file")
     submit.add_argument("file")
     sub.add_parser("jobs", help="list jobs")
+    doctor = sub.add_parser("doctor", help="check this machine: backends, devices, memory, disk")
+    doctor.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     args = parser.parse_args(argv)
-    handler = {"init": cmd_init, "serve": cmd_serve, "submit": cmd_submit, "jobs": cmd_jobs}
+    handler = {"init": cmd_init, "serve": cmd_serve, "submit": cmd_submit, "jobs": cmd_jobs,
+               "doctor": cmd_doctor}
     return handler[args.command](get_settings(), args)
 
 
