@@ -228,10 +228,32 @@ def _fuse_job(session: Session, data: JobCreate, params: dict, model_path: str,
                  or any(j.params.get("name") == name for j in pending)):
         raise JobInputError("params.name", f"a model {name!r} is already registered (or being "
                             "fused); choose another name", status_code=409)
+    if not name:  # named after what it is: the base model and the run that trained it
+        source = session.exec(select(Job).where(Job.method != "fuse", Job.adapter_path.in_(
+            {given, str(adapter)}))).first()
+        name = fused_model_name(session, data.model, source.name if source and source.name
+                                else adapter.parent.name)
     params = {**params, "adapter_path": str(adapter), "name": name}
     return Job(name=data.name.strip() or f"fuse-{name or adapter.parent.name}",
                backend=data.backend, method="fuse", model=data.model.strip(), dataset="",
                params=params, model_path=model_path, dataset_path="")
+
+
+def fused_model_name(session: Session, model: str, run_name: str) -> str:
+    """``<model>-<run name>`` as a model id (letters, digits, '.', '_', '-'), e.g.
+    ``Qwen2.5-0.5B-Instruct-baseline-lr-5e-7``; ``-2``, ``-3``... when a registered model or
+    a pending fuse has it already."""
+    base = Path(model.strip().rstrip("/")).name
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{base}-{run_name}").strip("-._")
+    slug = re.sub(r"-{2,}", "-", slug)[:120].rstrip("-._") or "fused"
+    pending = session.exec(select(Job).where(Job.method == "fuse", Job.status.in_(
+        [JobStatus.queued, JobStatus.starting, JobStatus.running]))).all()
+    taken = {m.id for m in session.exec(select(ModelEntry))}
+    taken |= {j.params.get("name") for j in pending}
+    name, n = slug, 2
+    while name in taken:
+        name, n = f"{slug}-{n}", n + 1
+    return name
 
 
 def create_job(session: Session, data: JobCreate, settings: Settings) -> Job:

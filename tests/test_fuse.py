@@ -96,8 +96,8 @@ def test_a_torch_adapter_merges_into_a_model_with_the_same_logits(live_server, s
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = finished(live_server, sources["torch"])
-    job, model = fused(live_server, source)  # no body: named fused-<job id>
-    assert model["id"] == f"fused-{source['id']}"
+    job, model = fused(live_server, source)  # no body: named <model>-<run name>
+    assert model["id"] == f"tiny-demo-{source['name']}"
 
     tokenizer = AutoTokenizer.from_pretrained(model["path"])
     ids = tokenizer(PROMPT + "Green, mostly.", return_tensors="pt").input_ids
@@ -147,3 +147,25 @@ def test_fusing_an_unknown_or_adapterless_job_is_refused(live_server, tmp_path):
                                                   "model": "tiny-demo", "dataset": "",
                                                   "params": {}})
     assert status == 422 and body["detail"][0]["field"] == "dataset"  # only fuse goes without
+
+
+def test_a_fused_model_is_named_after_its_model_and_run(tmp_path):
+    """Not "fused-3": the base model and the run, as a model id, unique."""
+    from sqlmodel import Session, SQLModel
+
+    from app.db import make_engine
+    from app.jobs import fused_model_name
+    from app.models import Job, JobStatus, ModelEntry
+
+    engine = make_engine(tmp_path / "t.db")
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as s:
+        assert fused_model_name(s, "Qwen/Qwen2.5-0.5B-Instruct", "baseline lr 5e-7") == \
+            "Qwen2.5-0.5B-Instruct-baseline-lr-5e-7"
+        assert fused_model_name(s, "tiny-demo", "  ünï/côdé?! run ") == "tiny-demo-n-c-d-run"
+        assert fused_model_name(s, "/models/tiny-demo/", "") == "tiny-demo"
+        s.add(ModelEntry(id="tiny-demo-a", path="/x", source="fused"))
+        s.add(Job(name="f", backend="torch", method="fuse", model="tiny-demo", dataset="",
+                  status=JobStatus.running, params={"name": "tiny-demo-a-2"}))
+        s.commit()
+        assert fused_model_name(s, "tiny-demo", "a") == "tiny-demo-a-3"  # taken, and pending

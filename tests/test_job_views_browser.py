@@ -7,6 +7,9 @@ events a worker would have written: these pages read only the database."""
 
 from __future__ import annotations
 
+import subprocess
+
+import psutil
 import pytest
 from sqlmodel import Session
 
@@ -47,6 +50,10 @@ def server(tmp_path_factory):
         "small": add_run(e, "small process", losses=[1.0 - 0.01 * i for i in range(30)]),
         "resumed": add_run(e, "resumed run", losses=[1.0 - 0.01 * i for i in range(40)]),
     }
+    # A row as a real run writes it: a hub id, the default name, tags, four-digit steps.
+    ids["long"] = add_run(e, "kto-Qwen2.5-0.5B-Instruct lr-sweep 2e-6 rank 16",
+                          model="Qwen/Qwen2.5-0.5B-Instruct", tags=["baseline", "lr-sweep"],
+                          losses=[1.0 - 0.0004 * i for i in range(1000)], minutes=95)
     add_events(e, ids["small"], [memory(2.0 * i, 0.30 + 0.004 * i) for i in range(30)])
     start = (0.0, "status", {"phase": "loading_model", "message": "loading"})
     first = [(1.0 + i, "progress", {"step": i, "total_steps": 40, "tokens_per_s": 900.0})
@@ -58,8 +65,28 @@ def server(tmp_path_factory):
                                         "tokens_per_s": 950.0}) for i in range(1, 25)]
     second += [memory(100.0 + i, 0.5) for i in range(1, 25)]
     add_events(e, ids["resumed"], [start, *sorted(first), stop, again, *sorted(second)])
+    ids["fuse_running"] = add_run(e, "fuse-7", method="fuse", dataset="", minutes=0.5,
+                                  params={"adapter_path": "/runs/000007/adapter",
+                                          "name": "tiny-demo-baseline"})
+    ids["fuse_done"] = add_run(e, "fuse-8", method="fuse", dataset="", minutes=0.5,
+                               params={"adapter_path": "/runs/000008/adapter",
+                                       "name": "tiny-demo-faster"})
+    # The running fuse needs a live process, or the supervisor rightly calls it interrupted:
+    # a stand-in that only sleeps (the page reads the database, never the worker).
+    worker = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    with Session(e) as s:  # a fuse reports two stages as steps: 2 / 2 when done
+        for jid, step in ((ids["fuse_running"], 1), (ids["fuse_done"], 2)):
+            job = s.get(Job, jid)
+            job.step, job.total_steps = step, 2
+            if jid == ids["fuse_running"]:  # running and its PID in one commit: no window
+                job.status, job.finished_at = JobStatus.running, None  # without a worker
+                job.pid, job.pid_started_at = worker.pid, psutil.Process(worker.pid).create_time()
+            s.add(job)
+        s.commit()
     srv.ids = ids
     yield srv
+    worker.kill()
+    worker.wait()
     kill_workers(srv)
     srv.stop()
 
@@ -119,5 +146,57 @@ def test_a_resumed_run_marks_where_it_resumed(browser, server):
     assert xs[0] == 2 and xs[-1] == 124, xs
     page.locator("#chart-tps").scroll_into_view_if_needed()
     shot(page, "views-04-resumed-marker", full_page=False)
+    watch.check()
+    context.close()
+
+
+def test_a_fuse_job_reads_as_a_fuse(browser, server):
+    context, page, watch = open_page(browser, width=1366, height=900)
+    page.goto(f"{server.url}/jobs/{server.ids['fuse_running']}")
+    state = page.locator("#fuse-state")
+    assert state.get_attribute("data-state") == "working"
+    assert "registered as tiny-demo-baseline" in state.inner_text()
+    assert page.locator("#fuse-train").count() == 0  # nothing to train with yet
+    artifacts = page.inner_text("#job-artifacts")
+    assert "No fused model yet" in artifacts and "No adapter" not in artifacts
+    card = page.inner_text("#job-card")
+    assert "Step" not in card and "Tokens/s" not in card and "1 / 2" not in card
+    shot(page, "views-05-fuse-running", full_page=False)
+
+    page.goto(f"{server.url}/jobs/{server.ids['fuse_done']}")
+    assert page.get_attribute("#fuse-train", "href") == "/jobs/new?model=tiny-demo-faster"
+    shot(page, "views-06-fuse-done", full_page=False)
+
+    page.goto(server.url + "/")  # the list: a fuse, not "torch/fuse 2 / 2"
+    row = page.locator(f"#jobs-body tr[data-job-id='{server.ids['fuse_done']}']")
+    cells = row.locator("td").all_inner_texts()
+    assert "torch/fuse" not in cells and "2 / 2" not in cells, cells
+    assert cells[4].split() == ["fuse", "torch"] and cells[8] == "—", cells
+    watch.check()
+    context.close()
+
+
+@pytest.mark.parametrize("width", [1366, 1024])
+def test_the_jobs_table_fits_its_card(browser, server, width):
+    context, page, watch = open_page(browser, width=width, height=900)
+    page.goto(server.url + "/")
+    page.locator("#jobs-body tr[data-job-id]").first.wait_for()
+    sizes = page.evaluate("""() => {
+        const wrap = document.getElementById('jobs-table');
+        const table = wrap.querySelector('table');
+        const last = table.querySelector('thead th:last-child').getBoundingClientRect();
+        const cut = [...table.querySelectorAll('td.col-created time, td.num')]
+          .filter(el => el.scrollWidth > el.clientWidth + 1 ||
+                        el.getClientRects().length > 1 && el.tagName === 'TIME')
+          .map(el => el.textContent);
+        return {table: table.scrollWidth, box: wrap.clientWidth, right: last.right,
+                viewport: innerWidth, page: document.documentElement.scrollWidth, cut: cut};
+    }""")
+    assert sizes["table"] <= sizes["box"], sizes  # no column hides past the card's edge
+    assert sizes["right"] <= sizes["viewport"] and sizes["page"] <= width, sizes
+    assert sizes["cut"] == [], sizes  # no date or number cut or wrapped mid-value
+    heads = page.locator("#jobs-table thead th").all_inner_texts()
+    assert "Duration" in heads[-1] or "DURATION" in heads[-1], heads
+    shot(page, f"views-07-jobs-{width}", full_page=False)
     watch.check()
     context.close()

@@ -310,7 +310,7 @@ def _fuse_knobs() -> list[Knob]:
         Knob("adapter_path", str, "", "The adapter folder to fuse into the model.",
              group="fuse"),
         Knob("name", str, "", "The id the fused model is registered under; empty: "
-             "fused-<job id>.", group="fuse"),
+             "<model>-<run name> (e.g. tiny-demo-baseline).", group="fuse"),
     ]
 
 

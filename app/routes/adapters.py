@@ -18,7 +18,7 @@ router = APIRouter(prefix="/api")
 
 class FuseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = None  # the model id to register; default fused-<job id>
+    name: str | None = None  # the model id to register; default <model>-<run name>
 
 
 @router.get("/adapters")
@@ -41,7 +41,7 @@ def fuse(job_id: JobId, session: SessionDep, request: Request,
     if source.method == "fuse" or not adapter or not Path(adapter).is_dir():
         raise HTTPException(409, f"job {job_id} is {source.status.value} and has no adapter to "
                             "fuse; fuse a job that succeeded")
-    name = (body.name if body and body.name else "").strip() or f"fused-{job_id}"
+    name = (body.name if body and body.name else "").strip()  # empty: app/jobs.py names it
     data = JobCreate(name=f"fuse-{job_id}", backend=source.backend, method="fuse",
                      model=source.model, dataset="",
                      params={"adapter_path": adapter, "name": name})

@@ -146,6 +146,15 @@ def artifacts_fragment(job_id: JobId, request: Request, session: SessionDep) -> 
     return page(request, "_job_artifacts.html", job=job, artifacts=list_artifacts(session, job))
 
 
+@router.get("/jobs/{job_id}/fused", response_class=HTMLResponse)
+def fused_fragment(job_id: JobId, request: Request, session: SessionDep) -> HTMLResponse:
+    """A fuse job's result panel: refreshed when the job ends."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return not_found(request, job_id)
+    return page(request, "_job_fused.html", job=job)
+
+
 def clone_values(session: Session, job_id: int) -> tuple[Method, dict[str, Any]] | None:
     """The new-job form's values for a copy of job ``job_id`` (None: no such job, or a fuse).
 

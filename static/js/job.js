@@ -336,6 +336,7 @@
       stopStream();
       scheduleLog();
       if (window.htmx) htmx.trigger('#job-artifacts', 'refresh');
+      if (window.htmx && document.getElementById('job-fused')) htmx.trigger('#job-fused', 'refresh');
     }
   });
 
