@@ -35,12 +35,18 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.server_lock import HomeInUse, acquire
 
     if args.host:
         settings.host = args.host
     if args.port:
         settings.port = args.port
     app = create_app(settings)
+    try:  # one server per home, said before uvicorn prints anything
+        app.state.home_lock = acquire(settings.home_dir, settings.host, settings.port)
+    except HomeInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"Prospect dashboard: http://{host}:{settings.port}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,

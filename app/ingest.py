@@ -11,8 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session
 
+from app.lifecycle import cas_status
 from app.models import Event, Job, JobStatus, Metric, ModelEntry
 from workers.protocol import EVENTS_FILE, LOG_FILE, read_events
 from workers.protocol import Event as ProtocolEvent
@@ -21,7 +23,13 @@ log = logging.getLogger("prospect.ingest")
 
 
 def ingest(session: Session, job: Job) -> list[ProtocolEvent]:
-    """Ingest the events written since the last call; return the new ones (committed)."""
+    """Ingest the events written since the last call; return the new ones (committed).
+
+    Never raises on what a file holds: a line that breaks the protocol is skipped and logged
+    (parse_event checks every field), and should the database still refuse a batch, its
+    events are stored one by one, skipping the one refused. Either way the offset advances,
+    so one bad line never stops this job, the supervisor or the server's start.
+    """
     if not job.run_dir:
         return []
     parsed, offset = read_events(Path(job.run_dir) / EVENTS_FILE, job.events_offset)
@@ -35,12 +43,36 @@ def ingest(session: Session, job: Job) -> list[ProtocolEvent]:
         if item.seq <= job.last_seq:
             continue  # already ingested (a file re-read from an older offset)
         new.append(item)
+    job_id = job.id
+    try:
+        return _store(session, job, new, offset)
+    except Exception:
+        session.rollback()
+        log.exception("job %s: storing %d events failed; storing them one at a time",
+                      job_id, len(new))
+    stored: list[ProtocolEvent] = []
+    for ev in new:
+        try:
+            stored += _store(session, job, [ev], None)
+        except Exception:
+            session.rollback()
+            log.exception("job %s: skipped event %s, which could not be stored", job_id, ev.seq)
+    job.events_offset = offset
+    session.add(job)
+    session.commit()
+    return stored
+
+
+def _store(session: Session, job: Job, new: list[ProtocolEvent],
+           offset: int | None) -> list[ProtocolEvent]:
+    """Fold ``new`` into the job and store it in one transaction; ``offset`` too, if given."""
+    before = job.status
     events, metrics = [], []
     for ev in new:
         events.append({"job_id": job.id, "seq": ev.seq, "t": ev.t, "type": ev.type,
                        "data": ev.data})
         if ev.type == "metric":
-            metrics.extend({"job_id": job.id, "seq": ev.seq, "step": int(ev.data["step"]),
+            metrics.extend({"job_id": job.id, "seq": ev.seq, "step": ev.data["step"],
                             "name": k, "value": v} for k, v in ev.data["values"].items())
         apply_event(job, ev)
         if ev.type == "artifact" and ev.data.get("kind") == "fused_model":
@@ -52,7 +84,21 @@ def ingest(session: Session, job: Job) -> list[ProtocolEvent]:
     for table, rows in ((Event.__table__, events), (Metric.__table__, metrics)):
         if rows:
             conn.execute(insert(table).on_conflict_do_nothing(), rows)
-    job.events_offset = offset
+    if offset is not None:
+        job.events_offset = offset
+    after = job.status
+    if after != before:
+        # The status moves by compare-and-set, like every transition (app/lifecycle.py): a
+        # plain ORM write would undo whatever another writer did to the row meanwhile.
+        set_committed_value(job, "status", before)
+        session.add(job)
+        session.flush()
+        if not cas_status(session, job.id, before, after):
+            session.rollback()
+            log.warning("job %s: changed by another writer; its events are read again next "
+                        "pass", job.id)
+            return []
+        set_committed_value(job, "status", after)
     session.add(job)
     session.commit()
     session.refresh(job)
@@ -67,21 +113,25 @@ def register_fused(session: Session, job: Job, path: str) -> None:
 
 
 def apply_event(job: Job, ev: ProtocolEvent) -> None:
-    """Fold one event into the job's summary fields."""
+    """Fold one event (checked by parse_event) into the job's summary fields."""
     d = ev.data
     job.last_seq = max(job.last_seq, ev.seq)
+    if ev.type == "done" and job.status.is_final:
+        log.warning("job %s: ignored a done event (seq %s): the job is already %s", job.id,
+                    ev.seq, job.status.value)
+        return
     if job.status == JobStatus.starting:
         job.status = JobStatus.running
     if ev.type == "status":
         job.phase = d.get("phase")
     elif ev.type == "progress":
-        job.step = int(d.get("step") or 0)
+        job.step = d["step"]
         job.total_steps = d.get("total_steps")
         job.epoch = d.get("epoch")
         job.tokens_per_s = d.get("tokens_per_s")
         job.eta_s = d.get("eta_s")
     elif ev.type == "metric":
-        job.step = max(job.step, int(d.get("step") or 0))
+        job.step = max(job.step, d["step"])
     elif ev.type == "checkpoint":
         job.last_checkpoint = d.get("path")
     elif ev.type == "artifact" and d.get("kind") == "adapter":
@@ -93,7 +143,10 @@ def apply_event(job: Job, ev: ProtocolEvent) -> None:
     elif ev.type == "done":
         job.status = JobStatus(d["status"])
         job.summary = d.get("summary") or {}
-        job.finished_at = datetime.fromtimestamp(ev.t, UTC)
+        # The worker's clock and the server's are one, but t is rounded: never before start.
+        finished = datetime.fromtimestamp(ev.t, UTC)
+        started = job.started_at and job.started_at.replace(tzinfo=UTC)
+        job.finished_at = max(finished, started) if started else finished
         job.phase = "done"
         if job.status == JobStatus.succeeded:
             job.eta_s = 0.0

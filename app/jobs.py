@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 from sqlmodel import Session, select
 
 from app.config import Settings
 from app.model_sources import downloads_allowed, missing_message, missing_model
-from app.models import TRANSITIONS, DatasetEntry, Job, JobCreate, JobStatus, ModelEntry, utcnow
+from app.models import DatasetEntry, Job, JobCreate, JobStatus, ModelEntry
 from app.plan_check import DoesNotFit, check_fits
 from workers.data import DatasetError, kto_stats, load_kto_dataset
 from workers.mlx.data import load_sft_rows
@@ -264,57 +263,3 @@ def create_job(session: Session, data: JobCreate, settings: Settings) -> Job:
     session.commit()
     session.refresh(job)
     return job
-
-
-def transition(job: Job, to: JobStatus) -> None:
-    if to not in TRANSITIONS[job.status]:
-        raise JobStateError(f"job {job.id} is {job.status.value}; it cannot become {to.value}")
-    job.status = to
-
-
-def request_cancel(session: Session, job: Job) -> Job:
-    """Queued jobs are cancelled at once; running ones are asked to save and stop."""
-    if job.status == JobStatus.queued:
-        transition(job, JobStatus.cancelled)
-        job.finished_at = utcnow()
-    elif job.status.is_active:
-        job.cancel_requested_at = job.cancel_requested_at or utcnow()
-    else:
-        raise JobStateError(f"job {job.id} is already {job.status.value}")
-    session.add(job)
-    session.commit()
-    session.refresh(job)
-    return job
-
-
-def request_resume(session: Session, job: Job) -> Job:
-    """Queue a stopped job again; its worker continues from the last checkpoint."""
-    if job.status not in (JobStatus.cancelled, JobStatus.failed, JobStatus.interrupted):
-        raise JobStateError(f"job {job.id} is {job.status.value}; only cancelled, failed or "
-                            "interrupted jobs can be resumed")
-    if not job.last_checkpoint or not Path(job.last_checkpoint).is_dir():
-        raise JobStateError(f"job {job.id} has no checkpoint to resume from; clone it instead")
-    transition(job, JobStatus.queued)
-    job.finished_at = None
-    job.cancel_requested_at = None
-    job.error = job.error_type = job.hint = job.log_tail = None
-    job.exit_code = job.pid = job.pid_started_at = None
-    session.add(job)
-    session.commit()
-    session.refresh(job)
-    return job
-
-
-def delete_job(session: Session, job: Job, settings: Settings) -> None:
-    if job.status.is_active:
-        raise JobStateError(f"job {job.id} is {job.status.value}; cancel it before deleting")
-    run_dir = Path(job.run_dir).resolve() if job.run_dir else None
-    session.delete(job)
-    session.commit()
-    # Only a folder under runs/ is ever removed, and only by deleting its job.
-    if run_dir and run_dir.parent == settings.runs_dir and run_dir.is_dir():
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def queued_jobs(session: Session) -> list[Job]:
-    return list(session.exec(select(Job).where(Job.status == JobStatus.queued).order_by(Job.id)))

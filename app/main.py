@@ -29,6 +29,7 @@ from app.routes import (
 from app.routes import plan as plan_routes
 from app.routes import system as system_routes
 from app.security import LocalOnlyMiddleware, new_csrf_token
+from app.server_lock import hold_home
 from app.supervisor import Supervisor
 
 log = logging.getLogger("prospect")
@@ -44,17 +45,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Before anything touches the home: a second server on it would run jobs twice.
+        lock = app.state.home_lock or hold_home(settings.home_dir, settings.host, settings.port)
         migrate(engine)
         await app.state.supervisor.start()
         log.info("Prospect home %s", settings.home_dir)
         yield
         await app.state.supervisor.stop()
         engine.dispose()
+        lock.release()
 
     app = FastAPI(title="Prospect", version="0.1.0", lifespan=lifespan,
                   description="Local KTO and LoRA fine-tuning: jobs, live metrics, adapters.")
     app.state.settings = settings
     app.state.engine = engine
+    app.state.home_lock = None  # `prospect serve` takes it before uvicorn starts
     app.state.supervisor = Supervisor(engine, settings)
     app.state.csrf_token = new_csrf_token()  # per process: pages embed it, forms return it
     app.add_middleware(LocalOnlyMiddleware, settings=settings, csrf_token=app.state.csrf_token)

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,33 +24,17 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from app.config import Settings
-from app.db import ROOT
 from app.ingest import ingest, log_tail
-from app.jobs import queued_jobs, transition
+from app.lifecycle import JobGone, queued_jobs, set_status
 from app.models import Job, JobStatus, utcnow
-from workers.launch_env import worker_env
-from workers.protocol import CONFIG_FILE, EVENTS_FILE, LOG_FILE
+from app.worker_proc import RUN_FOLDER_HINT, run_folder_lost, same_process, start_worker
+from workers.protocol import EVENTS_FILE
 
 log = logging.getLogger("prospect.supervisor")
 
 
 def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
-def same_process(pid: int | None, started_at: float | None) -> bool:
-    """Whether ``pid`` is still the process that started at ``started_at`` (unix time).
-
-    PIDs are reused: a live process with the PID but another start time is someone else, and
-    without a recorded start time there is no telling, so it is not taken for the worker.
-    """
-    if not pid or started_at is None:
-        return False
-    try:
-        p = psutil.Process(pid)
-        return abs(p.create_time() - started_at) < 1 and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 HANG_HINT = ("The worker stopped making progress, so it was stopped. Resume the job from its "
@@ -77,6 +59,10 @@ class Supervisor:
         self._hung_since: dict[int, float] = {}
         # Job id -> wall time of its last event other than a memory report.
         self._progress_at: dict[int, float] = {}
+        # Jobs whose events could not be read at the last try (logged once, not each pass).
+        self._unreadable: set[int] = set()
+        # Workers sent SIGTERM for a cancel (by the API or by a pass of this loop).
+        self._term_sent: set[int] = set()
         # Silence is not counted across a sleep of the machine (or a paused server): both the
         # worker and the server were frozen, and the wall clock jumped on waking.
         self._awake_since = self._last_tick = time.time()
@@ -134,22 +120,49 @@ class Supervisor:
             watched = session.exec(select(Job).where(
                 Job.status.in_([JobStatus.starting, JobStatus.running]) | Job.pid.is_not(None)
             )).all()
+            n_active = 0
             for job in watched:
-                changed |= self._watch(session, job)
-            n_active = sum(1 for j in watched if j.status.is_active or j.pid is not None)
+                # One job's trouble (a row deleted under it, a file it cannot read) is logged
+                # and that job skipped this pass: it never stops the loop or the other jobs.
+                try:
+                    changed |= self._watch(session, job)
+                    n_active += job.status.is_active or job.pid is not None
+                except Exception:
+                    log.exception("job %s: skipped this pass after an unexpected error", job.id)
+                    session.rollback()
+                    n_active += 1  # unknown: it keeps its slot
             for job in queued_jobs(session):
                 if n_active >= self.settings.max_concurrent_jobs:
                     break
                 if not job.run_dir:  # create_job commits twice: no folder yet, next pass
                     break
-                self._launch(session, job)
-                n_active += 1
+                try:
+                    n_active += self._launch(session, job)
+                except Exception:
+                    log.exception("job %s: not started after an unexpected error", job.id)
+                    session.rollback()
                 changed = True
         return changed
 
     # --- one active job -------------------------------------------------------------------
+    def _ingest(self, session: Session, job: Job) -> list:
+        """ingest(), and should reading fail (an events file that cannot be read), say so
+        once and go on: the job's process is still watched, so it still ends."""
+        job_id = job.id
+        try:
+            new = ingest(session, job)
+        except Exception:
+            if job_id not in self._unreadable:
+                log.exception("job %s: its events could not be read", job_id)
+            self._unreadable.add(job_id)
+            session.rollback()
+            return []
+        self._unreadable.discard(job_id)
+        return new
+
     def _watch(self, session: Session, job: Job) -> bool:
-        new = ingest(session, job)
+        job_id = job.id  # for the log, should the row go
+        new = self._ingest(session, job)
         if any(ev.type != "memory" for ev in new) or job.id not in self._progress_at:
             self._progress_at[job.id] = time.time()  # since this server watches it
         changed = bool(new)
@@ -160,44 +173,57 @@ class Supervisor:
             elif not job.status.is_final:
                 changed |= self._check_hung(session, job)
             return changed
-        ingest(session, job)  # the last lines written before it exited
-        self.procs.pop(job.id, None)
-        adopted = job.id in self.adopted
-        self.adopted.discard(job.id)
-        self._hung_since.pop(job.id, None)
-        self._progress_at.pop(job.id, None)
+        self._ingest(session, job)  # the last lines written before it exited
+        self.procs.pop(job_id, None)
+        adopted = job_id in self.adopted
+        self.adopted.discard(job_id)
+        self._hung_since.pop(job_id, None)
+        self._progress_at.pop(job_id, None)
+        self._term_sent.discard(job_id)
         job.exit_code = exit_code
+        ended = None
         if not job.status.is_final:
-            self._ended_without_done(job, exit_code, adopted)
+            ended = self._ended_without_done(job, exit_code, adopted)
         elif job.status in (JobStatus.failed, JobStatus.interrupted) and not job.log_tail:
             job.log_tail = log_tail(job.run_dir)  # the worker said why; the log says more
         job.pid = None
         job.finished_at = job.finished_at or utcnow()
-        session.add(job)
-        session.commit()
-        log.info("job %s: worker exited (code %s), job is %s", job.id, exit_code,
+        if ended is None:
+            session.add(job)
+            session.commit()
+        elif not set_status(session, job, ended):
+            log.warning("job %s: became %s meanwhile; left so", job_id, job.status.value)
+        log.info("job %s: worker exited (code %s), job is %s", job_id, exit_code,
                  job.status.value)
         return True
 
-    def _ended_without_done(self, job: Job, exit_code: int | None, adopted: bool) -> None:
+    def _ended_without_done(self, job: Job, exit_code: int | None,
+                            adopted: bool) -> JobStatus:
+        """Why a worker ended without a done event; returns the status it leaves the job in
+        (the caller moves it there by compare-and-set)."""
         tail = log_tail(job.run_dir)
         job.log_tail = tail
         if job.cancel_requested_at is not None:
-            transition(job, JobStatus.cancelled)
-            job.error = job.error or "the worker did not stop by itself after the cancel and " \
-                                     "was killed"
-            return
+            if exit_code == -signal.SIGKILL:
+                job.error = job.error or "the worker did not stop by itself after the " \
+                                         "cancel and was killed"
+            return JobStatus.cancelled
         if job.error_type == "Hung" or adopted:
             # A hung worker we stopped, or one started by an earlier server (not our child,
             # so its exit code is unknown): either way it ended without saying done.
-            transition(job, JobStatus.interrupted)
             if job.error_type != "Hung":
                 job.error_type = "Interrupted"
                 job.error = "the worker ended without a done event while this server " \
                             "watched it after a restart (its exit code is unknown)"
                 job.hint = "resume the job from its last checkpoint; see the end of its log"
-            return
-        transition(job, JobStatus.failed)
+            return JobStatus.interrupted
+        if run_folder_lost(job):
+            job.error_type = "RunFolderRemoved"
+            job.error = f"the run folder {job.run_dir} was removed (or replaced) while the " \
+                        f"job ran, so its events and results were lost (worker exit code " \
+                        f"{exit_code})"
+            job.hint = RUN_FOLDER_HINT
+            return JobStatus.failed
         job.error_type = job.error_type or "WorkerExited"
         if exit_code is not None and exit_code < 0:
             sig = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() \
@@ -209,6 +235,7 @@ class Supervisor:
         else:
             job.error = job.error or f"the worker exited with code {exit_code} without " \
                                      "finishing; see the end of its log"
+        return JobStatus.failed
 
     def _poll(self, job: Job) -> tuple[bool, int | None]:
         proc = self.procs.get(job.id)
@@ -273,7 +300,11 @@ class Supervisor:
         self._last_tick = now
 
     def _enforce_cancel(self, job: Job) -> None:
-        """SIGTERM went out with the cancel; past the grace period the worker is killed."""
+        """SIGTERM once (the API sends it with the cancel, but a cancel that came while the
+        worker was being started found no PID to signal); past the grace period, SIGKILL."""
+        if job.id not in self._term_sent:
+            self._term_sent.add(job.id)
+            self._signal(job, signal.SIGTERM)
         waited = (utcnow() - _aware(job.cancel_requested_at)).total_seconds()
         if waited > self.settings.cancel_grace_s:
             self._signal(job, signal.SIGKILL)
@@ -290,37 +321,25 @@ class Supervisor:
                         self.settings.cancel_grace_s)
 
     # --- starting a worker ----------------------------------------------------------------
-    def _launch(self, session: Session, job: Job) -> None:
-        run_dir = Path(job.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        resume = job.last_checkpoint if job.last_checkpoint and \
-            Path(job.last_checkpoint).is_dir() else None
-        config = {
-            "job_id": job.id, "backend": job.backend, "method": job.method,
-            "model": job.model_path, "dataset": job.dataset_path, "run_dir": str(run_dir),
-            "params": job.params, "resume_from_checkpoint": resume,
-        }
-        (run_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        cmd = [self.settings.python or sys.executable, "-m", f"workers.{job.backend}",
-               "--config", str(run_dir / CONFIG_FILE)]
-        env = worker_env(os.environ, job.backend)
-        env.pop("PROSPECT_API_TOKEN", None)  # the worker needs no secret of the server
-        if self.settings.allow_downloads:  # workers default to offline (HF_HUB_OFFLINE=1)
-            env.update(HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0")
-        transition(job, JobStatus.starting)
+    def _launch(self, session: Session, job: Job) -> bool:
+        """Claim the job (queued -> starting, compare-and-set), then start its worker.
+        Returns whether a worker now holds a slot."""
+        job_id = job.id
         try:
-            with open(run_dir / LOG_FILE, "ab") as logf:
-                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=env,
-                                        start_new_session=True)
+            claimed = set_status(session, job, JobStatus.starting, phase="starting")
+        except JobGone:
+            log.info("job %s: deleted before it started", job_id)
+            return False
+        if not claimed:  # a cancel or a delete won, or another supervisor claimed it
+            log.info("job %s: not started: it became %s meanwhile", job_id, job.status.value)
+            return False
+        try:
+            proc, resume = start_worker(job, self.settings)
         except OSError as exc:
-            transition(job, JobStatus.failed)
-            job.error_type, job.error = "WorkerStartFailed", f"could not start the worker: {exc}"
-            job.finished_at = utcnow()
-            session.add(job)
-            session.commit()
-            log.error("job %s: queued -> failed (%s)", job.id, exc)
-            return
+            set_status(session, job, JobStatus.failed, error_type="WorkerStartFailed",
+                       error=f"could not start the worker: {exc}", finished_at=utcnow())
+            log.error("job %s: could not start its worker (%s)", job_id, exc)
+            return False
         self.procs[job.id] = proc
         job.pid = proc.pid
         try:
@@ -328,11 +347,13 @@ class Supervisor:
         except psutil.Error:
             job.pid_started_at = None
         job.started_at = utcnow()
-        job.phase = "starting"
         session.add(job)
-        session.commit()
-        log.info("job %s: queued -> starting (pid %s%s)", job.id, proc.pid,
+        session.commit()  # and re-read: a cancel may have come since the claim
+        log.info("job %s: worker started (pid %s%s)", job_id, proc.pid,
                  f", resuming from {resume}" if resume else "")
+        if job.cancel_requested_at is not None:  # it found no PID to signal: signal now
+            self._enforce_cancel(job)
+        return True
 
     # --- after a restart ------------------------------------------------------------------
     def recover(self) -> None:
@@ -342,26 +363,35 @@ class Supervisor:
                 Job.status.in_([JobStatus.starting, JobStatus.running]) | Job.pid.is_not(None)
             )).all()
             for job in watched:
-                ingest(session, job)
-                if self._adopted_alive(job):
-                    log.info("job %s: found its worker again (pid %s)", job.id, job.pid)
-                    self.adopted.add(job.id)
-                    continue
-                job.pid = None
-                if job.status.is_final:
-                    session.add(job)
-                    session.commit()
-                    continue
-                job.log_tail = log_tail(job.run_dir)
-                transition(job, JobStatus.interrupted)
-                job.error_type = "Interrupted"
-                job.error = "the worker was gone when the server started, without a done event"
-                job.hint = "resume the job from its last checkpoint"
-                job.finished_at = utcnow()
-                session.add(job)
-                session.commit()
-                log.info("job %s: running -> interrupted", job.id)
+                job_id = job.id
+                try:  # one job's trouble must not stop the server's start
+                    self._recover_one(session, job)
+                except Exception:
+                    log.exception("job %s: not recovered after an unexpected error", job_id)
+                    session.rollback()
+
+    def _recover_one(self, session: Session, job: Job) -> None:
+        self._ingest(session, job)
+        if self._adopted_alive(job):
+            log.info("job %s: found its worker again (pid %s)", job.id, job.pid)
+            self.adopted.add(job.id)
+            return
+        job.pid = None
+        if job.status.is_final:
+            session.add(job)
+            session.commit()
+            return
+        job.log_tail = log_tail(job.run_dir)
+        job.error_type = "Interrupted"
+        job.error = "the worker was gone when the server started, without a done event"
+        job.hint = "resume the job from its last checkpoint"
+        job.finished_at = utcnow()
+        set_status(session, job, JobStatus.interrupted)
 
     def cancel_now(self, job: Job) -> None:
-        """Send SIGTERM right away (the API's cancel), so the worker starts saving."""
-        self._signal(job, signal.SIGTERM)
+        """Send SIGTERM right away (the API's cancel), so the worker starts saving. Without
+        a PID yet (the launch is between its claim and the start) the supervisor sends it
+        once it has one."""
+        if job.pid:
+            self._term_sent.add(job.id)
+            self._signal(job, signal.SIGTERM)

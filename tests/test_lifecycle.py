@@ -1,5 +1,6 @@
 """Status transitions and the supervisor, driven by a fake worker that speaks the protocol."""
 
+import signal
 import stat
 import sys
 import time
@@ -10,10 +11,13 @@ from sqlmodel import Session
 
 from app.config import Settings
 from app.db import make_engine, migrate
-from app.jobs import JobStateError, request_cancel, request_resume, transition
+from app.jobs import JobStateError
+from app.lifecycle import delete_job, request_cancel, request_resume, set_status, transition
 from app.metrics import columnar
 from app.models import Job, JobStatus
 from app.supervisor import Supervisor
+from app.worker_proc import start_worker
+from workers.protocol import Event, read_events
 
 FAKE = Path(__file__).with_name("fake_worker.py")
 
@@ -135,3 +139,109 @@ def test_workers_stay_offline_unless_downloads_are_allowed(world, monkeypatch):
     settings.allow_downloads = True
     job = run_until(engine, sup, add_job(engine, settings), {JobStatus.succeeded})
     assert "HF_HUB_OFFLINE=0" in (Path(job.run_dir) / "worker.log").read_text()
+
+
+# --- races: every transition is a compare-and-set, so exactly one writer wins ----------------
+def read_as_queued(engine, job_id):
+    """A session holding the job as one writer read it (queued), before another acts."""
+    s = Session(engine)
+    job = s.get(Job, job_id)
+    assert job.status == JobStatus.queued
+    return s, job
+
+
+def done_events(job) -> list[str]:
+    events, _ = read_events(Path(job.run_dir) / "events.jsonl")
+    return [e.data["status"] for e in events if isinstance(e, Event) and e.type == "done"]
+
+
+def test_a_cancel_that_wins_before_the_launch_starts_no_worker(world, monkeypatch):
+    settings, engine, sup = world
+    monkeypatch.setenv("FAKE_SCENARIO", "succeed")
+    job_id = add_job(engine, settings)
+    s, stale = read_as_queued(engine, job_id)  # the supervisor's pass read it queued...
+    with Session(engine) as api:  # ... then the person's cancel committed
+        assert request_cancel(api, api.get(Job, job_id)).status == JobStatus.cancelled
+    with s:
+        assert sup._launch(s, stale) is False
+    assert sup.procs == {}
+    with Session(engine) as s:
+        job = s.get(Job, job_id)
+        assert job.status == JobStatus.cancelled and job.pid is None
+        assert job.started_at is None and job.finished_at is not None
+    assert not (Path(job.run_dir) / "events.jsonl").exists()  # no worker ever ran
+
+
+def test_a_launch_that_wins_gets_the_cancel_signalled(world, monkeypatch):
+    settings, engine, sup = world
+    monkeypatch.setenv("FAKE_SCENARIO", "succeed")
+    job_id = add_job(engine, settings)
+    api, stale = read_as_queued(engine, job_id)  # the API read it queued...
+    sup.tick()  # ... then the supervisor claimed it and started the worker
+    with api:
+        job = request_cancel(api, stale)
+        assert job.status in (JobStatus.starting, JobStatus.running)
+        assert job.cancel_requested_at is not None
+        sup.cancel_now(job)
+    job = run_until(engine, sup, job_id, {JobStatus.cancelled, JobStatus.succeeded})
+    assert job.status == JobStatus.cancelled and "succeeded" not in done_events(job)
+    assert job.finished_at >= job.started_at
+
+
+def test_a_cancel_during_the_launch_is_signalled_once_the_pid_is_known(world, monkeypatch):
+    """The cancel came between the claim and the worker's start: it found no PID to signal,
+    so the supervisor's next pass sends SIGTERM (not only SIGKILL when the grace is over)."""
+    settings, engine, sup = world
+    monkeypatch.setenv("FAKE_SCENARIO", "slow")
+    job_id = add_job(engine, settings)
+    with Session(engine) as s:
+        job = s.get(Job, job_id)
+        assert set_status(s, job, JobStatus.starting)  # the launch's claim
+        job = request_cancel(s, job)
+        sup.cancel_now(job)  # the API's SIGTERM: no PID yet, nothing sent
+        assert job.pid is None and job.cancel_requested_at is not None
+        proc, _ = start_worker(job, settings)  # the launch goes on
+        sup.procs[job_id] = proc
+        job.pid = proc.pid
+        s.add(job)
+        s.commit()
+    job = run_until(engine, sup, job_id, {JobStatus.cancelled}, timeout=15)
+    # SIGTERM (before its handler was set, or saved and stopped), not the grace's SIGKILL
+    assert job.exit_code in (0, -signal.SIGTERM) and "succeeded" not in done_events(job)
+
+
+def test_two_supervisors_never_start_one_job_twice(world, monkeypatch):
+    settings, engine, first = world
+    monkeypatch.setenv("FAKE_SCENARIO", "succeed")
+    second = Supervisor(engine, settings)  # a second server on the same home
+    job_id = add_job(engine, settings)
+    s, stale = read_as_queued(engine, job_id)  # the first read it queued...
+    second.tick()  # ... the second claimed and started it
+    with s:
+        assert first._launch(s, stale) is False
+    assert first.procs == {} and list(second.procs) == [job_id]
+    job = run_until(engine, second, job_id, {JobStatus.succeeded})
+    assert done_events(job) == ["succeeded"]  # one worker, one done
+
+
+def test_deleting_a_queued_job_as_it_launches(world, monkeypatch):
+    settings, engine, sup = world
+    monkeypatch.setenv("FAKE_SCENARIO", "succeed")
+    # The delete wins: the launch finds the row gone and starts nothing (no StaleDataError,
+    # no worker left running for a job that no longer exists).
+    job_id = add_job(engine, settings)
+    s, stale = read_as_queued(engine, job_id)
+    with Session(engine) as api:
+        delete_job(api, api.get(Job, job_id), settings)
+    with s:
+        assert sup._launch(s, stale) is False
+    assert sup.procs == {}
+    sup.tick()  # and the next pass has nothing to trip on
+
+    # The launch wins: the delete is refused (409), the job runs to its end.
+    job_id = add_job(engine, settings)
+    api, stale = read_as_queued(engine, job_id)
+    sup.tick()
+    with api, pytest.raises(JobStateError, match="cancel it before deleting"):
+        delete_job(api, stale, settings)
+    assert run_until(engine, sup, job_id, {JobStatus.succeeded}).exit_code == 0

@@ -263,3 +263,49 @@ def test_a_job_without_its_folder_yet_is_not_started(world):
     with Session(engine) as s:
         (job,) = s.exec(select(Job)).all()
         assert job.status == JobStatus.queued and job.pid is None
+
+
+# --- one job's bad file stops nothing else -------------------------------------------------
+ISSUE_LINE = '{"seq": 999999, "t": 1, "type": "metric", "step": null, "values": {"loss": 1}}'
+
+
+def broken_jobs(engine, settings) -> tuple[int, int]:
+    """Two jobs whose workers are gone: one whose events file ends with an ill-typed line
+    (issue 10), one whose events file cannot be read at all (a folder in its place)."""
+    ids = []
+    for n, scenario in enumerate(("ill-typed", "unreadable")):
+        run_dir = settings.runs_dir / f"broken-{n}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text("{}")
+        if scenario == "ill-typed":
+            (run_dir / EVENTS_FILE).write_text(ISSUE_LINE + "\n")
+        else:
+            (run_dir / EVENTS_FILE).mkdir()
+        with Session(engine) as s:
+            job = Job(backend="torch", method="kto", model="m", dataset="d",
+                      run_dir=str(run_dir), status=JobStatus.running)
+            s.add(job)
+            s.commit()
+            ids.append(job.id)
+    return ids[0], ids[1]
+
+
+def test_one_jobs_bad_events_file_stops_neither_the_queue_nor_the_job(world):
+    settings, engine, sup = world
+    ill_typed, unreadable = broken_jobs(engine, settings)
+    after = add_fake_job(engine, settings, "succeed")
+    assert run_until(engine, sup, after, {JobStatus.succeeded}).step == 3  # the queue goes on
+    with Session(engine) as s:
+        job = s.get(Job, ill_typed)  # its worker is gone: it ends, it is not left running
+        assert job.status == JobStatus.failed and job.events_offset == len(ISSUE_LINE) + 1
+        job = s.get(Job, unreadable)  # unreadable, yet its worker is watched: it ends too
+        assert job.status == JobStatus.failed and job.pid is None
+
+
+def test_recover_at_the_start_survives_bad_events_files(world):
+    settings, engine, _ = world
+    ill_typed, unreadable = broken_jobs(engine, settings)
+    Supervisor(engine, settings).recover()  # the server's start: must not raise
+    with Session(engine) as s:
+        assert s.get(Job, ill_typed).status == JobStatus.interrupted
+        assert s.get(Job, unreadable).status == JobStatus.interrupted

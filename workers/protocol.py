@@ -54,37 +54,164 @@ class Event:
         return json.dumps({"seq": self.seq, "t": self.t, "type": self.type, **self.data})
 
 
-def parse_event(line: str) -> Event:
-    """Parse and check one line; raise ProtocolError naming what is wrong."""
+INT64_MAX = 2**63 - 1  # SQLite's INTEGER: a larger seq or step could not be stored
+# A plausible event time: any clock this decade is well inside. A t outside would make a
+# finished_at no datetime can hold, or one decades away from the run.
+T_MIN, T_MAX = 946_684_800.0, 4_102_444_800.0  # 2000-01-01 and 2100-01-01 (UTC)
+NAME_MAX = 200  # a metric name is stored in a VARCHAR(200)
+
+
+def _reject_constant(name: str) -> float:
+    raise ProtocolError(f"{name} is not a JSON number; write null")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to infinity
+        raise ProtocolError(f"{text[:20]} is beyond a float; write null")
+    return value
+
+
+def _load(line: str) -> Any:
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"not JSON: {exc.msg}") from None
+        return json.loads(line, parse_constant=_reject_constant, parse_float=_finite_float)
+    except ProtocolError:
+        raise
+    except RecursionError:
+        raise ProtocolError("not JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+        raise ProtocolError(f"not JSON: {getattr(exc, 'msg', exc)}") from None
+
+
+def _int(obj: dict, key: str, low: int, optional: bool = False) -> None:
+    v = obj.get(key)
+    if v is None and optional:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= INT64_MAX:
+        raise ProtocolError(f"{key} must be an integer from {low} to 2**63-1, got {_show(v)}")
+
+
+def _num(obj: dict, key: str) -> None:
+    """An optional number (null when unknown: the writer sends NaN and infinity as null)."""
+    v = obj.get(key)
+    if v is None:
+        return
+    if not _is_number(v):
+        raise ProtocolError(f"{key} must be a finite number or null, got {_show(v)}")
+    obj[key] = float(v)  # stored in a REAL column: an int beyond 2**63 could not be bound
+
+
+def _text(obj: dict, key: str, optional: bool = False, path: bool = False) -> None:
+    v = obj.get(key)
+    if v is None and optional:
+        return
+    if not isinstance(v, str) or (path and not v):
+        raise ProtocolError(f"{key} must be {'a non-empty' if path else 'a'} string, "
+                            f"got {_show(v)}")
+    if path and "\0" in v:  # no file system takes it; Path() of it raises
+        raise ProtocolError(f"{key} holds a NUL byte")
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_text(value: Any, depth: int = 0) -> None:
+    """Every string must be storable: a lone surrogate (JSON allows "\\ud800") is not UTF-8,
+    and SQLite refuses it (the writer replaces them, so only a foreign line has one)."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ProtocolError("text holds a lone surrogate (not UTF-8)") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k)
+            _check_text(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_text(v)
+
+
+def _check_fields(etype: str, obj: dict[str, Any]) -> None:
+    """The types and ranges of each type's fields (DESIGN.md, "Event protocol")."""
+    if etype == "status":
+        _text(obj, "phase")
+        _text(obj, "message", optional=True)
+    elif etype == "progress":
+        _int(obj, "step", 0)
+        _int(obj, "total_steps", 0, optional=True)
+        for key in ("epoch", "tokens_per_s", "eta_s"):
+            _num(obj, key)
+    elif etype == "metric":
+        _int(obj, "step", 0)
+        values = obj["values"]
+        if not isinstance(values, dict) or not all(
+            isinstance(k, str) and 0 < len(k) <= NAME_MAX and _is_number(v)
+            for k, v in values.items()
+        ):
+            raise ProtocolError("metric values must be a flat map of name to finite number")
+        obj["values"] = {k: float(v) for k, v in values.items()}  # a REAL column
+    elif etype == "memory":
+        _int(obj, "rss_bytes", 0)
+        for key in ("backend", "system"):
+            if obj.get(key) is not None and not isinstance(obj[key], dict):
+                raise ProtocolError(f"{key} must be an object or null, got {_show(obj[key])}")
+    elif etype == "log":
+        _text(obj, "level")
+        _text(obj, "message")
+    elif etype == "checkpoint":
+        _int(obj, "step", 0)
+        _text(obj, "path", path=True)
+    elif etype == "artifact":
+        _text(obj, "kind")
+        _text(obj, "path", path=True)
+    elif etype == "error":
+        _text(obj, "error_type")
+        _text(obj, "message")
+        _text(obj, "hint", optional=True)
+    elif etype == "done":
+        if obj["status"] not in DONE_STATUSES:
+            raise ProtocolError(f"done status must be one of {sorted(DONE_STATUSES)}")
+        if obj.get("summary") is not None and not isinstance(obj["summary"], dict):
+            raise ProtocolError(f"summary must be an object or null, got "
+                                f"{_show(obj['summary'])}")
+
+
+def parse_event(line: str) -> Event:
+    """Parse and check one line: every field's type and range, not only the JSON.
+
+    Raises ProtocolError naming what is wrong, and nothing else, whatever the line holds:
+    the server skips such a line and goes on (one job's bad file must stop nothing).
+    """
+    obj = _load(line)
     if not isinstance(obj, dict):
         raise ProtocolError("an event must be a JSON object")
     seq, t, etype = obj.pop("seq", None), obj.pop("t", None), obj.pop("type", None)
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        raise ProtocolError(f"seq must be a positive integer, got {seq!r}")
-    if not isinstance(t, int | float) or isinstance(t, bool):
-        raise ProtocolError(f"t must be a unix time, got {t!r}")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= INT64_MAX:
+        raise ProtocolError(f"seq must be a positive integer below 2**63, got {_show(seq)}")
+    if not _is_number(t) or not T_MIN <= t <= T_MAX:
+        raise ProtocolError(f"t must be a unix time between 2000 and 2100, got {_show(t)}")
     if etype not in EVENT_TYPES:
-        raise ProtocolError(f"unknown event type {etype!r}")
+        raise ProtocolError(f"unknown event type {_show(etype)}")
     missing = [f for f in REQUIRED_FIELDS[etype] if f not in obj]
     if missing:
         raise ProtocolError(f"{etype} event lacks {', '.join(missing)}")
-    if etype == "metric":
-        values = obj["values"]
-        if not isinstance(values, dict) or not all(
-            isinstance(k, str) and _is_number(v) for k, v in values.items()
-        ):
-            raise ProtocolError("metric values must be a flat map of name to number")
-    if etype == "done" and obj["status"] not in DONE_STATUSES:
-        raise ProtocolError(f"done status must be one of {sorted(DONE_STATUSES)}")
+    _check_fields(etype, obj)
+    _check_text(obj)
     return Event(seq=seq, t=float(t), type=etype, data=obj)
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    """A finite number a float can hold (10**400 is an int Python reads, but no float)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def read_events(path: Path, offset: int = 0) -> tuple[list[Event | ProtocolError], int]:
@@ -113,11 +240,15 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[Event | ProtocolError
 
 
 def _clean(value: Any) -> Any:
-    """JSON has no NaN or infinity: send them as null so every reader can parse the line."""
+    """JSON has no NaN or infinity: send them as null so every reader can parse the line.
+    A lone surrogate (a file name read with surrogateescape) becomes U+FFFD: the reader
+    refuses text that is not UTF-8."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str) and not value.isascii():
+        return value.encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {_clean(k): _clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     return value

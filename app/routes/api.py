@@ -13,7 +13,8 @@ from sqlmodel import Session, select
 
 from app import runs
 from app.db import SessionDep
-from app.jobs import create_job, delete_job, request_cancel, request_resume
+from app.jobs import create_job
+from app.lifecycle import delete_job, request_cancel, request_resume
 from app.metrics import columnar
 from app.models import Event, Job, JobCreate, JobPublic, JobStatus, ModelEntry
 from workers.params import METHODS
