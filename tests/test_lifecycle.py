@@ -1,5 +1,7 @@
 """Status transitions and the supervisor, driven by a fake worker that speaks the protocol."""
 
+import os
+import shutil
 import signal
 import stat
 import sys
@@ -245,3 +247,25 @@ def test_deleting_a_queued_job_as_it_launches(world, monkeypatch):
     with api, pytest.raises(JobStateError, match="cancel it before deleting"):
         delete_job(api, stale, settings)
     assert run_until(engine, sup, job_id, {JobStatus.succeeded}).exit_code == 0
+
+
+def test_a_run_folder_removed_mid_run_ends_with_a_clear_error(world, monkeypatch):
+    """The worker writes on into the removed events file and exits 0: before, the job said
+    only "exited with code 0 without finishing"."""
+    settings, engine, sup = world
+    monkeypatch.setenv("FAKE_SCENARIO", "slow")
+    job_id = add_job(engine, settings)
+    deadline = time.monotonic() + 20
+    while True:
+        sup.tick()
+        with Session(engine) as s:
+            job = s.get(Job, job_id)
+        if job.step >= 1:
+            break
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    shutil.rmtree(job.run_dir)
+    os.killpg(job.pid, signal.SIGTERM)  # it saves (making the folder again) and exits 0
+    job = run_until(engine, sup, job_id, {JobStatus.failed})
+    assert job.exit_code == 0 and job.error_type == "RunFolderRemoved", job.error
+    assert f"{job.run_dir} was removed" in job.error and "delete the job" in job.hint
