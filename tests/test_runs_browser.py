@@ -54,6 +54,14 @@ def row_ids(page) -> list[int]:
         "#jobs-body tr[data-job-id]", "rows => rows.map(r => r.dataset.jobId)")]
 
 
+def wait_for_refresh(page) -> None:
+    """Wait until the list's every-3-s refresh has replaced the table body (not for a time:
+    a slow machine may take longer than one period)."""
+    page.evaluate("() => { document.getElementById('jobs-body').__before = true; }")
+    wait_js(page, "() => { const b = document.getElementById('jobs-body');"
+                  " return b && !b.__before; }", timeout=15_000)
+
+
 def test_filter_the_list_and_go_back(browser, server):
     context, page, watch = open_page(browser, width=1280, height=900)
     page.goto(server.url + "/")
@@ -73,7 +81,7 @@ def test_filter_the_list_and_go_back(browser, server):
     # the refresh keeps the filter: after a refresh cycle still two rows
     refresh = page.get_attribute("#jobs-body", "hx-get")
     assert refresh == "/fragments/jobs?q=lr"
-    page.wait_for_timeout(3500)
+    wait_for_refresh(page)
     assert sorted(row_ids(page)) == sorted([server.ids["base"], server.ids["fast"]])
 
     page.go_back()  # to the unfiltered list (the status was reset before typing)
@@ -162,7 +170,7 @@ def test_pick_two_runs_and_compare_them(browser, server, scheme):
     page.check(f"#pick-{base}")
     page.check(f"#pick-{fast}")
     assert "2 runs selected" in page.inner_text("#compare-note")
-    page.wait_for_timeout(3500)  # a refresh swaps the rows: the ticks stay
+    wait_for_refresh(page)  # a refresh swaps the rows: the ticks stay
     assert page.is_checked(f"#pick-{base}") and page.is_checked(f"#pick-{fast}")
     page.click("#compare-button")
     page.wait_for_url(f"**/compare?ids={base},{fast}")
