@@ -75,6 +75,8 @@ class JobBase(SQLModel):
 
 
 class Job(JobBase, table=True):
+    # An id names one run forever (its folder too): never reused after a delete (0005).
+    __table_args__ = {"sqlite_autoincrement": True}
     id: int | None = Field(default=None, primary_key=True)
     status: JobStatus = Field(default=JobStatus.queued, index=True)
     created_at: datetime = Field(default_factory=utcnow)
