@@ -84,6 +84,14 @@ def test_sft_data_shapes_and_kto_conversion(demo, tmp_path):
     assert err.value.row == 2
 
 
+def test_log_line_and_device_name_read_as_words():
+    from workers.mlx.common import device_name, log_line
+
+    assert device_name() in ("cpu", "gpu")
+    line = log_line(10, 100, {"loss": 0.693147, "learning_rate": 1e-05, "note": "x"})
+    assert line == "step 10/100: loss 0.693147, learning_rate 1e-05"
+
+
 # --- the worker alone -----------------------------------------------------------------------
 @pytest.mark.slow
 def test_sft_job_events_checkpoints_and_an_adapter_mlx_lm_loads(tmp_path, demo):
@@ -113,6 +121,12 @@ def test_sft_job_events_checkpoints_and_an_adapter_mlx_lm_loads(tmp_path, demo):
     done = events[-1]
     assert done.type == "done" and done.data["status"] == "succeeded"
     assert done.data["summary"]["steps"] == 12 and done.data["summary"]["lora_layers"] == 2
+    assert done.data["summary"]["device"] in ("cpu", "gpu")  # not "Device(cpu, 0)"
+    # worker.log has a line at every report, as TRL prints one per logging step.
+    log = (tmp_path / LOG_FILE).read_text()
+    reports = [line for line in log.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in reports] == ["step 4/12", "step 8/12", "step 12/12"]
+    assert all("loss " in line and "learning_rate " in line for line in reports), reports
 
     import mlx.core as mx
     from mlx_lm import load

@@ -185,9 +185,24 @@ class Reporter:
         if "loss" in values:
             self.last_loss = values["loss"]
         self.events.emit("metric", step=step, values=values)
+        print(log_line(step, self.total_steps, values), flush=True)
         self._sums, self._counts = {}, {}
         self._interval_tokens, self._interval_time = 0, 0.0
         return values
+
+
+def device_name() -> str:
+    """'gpu' or 'cpu': what a person reads (str() gives "Device(cpu, 0)")."""
+    device = mx.default_device()
+    return getattr(device.type, "name", str(device))
+
+
+def log_line(step: int, total: int, values: dict[str, float]) -> str:
+    """One worker.log line per report, as TRL prints one per logging step (stdout goes to
+    worker.log): the step and the interval's metrics."""
+    shown = ", ".join(f"{name} {value:.6g}" for name, value in values.items()
+                      if isinstance(value, int | float))
+    return f"step {step}/{total}: {shown}"
 
 
 def load_for_training(job: JobConfig, events: EventWriter, sampler):
@@ -198,7 +213,7 @@ def load_for_training(job: JobConfig, events: EventWriter, sampler):
     p = job.params
     sampler.backend_probe = mlx_probe
     events.emit("status", phase="loading_model",
-                message=f"loading {job.model} with mlx-lm on {mx.default_device()}")
+                message=f"loading {job.model} with mlx-lm on {device_name()}")
     model, tokenizer = load_model(job.model)
     num_layers = add_lora(model, job)
     if num_layers < p["num_layers"]:
@@ -262,7 +277,7 @@ def finish(job: JobConfig, events: EventWriter, reporter: Reporter, model: nn.Mo
         "tokens": reporter.tokens,
         "trainable_params": trainable_count(model),
         "lora_layers": num_layers,
-        "device": str(mx.default_device()),
+        "device": device_name(),
         "processes": size,
         "adapter_path": str(job.adapter_dir),
     }
