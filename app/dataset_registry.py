@@ -10,13 +10,16 @@ registered at all: the 422 lists its first problems with row numbers and counts 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from app.config import Settings
@@ -26,6 +29,7 @@ from app.jobs import HUB_ID, JobInputError, _local_path
 from app.model_info import hub_cache_dir
 from app.models import DatasetEntry, Job, JobStatus
 
+log = logging.getLogger("prospect")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ACTIVE = (JobStatus.queued, JobStatus.starting, JobStatus.running)
 SUFFIX_TEXT = ".jsonl, .json, .csv or .parquet"
@@ -233,3 +237,74 @@ def delete(session: Session, settings: Settings, entry: DatasetEntry) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     if path.parent == settings.datasets_dir and path.is_file():
         path.unlink()  # a file registered before the per-dataset folders (the demo's)
+
+
+# --- what a crash left -------------------------------------------------------------------
+ORPHANS = ".orphaned"  # where folders without an entry are moved; hidden: never an id
+
+
+def sweep_leftovers(engine: Engine, settings: Settings) -> None:
+    """At start-up, before any request: a server killed mid-upload leaves datasets/.upload-*
+    (and mid-export .mlx-*/.tokens-* temporaries); one killed while analysing leaves
+    datasets/<name>/ without an entry, invisible, and every later upload of that name a 409.
+    Temporaries are removed; such a folder is registered again when its normalised file was
+    complete (the crash came between writing it and the database), else moved aside."""
+    root = settings.datasets_dir
+    if not root.is_dir():
+        return
+    temporaries = [*root.glob(".upload-*"), *root.glob("*/.mlx-*"), *root.glob("*/.tokens-*")]
+    for tmp in temporaries:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    if temporaries:
+        log.warning("removed %d temporary file(s) a stopped server left in %s",
+                    len(temporaries), root)
+    with Session(engine) as session:
+        known = set(session.exec(select(DatasetEntry.id)))
+        for folder in sorted(root.iterdir()):
+            if folder.name.startswith(".") or folder.name in known or not folder.is_dir() \
+                    or folder.is_symlink():
+                continue
+            if not _adopt(session, settings, folder):
+                _move_aside(root, folder)
+
+
+def _adopt(session: Session, settings: Settings, folder: Path) -> bool:
+    final = folder / f"{folder.name}.jsonl"
+    if not NAME.match(folder.name) or not final.is_file():
+        return False
+    try:
+        analysis = analyze([final], None, python=settings.python)
+    except Exception:  # noqa: BLE001 - whatever is wrong with it, it is moved aside
+        log.exception("datasets/%s: could not read %s", folder.name, final.name)
+        return False
+    if analysis.problem_count or not analysis.rows:
+        return False
+    original = next((p for p in sorted(folder.glob("original.*")) if p.is_file()), final)
+    session.add(DatasetEntry(
+        id=folder.name, name=folder.name, path=str(final), format=analysis.format,
+        rows=analysis.rows, source="upload" if original != final else "path",
+        kind=analysis.kind or "kto", original_filename=original.name,
+        original_path=str(original), size_bytes=original.stat().st_size,
+        stats=stored_stats(analysis)))
+    session.commit()
+    log.warning("datasets/%s had no database entry (the server stopped while adding it); "
+                "its rows were complete, so it is registered again", folder.name)
+    return True
+
+
+def _move_aside(root: Path, folder: Path) -> None:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    target = root / ORPHANS / f"{folder.name}-{stamp}"
+    target.parent.mkdir(exist_ok=True)
+    try:
+        os.rename(folder, target)
+    except OSError as exc:
+        log.error("datasets/%s has no database entry and could not be moved aside (%s); "
+                  "remove it to add a dataset of that name again", folder.name, exc)
+        return
+    log.warning("datasets/%s had no database entry (the server stopped while adding it); "
+                "moved to %s. Add the file again", folder.name, target)

@@ -13,8 +13,12 @@ import contextlib
 import hashlib
 import itertools
 import json
+import os
+import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from typing import Any
 from sqlmodel import Session
 
 from app.config import Settings
+from app.dataset_cache import evict, single_flight, touch
 from app.dataset_formats import Analysis, _one_row
 from app.dataset_readers import read_rows
 from app.dataset_registry import dataset_dir, hub_snapshot
@@ -90,18 +95,37 @@ def token_lengths(entry: DatasetEntry, folder: Path, max_length: int,
                                    "chat_template.jinja"))
     key = hashlib.sha256(f"{folder.resolve()}|{stamp}|{entry.path}".encode()).hexdigest()[:16]
     cache = dataset_dir(settings, entry.id) / f"tokens-{key}.json"
+    with single_flight(str(cache)):  # identical requests at once: one subprocess
+        result = _count_tokens(entry, folder, max_length, settings, cache)
+    evict(settings, "tokens-*.json", settings.token_cache_entries, cache)
+    return result
+
+
+def _count_tokens(entry: DatasetEntry, folder: Path, max_length: int, settings: Settings,
+                  cache: Path) -> dict[str, Any]:
     if cache.is_file():
         with contextlib.suppress(ValueError, KeyError, OSError):
-            return summarize(json.loads(cache.read_text()), max_length)
+            result = summarize(json.loads(cache.read_text()), max_length)
+            touch(cache)
+            return result
     cache.parent.mkdir(parents=True, exist_ok=True)
+    # The tool writes <out>.partial and renames it to <out>; a name of our own per run, so
+    # no other request or server ever writes the same file.
+    out = cache.with_name(f".{cache.stem}-{secrets.token_hex(6)}.json")
     cmd = [settings.python or sys.executable, "-m", "workers.dataset_tool", "tokens",
            "--tokenizer", str(folder), "--data", entry.path, "--kind", entry.kind,
-           "--max-length", str(max_length), "--lengths-out", str(cache)]
+           "--max-length", str(max_length), "--lengths-out", str(out)]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        if proc.returncode == 0 and out.is_file():
+            os.replace(out, cache)
     except subprocess.TimeoutExpired:
         raise JobInputError("model", "counting tokens took over 10 minutes; try a smaller "
                             "dataset, or count with a script") from None
+    finally:
+        for leftover in (out, out.with_name(out.name + ".partial")):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
     lines = proc.stdout.strip().splitlines() or [json.dumps({"error": proc.stderr[-500:]})]
     try:
         result = json.loads(lines[-1])
@@ -123,24 +147,43 @@ def as_text(row: dict) -> dict:
 
 def mlx_export(entry: DatasetEntry, settings: Settings, seed: int, style: str) -> Path:
     """train.jsonl and valid.jsonl (and a zip of both) in datasets/<id>/mlx-<style>-<seed>/;
-    made once per (style, seed): the split is reproducible."""
+    made once per (style, seed): the split is reproducible. At most
+    PROSPECT_EXPORT_CACHE_ENTRIES such folders stay, the least recently used removed."""
     folder = dataset_dir(settings, entry.id) / f"mlx-{style}-{seed}"
-    if (folder / "mlx.zip").is_file():
-        return folder
+    with single_flight(str(folder)):  # six identical requests at once: made once
+        if (folder / "mlx.zip").is_file():
+            touch(folder)
+        else:
+            _write_export(entry, folder, seed, style)
+    evict(settings, "mlx-*", settings.export_cache_entries, folder)
+    return folder
+
+
+def _write_export(entry: DatasetEntry, folder: Path, seed: int, style: str) -> None:
+    """Made whole in a folder of its own (a unique name) and renamed into place, so no
+    reader ever sees half an export and no two writers share a file."""
     try:
         rows, _ = load_sft_rows(entry.path)
     except DatasetError as exc:
         raise JobInputError("dataset", f"{entry.id} cannot become MLX data: {exc}") from None
     train, valid = split_rows(rows, seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, part in (("train", train), ("valid", valid)):
-        with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            for row in part:
-                f.write(json.dumps(as_text(row) if style == "text" else row,
-                                   ensure_ascii=False) + "\n")
-    partial = folder / ".mlx.zip.partial"
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
-        z.write(folder / "train.jsonl", f"{entry.id}/train.jsonl")
-        z.write(folder / "valid.jsonl", f"{entry.id}/valid.jsonl")
-    partial.replace(folder / "mlx.zip")
-    return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    try:
+        for split, part in (("train", train), ("valid", valid)):
+            with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
+                for row in part:
+                    f.write(json.dumps(as_text(row) if style == "text" else row,
+                                       ensure_ascii=False) + "\n")
+        with zipfile.ZipFile(tmp / "mlx.zip", "w", zipfile.ZIP_DEFLATED) as z:
+            z.write(tmp / "train.jsonl", f"{entry.id}/train.jsonl")
+            z.write(tmp / "valid.jsonl", f"{entry.id}/valid.jsonl")
+        if folder.is_dir():  # half an export from before (a crash): made again
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another server made it meanwhile: theirs is as good
+            if not (folder / "mlx.zip").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

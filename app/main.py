@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.config import Settings, get_settings
+from app.dataset_registry import sweep_leftovers
 from app.db import ROOT, make_engine, migrate
 from app.jobs import JobInputError
 from app.routes import (
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Before anything touches the home: a second server on it would run jobs twice.
         lock = app.state.home_lock or hold_home(settings.home_dir, settings.host, settings.port)
         migrate(engine)
+        sweep_leftovers(engine, settings)  # what a killed server left in datasets/
         await app.state.supervisor.start()
         log.info("Prospect home %s", settings.home_dir)
         yield
