@@ -83,6 +83,12 @@ def server(tmp_path_factory):
                 job.pid, job.pid_started_at = worker.pid, psutil.Process(worker.pid).create_time()
             s.add(job)
         s.commit()
+    ids["mlx"] = add_run(e, "mlx sft", backend="mlx", method="sft", losses=[2.0, 1.5, 1.2])
+    with Session(e) as s:  # as MLX runs before the fix stored it
+        job = s.get(Job, ids["mlx"])
+        job.summary = {"final_loss": 1.2, "device": "Device(gpu, 0)"}
+        s.add(job)
+        s.commit()
     srv.ids = ids
     yield srv
     worker.kill()
@@ -198,5 +204,35 @@ def test_the_jobs_table_fits_its_card(browser, server, width):
     heads = page.locator("#jobs-table thead th").all_inner_texts()
     assert "Duration" in heads[-1] or "DURATION" in heads[-1], heads
     shot(page, f"views-07-jobs-{width}", full_page=False)
+    watch.check()
+    context.close()
+
+
+def test_an_mlx_job_names_its_device_in_words(browser, server):
+    context, page, watch = open_page(browser, width=1366, height=900)
+    page.goto(f"{server.url}/jobs/{server.ids['mlx']}")
+    summary = page.inner_text("#job-card .summary")
+    assert "on gpu" in summary and "Device(" not in summary, summary
+    watch.check()
+    context.close()
+
+
+def test_a_dataset_page_leads_to_a_job_on_it(browser, live_server):
+    from playwright.sync_api import expect
+
+    # A second dataset: the blank form picks the demo's, so only the link can pick this one.
+    copy = live_server.home / "second-kto.jsonl"  # inside the folders Prospect may read
+    copy.write_bytes((live_server.home / "datasets" / "demo-kto.jsonl").read_bytes())
+    status, entry = live_server.post("/api/datasets/register",
+                                     {"name": "second-kto", "path": str(copy)})
+    assert status in (201, 409), entry
+    context, page, watch = open_page(browser, width=1366, height=900)
+    page.goto(f"{live_server.url}/jobs/new")
+    assert page.input_value("#f-dataset") != "second-kto"
+    page.goto(f"{live_server.url}/datasets/second-kto")
+    page.get_by_role("link", name="Train on this dataset").click()
+    page.wait_for_url("**/jobs/new?dataset=second-kto")
+    expect(page.locator("#f-dataset")).to_have_value("second-kto")
+    shot(page, "views-08-train-on-dataset", full_page=False)
     watch.check()
     context.close()

@@ -193,17 +193,23 @@ def pick_model(values: dict[str, Any], model: str, models: list[ModelEntry]) -> 
         (model, "") if model in offered else ("", model))
 
 
-def prefilled_form(session: Session, from_job: int | None,
-                   model: str | None) -> tuple[Method, dict[str, Any] | None]:
+def prefilled_form(session: Session, from_job: int | None, model: str | None,
+                   dataset: str | None = None) -> tuple[Method, dict[str, Any] | None]:
     """The new-job form's method and values: a clone of ``from_job``, or the blank form with
-    ``model`` picked; (torch KTO, None) means the plain blank form."""
+    ``model`` and/or ``dataset`` picked; (torch KTO, None) means the plain blank form."""
     spec = method_for("torch", "kto")
     cloned = clone_values(session, from_job) if from_job is not None else None
     if cloned is not None:
         return cloned
-    if not model or not model.strip():
+    model, dataset = (model or "").strip(), (dataset or "").strip()
+    if not model and not dataset:
         return spec, None
     models = list(session.exec(select(ModelEntry)))
-    values = blank_form(spec, models, list(session.exec(select(DatasetEntry))))
-    pick_model(values, model.strip(), models)
+    datasets = list(session.exec(select(DatasetEntry)))
+    values = blank_form(spec, models, datasets)
+    if model:
+        pick_model(values, model, models)
+    if dataset:  # a registered one in the picker, anything else in the text field
+        values["dataset_choice"], values["dataset_text"] = (
+            (dataset, "") if dataset in {d.id for d in datasets} else ("", dataset))
     return spec, values

@@ -87,12 +87,14 @@ def form_context(session: Session, spec: Method, values: dict | None = None,
 @router.get("/jobs/new", response_class=HTMLResponse)
 def new_job_page(request: Request, session: SessionDep,
                  from_: Annotated[int | None, Query(alias="from", ge=1, le=2**63 - 1)] = None,
-                 model: Annotated[str | None, Query(max_length=1000)] = None) -> HTMLResponse:
+                 model: Annotated[str | None, Query(max_length=1000)] = None,
+                 dataset: Annotated[str | None, Query(max_length=1000)] = None) -> HTMLResponse:
     """The form; ``?from=ID`` fills it with job ID's settings (the job page's "clone"),
-    ``?model=ID`` picks a model (the models page's "Train")."""
+    ``?model=ID`` picks a model (the models page's "Train"), ``?dataset=ID`` a dataset (the
+    dataset page's "Train on this dataset")."""
     from app.routes.job_page import prefilled_form  # that module imports app.routes.pages
 
-    spec, values = prefilled_form(session, from_, model)
+    spec, values = prefilled_form(session, from_, model, dataset)
     if values is not None:
         if from_ is None and values.get(KNOBS_MODEL) != chosen_model(values):
             set_knob_defaults(values, spec)  # "Train" on a real model: its defaults
