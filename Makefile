@@ -47,9 +47,13 @@ $(DEV_STAMP): $(RUN_STAMP)
 	$(BIN)/$(PIP) $(PIN) -e '.[torch,mlx,dev]'
 	@touch $@
 
+# `make run PORT=8010 HOST=0.0.0.0` (or PROSPECT_PORT / PROSPECT_HOST in the environment);
+# empty: the settings' defaults, 127.0.0.1:8000.
+PORT ?=
+HOST ?=
 run: install-run
 	$(BIN)/prospect init
-	$(BIN)/prospect serve
+	$(BIN)/prospect serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 # Browser tests need Debian's chromium; install it when missing and we are root on Debian.
 chromium:
