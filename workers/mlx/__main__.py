@@ -16,6 +16,7 @@ import os
 import sys
 import traceback
 
+from workers.checkpoints import MLX_FILES, resume_from_intact
 from workers.data import kto_stats, load_kto_dataset
 from workers.keep_awake import KeepAwake, keep_awake
 from workers.memory import MemorySampler
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.arm()
         if error is not None:
             raise error
+        raw = resume_from_intact(raw, MLX_FILES, events.emit)  # a damaged one: the one before
         job = parse_config(raw)
         awake = keep_awake()  # on macOS: no idle sleep until this process ends
         print(f"job {job.job_id}: mlx {job.method} of {job.model} on {job.dataset}", flush=True)

@@ -20,6 +20,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+from workers.checkpoints import TORCH_FILES, resume_from_intact
 from workers.data import kto_stats, load_kto_dataset
 from workers.keep_awake import KeepAwake, keep_awake
 from workers.memory import MemorySampler
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.arm()
         if error is not None:
             raise error
+        raw = resume_from_intact(raw, TORCH_FILES, events.emit)  # a damaged one: the one before
         job = parse_config(raw)
         if job.method == "fuse":  # no data: the adapter is merged into the model
             print(f"job {job.job_id}: torch merge of {job.params['adapter_path']}", flush=True)

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from workers.checkpoints import NoIntactCheckpoint
 from workers.data import DatasetError
 from workers.params import ParamError
 from workers.torch.config import ConfigError
@@ -102,6 +103,10 @@ def describe_error(exc: BaseException) -> dict[str, Any]:
         )
     if isinstance(exc, DeviceError):
         return _error("device", exc.message, exc.hint)
+    if isinstance(exc, NoIntactCheckpoint):
+        return _error("checkpoint_damaged", message, "Every checkpoint of this run is damaged, "
+                      "so it cannot be resumed: clone the job to train it again from the "
+                      "start.")
     if isinstance(exc, DiskFull):
         kept = (f"The previous checkpoint ({exc.previous.name}) is intact: resume the job "
                 "and it continues from there." if exc.previous else
