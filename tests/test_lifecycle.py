@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from app.config import Settings
 from app.db import make_engine, migrate
-from app.jobs import JobStateError
+from app.jobs import JobInputError, JobStateError
 from app.lifecycle import delete_job, request_cancel, request_resume, set_status, transition
 from app.metrics import columnar
 from app.models import Job, JobStatus
@@ -269,3 +269,34 @@ def test_a_run_folder_removed_mid_run_ends_with_a_clear_error(world, monkeypatch
     job = run_until(engine, sup, job_id, {JobStatus.failed})
     assert job.exit_code == 0 and job.error_type == "RunFolderRemoved", job.error
     assert f"{job.run_dir} was removed" in job.error and "delete the job" in job.hint
+
+
+def test_resume_checks_that_the_dataset_and_model_still_exist(world, tmp_path):
+    _, engine, _ = world
+    ckpt = tmp_path / "checkpoint-2"
+    ckpt.mkdir()
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with Session(engine) as s:
+        job = Job(backend="torch", method="kto", model="my-model", dataset="my-data",
+                  model_path=str(model), dataset_path=str(data), status=JobStatus.cancelled,
+                  last_checkpoint=str(ckpt))
+        s.add(job)
+        s.commit()
+        data.unlink()
+        with pytest.raises(JobInputError) as err:
+            request_resume(s, job)
+        assert (err.value.field, err.value.status_code) == ("dataset", 422)
+        assert "my-data" in err.value.message and str(data) in err.value.message
+        data.write_text("{}\n")
+        shutil.rmtree(model)
+        with pytest.raises(JobInputError) as err:
+            request_resume(s, job)
+        assert (err.value.field, err.value.status_code) == ("model", 422)
+        assert "my-model" in err.value.message
+        model.mkdir()
+        (model / "config.json").write_text("{}")
+        assert request_resume(s, job).status == JobStatus.queued
