@@ -32,21 +32,24 @@ def cmd_init(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from app.main import create_app
     from app.server_lock import HomeInUse, acquire
 
     if args.host:
         settings.host = args.host
     if args.port:
         settings.port = args.port
-    app = create_app(settings)
-    try:  # one server per home, said before uvicorn prints anything
-        app.state.home_lock = acquire(settings.home_dir, settings.host, settings.port)
+    settings.ensure_dirs()
+    try:  # one server per home: said at once, before the app (and uvicorn) load
+        lock = acquire(settings.home_dir, settings.host, settings.port)
     except HomeInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    import uvicorn
+
+    from app.main import create_app
+
+    app = create_app(settings)
+    app.state.home_lock = lock
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"Prospect dashboard: http://{host}:{settings.port}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
