@@ -1,7 +1,7 @@
 """The planner wired to this machine: inspect the model, read the machine, plan, enforce.
 
 app/planner.py is pure; this module does the reading (model files, ``app.system``) and holds
-the presets from the seed guide's tables (an M4 with 24 GB, both backends). Shapes of the
+the presets from the seed guide's tables (an M4 with 24 GiB, both backends). Shapes of the
 preset models are their published config.json sizes, so a preset is planned even before its
 model is in the local cache.
 """
@@ -42,39 +42,39 @@ Q4 = {"bits": 4, "group_size": 64}
 # (id, title, backend, method, model, shape, quantization, params, what the seed guide says)
 _PRESETS = [
     ("torch-qwen2-0.5b", "Qwen2-0.5B · torch KTO", "torch", "kto",
-     "Qwen/Qwen2-0.5B-Instruct", "qwen2-0.5b", None, SEED_KTO, "~2 GB (FP16), excellent"),
+     "Qwen/Qwen2-0.5B-Instruct", "qwen2-0.5b", None, SEED_KTO, "~2 GiB (FP16), excellent"),
     ("torch-qwen2.5-3b", "Qwen2.5-3B · torch KTO", "torch", "kto",
-     "Qwen/Qwen2.5-3B-Instruct", "qwen2.5-3b", None, SEED_KTO, "~6 GB (FP16), excellent"),
+     "Qwen/Qwen2.5-3B-Instruct", "qwen2.5-3b", None, SEED_KTO, "~6 GiB (FP16), excellent"),
     ("torch-llama-3.2-3b", "Llama-3.2-3B · torch KTO", "torch", "kto",
      "meta-llama/Llama-3.2-3B-Instruct", "llama-3.2-3b", None, SEED_KTO,
-     "~6 GB (FP16), excellent"),
+     "~6 GiB (FP16), excellent"),
     ("torch-mistral-7b", "Mistral-7B · torch KTO", "torch", "kto",
      "mistralai/Mistral-7B-Instruct-v0.3", "mistral-7b", None,
      dict(SEED_KTO, per_device_train_batch_size=2, dtype="float16"),
-     "~14 GB (FP16), good (tight)"),
+     "~14 GiB (FP16), good (tight)"),
     ("torch-qwen2.5-7b", "Qwen2.5-7B · torch KTO", "torch", "kto", "Qwen/Qwen2.5-7B-Instruct",
-     "qwen2.5-7b", None, dict(SEED_KTO, dtype="float16"), "~14 GB (FP16), good (tight)"),
+     "qwen2.5-7b", None, dict(SEED_KTO, dtype="float16"), "~14 GiB (FP16), good (tight)"),
     ("torch-llama-3.1-8b", "Llama-3.1-8B · torch KTO", "torch", "kto",
      "meta-llama/Llama-3.1-8B-Instruct", "llama-3.1-8b", None, dict(SEED_KTO, dtype="float16"),
-     "~16 GB (FP16), marginal"),
+     "~16 GiB (FP16), marginal"),
     ("mlx-qwen2.5-3b", "Qwen2.5-3B · MLX LoRA", "mlx", "sft", "Qwen/Qwen2.5-3B-Instruct",
-     "qwen2.5-3b", None, dict(SEED_MLX, batch_size=8), "~6 GB (FP16), excellent"),
+     "qwen2.5-3b", None, dict(SEED_MLX, batch_size=8), "~6 GiB (FP16), excellent"),
     ("mlx-llama-3.2-3b", "Llama-3.2-3B · MLX LoRA", "mlx", "sft",
      "meta-llama/Llama-3.2-3B-Instruct", "llama-3.2-3b", None, dict(SEED_MLX, batch_size=8),
-     "~6 GB (FP16), excellent"),
+     "~6 GiB (FP16), excellent"),
     ("mlx-mistral-7b", "Mistral-7B · MLX LoRA", "mlx", "sft",
-     "mistralai/Mistral-7B-Instruct-v0.3", "mistral-7b", None, SEED_MLX, "~14 GB, good"),
+     "mistralai/Mistral-7B-Instruct-v0.3", "mistral-7b", None, SEED_MLX, "~14 GiB, good"),
     ("mlx-qwen2.5-7b", "Qwen2.5-7B · MLX LoRA", "mlx", "sft", "Qwen/Qwen2.5-7B-Instruct",
-     "qwen2.5-7b", None, SEED_MLX, "~14 GB, good"),
+     "qwen2.5-7b", None, SEED_MLX, "~14 GiB, good"),
     ("mlx-llama-3.1-8b-4bit", "Llama-3.1-8B 4-bit · MLX LoRA", "mlx", "sft",
      "mlx-community/Meta-Llama-3.1-8B-Instruct-4bit", "llama-3.1-8b", Q4, SEED_MLX,
-     "~8 GB (4-bit), good"),
+     "~8 GiB (4-bit), good"),
     ("mlx-qwen3-14b-4bit", "Qwen3-14B 4-bit · MLX LoRA", "mlx", "sft",
      "mlx-community/Qwen3-14B-4bit", "qwen3-14b", Q4, dict(SEED_MLX, batch_size=2),
-     "~12 GB (4-bit), feasible"),
+     "~12 GiB (4-bit), feasible"),
     ("mlx-qwen3-30b-a3b-4bit", "Qwen3-30B-A3B (MoE) 4-bit · MLX LoRA", "mlx", "sft",
      "mlx-community/Qwen3-30B-A3B-4bit", "qwen3-30b-a3b", Q4,
-     dict(SEED_MLX, batch_size=2, max_seq_length=512), "~16 GB (4-bit), marginal"),
+     dict(SEED_MLX, batch_size=2, max_seq_length=512), "~16 GiB (4-bit), marginal"),
 ]
 
 

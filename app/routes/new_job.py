@@ -19,6 +19,7 @@ from starlette.datastructures import FormData
 
 from app.db import SessionDep
 from app.job_form import (
+    DEMO_DEFAULTS,
     KNOBS_METHOD,
     KNOBS_MODEL,
     blank_form,
@@ -79,6 +80,8 @@ def form_context(session: Session, spec: Method, values: dict | None = None,
         "methods": [m for m in METHODS.values() if m.method != "fuse"],  # fuse: from adapters
         "method_key": method_key, "models": models, "datasets": datasets, "values": values,
         "demo_defaults": is_demo(chosen_model(values)),
+        "demo_values": DEMO_DEFAULTS.get((spec.backend, spec.method), {})
+        if is_demo(chosen_model(values)) else {},
         "model_missing": model_status(session, chosen_model(values)),
         "errors": errors, "other_errors": {f: m for f, m in errors.items() if f not in shown},
     }

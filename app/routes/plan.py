@@ -78,7 +78,7 @@ async def api_plan(body: PlanRequest, request: Request, session: SessionDep) -> 
 
 @router.get("/api/plan/presets")
 def api_presets() -> list[dict[str, Any]]:
-    """Starting points from the seed guide's tables (an M4 with 24 GB), both backends."""
+    """Starting points from the seed guide's tables (an M4 with 24 GiB), both backends."""
     return presets()
 
 
