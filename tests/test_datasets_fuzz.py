@@ -23,7 +23,9 @@ FUZZ = settings(max_examples=40, deadline=None, database=None, derandomize=True,
 KEYS = ["prompt", "completion", "label", "chosen", "rejected", "messages", "text", "role",
         "content"]
 scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats()
-           | st.text(max_size=12) | st.sampled_from(["user", "assistant", "bot", "", "true"]))
+           | st.text(max_size=12) | st.sampled_from(["user", "assistant", "bot", "", "true"])
+           # what once gave 500s elsewhere: lone surrogates, NULs, huge integers
+           | st.sampled_from(["\ud800", "a\udfff", "\x00", 10**309, -(10**400)]))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
     st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=4), max_leaves=20)
 rows = st.fixed_dictionaries({}, optional={k: values for k in KEYS[:7]}) | values

@@ -28,9 +28,14 @@ FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=True
 KEYS = ["prompt", "completion", "label", "chosen", "rejected", "role", "content", "messages"]
 ROLES = ["system", "user", "assistant", "tool", "bot"]
 
+# The classes that once gave 500s: lone surrogates and NULs in text, over-long file names,
+# integers of hundreds of digits (f"{10**400:g}" raises OverflowError).
+hostile = st.sampled_from(["\ud800", "x\udfff", "\x00", "/" + "a" * 256, "~/" + "é" * 128,
+                           "/" + "b/" * 2100])
 scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+           | st.integers(-(10**400), 10**400) | st.sampled_from([10**309, -(10**4000)])
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20)
-           | st.sampled_from(ROLES + ["", " "]))
+           | st.sampled_from(ROLES + ["", " "]) | hostile)
 json_values = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=4)
@@ -115,7 +120,10 @@ def test_method_params_raise_only_param_errors(method, p):
     json.dumps(full, allow_nan=False)  # what the worker's config.json gets is plain JSON
 
 
-@pytest.mark.parametrize("p", [{"max_steps": float("inf")}, {"learning_rate": 10**400}])
+@pytest.mark.parametrize("p", [{"max_steps": float("inf")}, {"learning_rate": 10**400},
+                               {"max_steps": 10**309}, {"seed": -(10**4000)},
+                               {"max_steps": "9" * 5000}, {"target_modules": ["\ud800"]},
+                               {"device": "cpu\x00"}])
 def test_numbers_beyond_range_are_param_errors(p):
     assert METHODS[("torch", "kto")].errors(p)
 
@@ -142,11 +150,13 @@ def job_world(tmp_path_factory):
 
 @FUZZ
 @given(body=st.fixed_dictionaries({}, optional={
-    "name": st.text(max_size=12), "backend": st.sampled_from(["torch", "mlx", "jax"]) | scalars,
+    "name": st.text(max_size=12) | hostile,
+    "backend": st.sampled_from(["torch", "mlx", "jax"]) | scalars,
     "method": st.sampled_from(["kto", "sft", "dpo"]) | scalars,
     "model": st.sampled_from(["m", "{model}", "Qwen/Qwen2-0.5B", "/", "~", ".", "../m"])
-    | st.text(max_size=12),
-    "dataset": st.sampled_from(["d", "{data}", "/etc/passwd", "~/x.jsonl"]) | st.text(max_size=12),
+    | st.text(max_size=12) | hostile,
+    "dataset": st.sampled_from(["d", "{data}", "/etc/passwd", "~/x.jsonl"]) | st.text(max_size=12)
+    | hostile,
     "params": params, "extra": json_values}))
 def test_job_bodies_raise_only_input_errors(job_world, body):
     settings_, engine, model, data = job_world
