@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PIP    := python -m pip install --disable-pip-version-check -q
+# --no-compile: Python compiles a module to .pyc the first time it is imported (and keeps it);
+# compiling all ~14,000 modules of torch, transformers and the rest at install cost about half
+# of the install's CPU time, mostly for model code no job ever imports.
+PIP    := python -m pip install --disable-pip-version-check -q --no-compile
 # torch first on Linux: where a CPU build of this version lies in pip's find-links (CI, these
 # machines) pip takes it (2.13.0+cpu sorts above 2.13.0) instead of a multi-GB CUDA build.
 TORCH  := 2.13.0
