@@ -57,6 +57,11 @@ def test_live_charts_artifacts_actions_then_clone_download_delete(browser, live_
     wait_js(page, f"({LOSS_POINTS})() >= 30")
     wait_js(page, plot_points("mem") + f" > {max(first_mem, 1)}")  # memory kept coming
     assert page.evaluate("window.__samePage") is True  # all of that live, no reload
+    # The tiny model's process is far under a quarter of the machine: the chart starts scaled
+    # to it, the machine's total in the note; unticked, the whole machine is drawn.
+    expect(page.locator("#mem-fit")).to_be_checked()
+    expect(page.locator("#mem-note")).to_contain_text("machine total")
+    page.uncheck("#mem-fit")
     labels = page.evaluate("window.prospectJob.charts.mem.plot.series.map(s => s.label)")
     assert "total" in labels and "process" in labels and "available" in labels, labels
     # The run ended: the artifacts panel and the action buttons followed, still no reload.
