@@ -225,7 +225,7 @@ def implied_steps(spec: Method, params: dict[str, Any], rows: int | None) -> dic
     per_epoch = max(1, math.ceil(math.ceil(rows / batch) / accum))
     steps = math.ceil(epochs * per_epoch)
     return {"steps": steps, "samples": min(steps * per_step, math.ceil(epochs * rows)),
-            "how": f"{number(epochs)} epoch{'s' if epochs != 1 else ''} of {rows} rows at "
+            "how": f"{epochs:g} epoch{'s' if epochs != 1 else ''} of {rows} rows at "
                    f"{batch} × {accum} rows a step ({per_epoch} steps an epoch)"}
 
 
