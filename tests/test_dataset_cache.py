@@ -8,6 +8,7 @@ import http.client
 import io
 import json
 import shutil
+import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,7 +23,11 @@ PARALLEL = 6
 def server(demo_home, tmp_path_factory):
     home = tmp_path_factory.mktemp("cache-home")
     shutil.copytree(demo_home, home, dirs_exist_ok=True)
-    srv = make_server(home, PROSPECT_EXPORT_CACHE_ENTRIES="3", PROSPECT_TOKEN_CACHE_ENTRIES="1")
+    python = home / "counting-python"  # notes each subprocess the server starts, then runs it
+    python.write_text(f'#!/bin/sh\necho "$*" >> {home}/started.log\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    srv = make_server(home, PROSPECT_EXPORT_CACHE_ENTRIES="3", PROSPECT_TOKEN_CACHE_ENTRIES="1",
+                      PROSPECT_PYTHON=str(python))
     srv.start()
     # Big enough that an export or a count takes a while: requests at once overlap.
     for name, count in (("big", 8000), ("mid", 1500)):
@@ -96,6 +101,8 @@ def test_identical_token_counts_at_once_run_once_and_the_tables_are_bounded(serv
     answers = together(server, "/api/datasets/mid/tokens?model=tiny-demo&max_length=64")
     assert [status for status, _ in answers] == [200] * PARALLEL, answers[0][1][:300]
     assert len({body for _, body in answers}) == 1
+    started = (server.home / "started.log").read_text().splitlines()
+    assert len([line for line in started if "dataset_tool tokens" in line]) == 1, started
     assert json.loads(answers[0][1])["rows"] > 0
     tables = sorted((server.home / "datasets").glob("*/tokens-*.json"))
     assert len(tables) == 1 and leftovers(server) == []
