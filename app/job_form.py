@@ -226,7 +226,7 @@ def implied_steps(spec: Method, params: dict[str, Any], rows: int | None) -> dic
     steps = math.ceil(epochs * per_epoch)
     return {"steps": steps, "samples": min(steps * per_step, math.ceil(epochs * rows)),
             "how": f"{epochs:g} epoch{'s' if epochs != 1 else ''} of {rows} rows at "
-                   f"{batch} × {accum} rows a step ({per_epoch} steps an epoch)"}
+                   f"{batch} × {accum} rows a step: {per_epoch} steps an epoch"}
 
 
 def estimate_seconds(samples: int | None, past: list[Any]) -> dict[str, Any] | None:

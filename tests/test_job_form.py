@@ -146,6 +146,10 @@ def test_a_hub_model_may_be_queued_where_workers_download(app, client, monkeypat
     app.state.settings.allow_downloads = True
     r = client.post("/api/jobs", json={"model": UNCACHED, "dataset": "demo-kto"})
     assert r.status_code == 201, r.text
+    data = form_data()
+    data.update(model_choice="", model_text=UNCACHED)
+    html = client.post("/fragments/plan", data=data, headers=HX).text
+    assert "the worker downloads it when the job starts" in html
 
 
 @pytest.mark.parametrize("model", ["tests/..", "tests/.", "a/..b", "org/name."])

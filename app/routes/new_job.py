@@ -39,7 +39,7 @@ from app.jobs import (
     resolve_dataset,
     resolve_model,
 )
-from app.model_sources import missing_model
+from app.model_sources import downloads_allowed, missing_model
 from app.models import DatasetEntry, Job, JobCreate, ModelEntry
 from app.routes.pages import is_htmx, page
 from app.security import CSRF_FIELD, CSRF_HEADER, csrf_ok
@@ -59,17 +59,20 @@ METHOD_HELP = {
 }
 
 
-def model_status(session: Session, model: str) -> dict[str, str] | None:
+def model_status(session: Session, model: str, settings) -> dict[str, Any] | None:
     """What to do when the chosen model is a hub id that is not on this machine."""
     model = model.strip()
     if not model or is_folder_path(model) or hub_id_problem(model) \
             or session.get(ModelEntry, model) is not None:
         return None
-    return missing_model(model)
+    missing = missing_model(model)
+    if missing:
+        missing["will_download"] = bool(settings) and downloads_allowed(settings.allow_downloads)
+    return missing
 
 
 def form_context(session: Session, spec: Method, values: dict | None = None,
-                 errors: dict[str, str] | None = None) -> dict[str, Any]:
+                 errors: dict[str, str] | None = None, settings=None) -> dict[str, Any]:
     models = list(session.exec(select(ModelEntry).order_by(ModelEntry.id)))
     datasets = list(session.exec(select(DatasetEntry).order_by(DatasetEntry.id)))
     values = values or blank_form(spec, models, datasets)
@@ -82,7 +85,7 @@ def form_context(session: Session, spec: Method, values: dict | None = None,
         "demo_defaults": is_demo(chosen_model(values)),
         "demo_values": DEMO_DEFAULTS.get((spec.backend, spec.method), {})
         if is_demo(chosen_model(values)) else {},
-        "model_missing": model_status(session, chosen_model(values)),
+        "model_missing": model_status(session, chosen_model(values), settings),
         "errors": errors, "other_errors": {f: m for f, m in errors.items() if f not in shown},
     }
 
@@ -102,7 +105,8 @@ def new_job_page(request: Request, session: SessionDep,
         if from_ is None and values.get(KNOBS_MODEL) != chosen_model(values):
             set_knob_defaults(values, spec)  # "Train" on a real model: its defaults
         values[KNOBS_MODEL] = chosen_model(values)  # a clone keeps its job's values
-    return page(request, "new_job.html", **form_context(session, spec, values))
+    return page(request, "new_job.html", **form_context(session, spec, values,
+                                                        settings=request.app.state.settings))
 
 
 def pick_method(value: str) -> Method:
@@ -132,7 +136,8 @@ async def knobs_fragment(request: Request, session: SessionDep) -> HTMLResponse:
         spec = method_for("torch", "kto")
     old = drawn_for(form) or spec
     values = swap_values(form, old, spec)
-    response = page(request, "_knobs_swap.html", **form_context(session, spec, values))
+    response = page(request, "_knobs_swap.html", **form_context(
+        session, spec, values, settings=request.app.state.settings))
     response.headers["HX-Trigger-After-Swap"] = "knobs-changed"
     return response
 
@@ -210,7 +215,7 @@ async def submit_job(request: Request, session: SessionDep) -> Response:
     job, values, errors, spec = await run_in_threadpool(
         _submit, session, form, request.app.state.settings)
     if job is None:
-        context = form_context(session, spec, values, errors)
+        context = form_context(session, spec, values, errors, request.app.state.settings)
         if is_htmx(request):
             return page(request, "_job_form.html", **context)
         return page(request, "new_job.html", 422, **context)

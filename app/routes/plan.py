@@ -25,6 +25,7 @@ from app.job_form import (
     set_knob_defaults,
 )
 from app.jobs import JobInputError, resolve_model
+from app.model_sources import downloads_allowed
 from app.plan_check import form_presets, plan_job, preset, presets
 from app.routes.new_job import form_context, pick_method
 from app.routes.pages import page, templates
@@ -63,8 +64,10 @@ def _plan(session: Session, settings, backend: str, method: str, model: str,
         raise JobInputError(f"params.{errors[0].field}", errors[0].message)
     full = spec.validate(params)
     path = resolve_model(session, model, settings, must_be_here=False)  # it may say "missing"
-    return {"backend": backend, "method": method, "model": model, "params": full,
-            **plan_job(path, backend, method, full)}
+    result = plan_job(path, backend, method, full)
+    if result.get("model_missing"):  # refused at submit, unless workers may download it now
+        result["model_missing"]["will_download"] = downloads_allowed(settings.allow_downloads)
+    return {"backend": backend, "method": method, "model": model, "params": full, **result}
 
 
 @router.post("/api/plan")
@@ -122,5 +125,5 @@ def preset_form(request: Request, session: SessionDep, preset_id: str = "") -> H
             knob = spec.knob(name)
             if knob is not None:
                 values[f"params.{name}"] = knob_value(knob, value)
-    context = form_context(session, spec, values)
+    context = form_context(session, spec, values, settings=request.app.state.settings)
     return page(request, "_job_form.html", **context, preset_id=preset_id)
