@@ -22,6 +22,7 @@ from app.config import Settings
 UPLOADS = {("POST", "/api/datasets"), ("POST", "/datasets/upload")}
 # A lone surrogate reaches a JSON body only as an escape: \ud800-\udfff.
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+SURROGATE_ESCAPE_TEXT = re.compile(SURROGATE_ESCAPE.pattern.decode())
 
 
 def _encodable(text: str) -> bool:
@@ -159,5 +160,5 @@ def load_json(text: str | bytes) -> Any:
     params), or events a worker wrote with one, read as U+FFFD, so every page, API answer
     and `prospect jobs` line can still be encoded."""
     value = json.loads(text)
-    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-    return replace_lone_surrogates(value) if SURROGATE_ESCAPE.search(raw) else value
+    escape = SURROGATE_ESCAPE if isinstance(text, bytes) else SURROGATE_ESCAPE_TEXT
+    return replace_lone_surrogates(value) if escape.search(text) else value
