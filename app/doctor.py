@@ -130,7 +130,8 @@ def check_torch(f: Facts) -> Check:
                      "not installed: no KTO with TRL", install(f, "torch"))
     version = _pinned(f, "torch") or t.get("version", "")
     if not t.get("importable"):
-        return Check("torch", PROBLEM, f"installed but fails to import: {t.get('error')}",
+        return Check("torch", PROBLEM, f"does not import in the workers' Python: "
+                     f"{t.get('error')}",
                      f"pip install --force-reinstall torch=={f.pins.get('torch', version)}")
     device = t.get("device", "cpu")
     if f.rosetta:
@@ -194,7 +195,8 @@ def check_mlx(f: Facts) -> Check:
                      + (" (the fast path on this Mac)" if f.mac else ""), install(f, "mlx"))
     version = _pinned(f, "mlx") or m.get("version", "")
     if not m.get("importable"):
-        return Check("MLX", PROBLEM, f"installed but fails to import: {m.get('error')}",
+        return Check("MLX", PROBLEM, f"does not import in the workers' Python: "
+                     f"{m.get('error')}",
                      "pip install --force-reinstall "
                      + (f"mlx=={f.pins['mlx']}" if "mlx" in f.pins else "mlx"))
     if f.rosetta:
