@@ -78,7 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         detail = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ())]
-            field = ".".join(p for p in loc if p not in ("body", "query", "path", "header"))
+            # Only the first part says where the value came from: a field named "path" stays.
+            parts = loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc
+            field = ".".join(parts)
             msg = err.get("msg", "invalid")
             if err.get("type") == "extra_forbidden" and request.method == "PATCH":
                 msg = f"unknown field {field!r}; a run's name, notes and tags can be changed"

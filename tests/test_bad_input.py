@@ -219,3 +219,10 @@ def test_request_bodies_past_the_limit_are_413s_but_uploads_are_not(tmp_path):
     r = client.post("/api/datasets?name=big&filename=big.jsonl", content=rows.encode(),
                     headers={"Content-Type": "application/octet-stream"})
     assert len(rows) > 4 * 1024 and r.status_code == 201, r.text
+
+
+def test_a_query_parameter_named_path_keeps_its_name_in_the_error(client):
+    """Only the location's first part ("query", "body", …) is dropped from the field name."""
+    r = client.get("/api/jobs/1/artifacts/download", params={"path": "a" * 1001})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["field"] == "path"
