@@ -161,7 +161,7 @@ def log_tail(run_dir: str, lines: int = 40, max_chars: int = 4000) -> str:
             size = f.tell()
             f.seek(max(0, size - 64 * 1024))
             text = f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
+    except OSError:  # gone, or not a file any more: no tail to show
         return ""
     tail = "\n".join(text.splitlines()[-lines:])
     return tail[-max_chars:]

@@ -124,22 +124,27 @@ class Supervisor:
             for job in watched:
                 # One job's trouble (a row deleted under it, a file it cannot read) is logged
                 # and that job skipped this pass: it never stops the loop or the other jobs.
+                job_id = job.id  # readable even once the row is gone
                 try:
                     changed |= self._watch(session, job)
                     n_active += job.status.is_active or job.pid is not None
                 except Exception:
-                    log.exception("job %s: skipped this pass after an unexpected error", job.id)
+                    log.exception("job %s: skipped this pass after an unexpected error", job_id)
                     session.rollback()
-                    n_active += 1  # unknown: it keeps its slot
+                    # Its slot is held while its worker may be alive, not forever.
+                    proc = self.procs.get(job_id)
+                    n_active += (proc is not None and proc.poll() is None) or \
+                        job_id in self.adopted
             for job in queued_jobs(session):
                 if n_active >= self.settings.max_concurrent_jobs:
                     break
                 if not job.run_dir:  # create_job commits twice: no folder yet, next pass
                     break
+                job_id = job.id
                 try:
                     n_active += self._launch(session, job)
                 except Exception:
-                    log.exception("job %s: not started after an unexpected error", job.id)
+                    log.exception("job %s: not started after an unexpected error", job_id)
                     session.rollback()
                 changed = True
         return changed
@@ -180,6 +185,7 @@ class Supervisor:
         self._hung_since.pop(job_id, None)
         self._progress_at.pop(job_id, None)
         self._term_sent.discard(job_id)
+        self._unreadable.discard(job_id)
         job.exit_code = exit_code
         ended = None
         if not job.status.is_final:

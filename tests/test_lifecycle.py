@@ -97,12 +97,19 @@ def test_a_worker_that_exits_without_done_fails_with_code_and_log_tail(world, mo
 
 
 def start_then_cancel(world, monkeypatch, scenario: str, timeout: float = 20) -> Job:
-    """Start a fake worker, cancel it half a second in, supervise until its process ends."""
+    """Start a fake worker, cancel it once it reported (its SIGTERM handler is set by then),
+    supervise until its process ends."""
     settings, engine, sup = world
     monkeypatch.setenv("FAKE_SCENARIO", scenario)
     job_id = add_job(engine, settings)
-    sup.tick()
-    time.sleep(0.5)
+    deadline = time.monotonic() + timeout
+    while True:
+        sup.tick()
+        with Session(engine) as s:
+            if s.get(Job, job_id).status == JobStatus.running:
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     with Session(engine) as s:
         job = request_cancel(s, s.get(Job, job_id))
         sup.cancel_now(job)
