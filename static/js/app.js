@@ -65,11 +65,23 @@
     if (sel && window.htmx) htmx.trigger(sel, 'refresh');
   });
 
+  // The new-job form's preset select replaces the whole form, whose plan panel plans itself
+  // on load. Its change must not also reach the form's "re-plan on change" trigger: that plan
+  // of the old values would answer after the new one and overwrite the verdict chip beside
+  // Start (an out-of-band swap) with a stale verdict.
+  function isolatePreset(root) {
+    const sel = root.querySelector && root.querySelector('#f-preset');
+    if (!sel || sel.dataset.isolated) return;
+    sel.dataset.isolated = '1';
+    sel.addEventListener('change', function (evt) { evt.stopPropagation(); });
+  }
+
   // htmx:load fires for the body at start and for every piece of swapped-in content.
   document.addEventListener('htmx:load', function (evt) {
     const el = evt.target;
     applyWidths(el);
     localizeTimes(el);
+    isolatePreset(el);
     if (el.id === 'job-form') focusFirstError(el);
   });
   setInterval(tickElapsed, 1000);
