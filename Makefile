@@ -2,10 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# --no-compile: Python compiles a module to .pyc the first time it is imported (and keeps it);
-# compiling all ~14,000 modules of torch, transformers and the rest at install cost about half
-# of the install's CPU time, mostly for model code no job ever imports.
-PIP    := python -m pip install --disable-pip-version-check -q --no-compile
+# Not --no-compile: it halves the install's CPU, but where PYTHONDONTWRITEBYTECODE is set (CI,
+# these VMs) no module is ever cached and every server start compiles its imports (README).
+PIP    := python -m pip install --disable-pip-version-check -q
 # torch first on Linux: where a CPU build of this version lies in pip's find-links (CI, these
 # machines) pip takes it (2.13.0+cpu sorts above 2.13.0) instead of a multi-GB CUDA build.
 TORCH  := 2.13.0
