@@ -55,7 +55,7 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> float:
+    def start(self, timeout: float = 90) -> float:
         """Start `prospect serve`; return seconds until the first answered request."""
         self.log_path = self.home / f"server-{self.port}.log"
         t0 = time.monotonic()
