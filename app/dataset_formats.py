@@ -72,7 +72,7 @@ def _ceil3(x: float) -> float:
 
 def kto_balance(desirable: int, undesirable: int) -> dict[str, Any]:
     """Counts, their ratio, and λD / λU that bring λD·nD / (λU·nU) into the paper's [1, 4/3]
-    (Ethayarajh et al. 2024, §4; DESIGN.md). Already inside: 1 and 1. Too few desirable rows:
+    (Ethayarajh et al. 2024, §4; docs/design.md). Already inside: 1 and 1. Too few desirable rows:
     λD rises to nU/nD (ratio 1). Too many: λU rises to ¾·nD/nU (ratio 4/3). Rounded up to
     three decimals, which keeps the ratio inside."""
     d_w = u_w = 1.0

@@ -48,7 +48,7 @@ FINAL_STATUSES = frozenset(
     {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.interrupted}
 )
 
-# The only moves the lifecycle allows (DESIGN.md, "Job lifecycle"); anything else is a bug.
+# The only moves the lifecycle allows (docs/design.md, "Job lifecycle"); anything else is a bug.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.starting, JobStatus.cancelled}),
     JobStatus.starting: frozenset(

@@ -1,6 +1,6 @@
 """A background thread that reports memory every few seconds as ``memory`` events.
 
-It measures three things (see DESIGN.md, "Event protocol"):
+It measures three things (see docs/design.md, "Event protocol"):
 - ``rss_bytes``: resident memory of this process and its children (psutil);
 - ``system``: total / available / used memory and used swap of the machine. On a Mac this is the
   unified memory the GPU shares, the number that decides whether a job fits;

@@ -1,4 +1,4 @@
-"""The event protocol shared by every worker and the server (see DESIGN.md, "Event protocol").
+"""The event protocol shared by every worker and the server (docs/design.md, "Event protocol").
 
 A worker appends one JSON object per line to ``<run_dir>/events.jsonl``; the server tails the
 file. This module is plain Python on purpose: the server imports it to parse lines, so it must
@@ -136,7 +136,7 @@ def _check_text(value: Any, depth: int = 0) -> None:
 
 
 def _check_fields(etype: str, obj: dict[str, Any]) -> None:
-    """The types and ranges of each type's fields (DESIGN.md, "Event protocol")."""
+    """The types and ranges of each type's fields (docs/design.md, "Event protocol")."""
     if etype == "status":
         _text(obj, "phase")
         _text(obj, "message", optional=True)

@@ -1,4 +1,4 @@
-"""The REST contract (DESIGN.md, "REST API"): thin handlers over app.jobs and app.metrics."""
+"""The REST contract (docs/design.md): thin handlers over app.jobs and app.metrics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""KTO in MLX with a LoRA adapter (Ethayarajh et al., 2024; DESIGN.md, "KTO in one paragraph").
+"""KTO in MLX with a LoRA adapter (Ethayarajh et al., 2024; docs/design.md, "KTO").
 
 Reads top to bottom: load model → LoRA layers → tokenize as TRL does → per step:
 reference terms (no gradient) → KTO loss and its gradient → Adam → events.
