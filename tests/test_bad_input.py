@@ -16,9 +16,9 @@ from sqlmodel import Session
 from app.config import Settings
 from app.db import ROOT, migrate
 from app.main import create_app
-from app.models import DatasetEntry, Event, Job, JobStatus, ModelEntry
+from app.models import Event, Job, JobStatus
 from tests.conftest import make_server, server_env
-from tests.test_hostile import form, write_assets
+from tests.test_hostile import form, home_with_a_finished_job
 from workers.params import METHODS
 
 S = "\ud800"  # a lone surrogate: json.dumps writes it as the escape \ud800
@@ -28,18 +28,7 @@ LONG = "a" * 256  # one byte over the file system's limit for a name
 @pytest.fixture()
 def world(tmp_path):
     home = tmp_path / "home"
-    app = create_app(Settings(home=home, python="/bin/false"))
-    migrate(app.state.engine)
-    model, data = write_assets(home)
-    adapter = home / "runs" / "000001" / "adapter"
-    adapter.mkdir(parents=True)
-    with Session(app.state.engine) as s:
-        s.add(ModelEntry(id="m", path=str(model), source="test"))
-        s.add(DatasetEntry(id="d", path=str(data), rows=8))
-        s.add(Job(backend="torch", method="kto", model="m", dataset="d", name="done",
-                  status=JobStatus.succeeded, run_dir=str(adapter.parent),
-                  adapter_path=str(adapter), model_path=str(model), dataset_path=str(data)))
-        s.commit()
+    app = home_with_a_finished_job(home)[0]
     return app, home
 
 

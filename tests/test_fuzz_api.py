@@ -13,13 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlmodel import Session
 
-from app.config import Settings
-from app.db import migrate
-from app.main import create_app
-from app.models import DatasetEntry, Job, JobStatus, ModelEntry
-from tests.test_hostile import write_assets
+from tests.test_hostile import home_with_a_finished_job
 from workers.params import METHODS
 
 FUZZ = settings(max_examples=120, deadline=None, database=None, derandomize=True,
@@ -58,19 +53,8 @@ params = st.dictionaries(knob_names | json_text, values, max_size=5)
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     home = tmp_path_factory.mktemp("fuzz-api-home")
-    app = create_app(Settings(home=home, python="/bin/false"))
-    migrate(app.state.engine)
-    model, data = write_assets(home)
-    adapter = home / "runs" / "000001" / "adapter"
-    adapter.mkdir(parents=True)
+    app, model, data, adapter = home_with_a_finished_job(home)
     (adapter / "adapter_config.json").write_text("{}")
-    with Session(app.state.engine) as s:
-        s.add(ModelEntry(id="m", path=str(model), source="test"))
-        s.add(DatasetEntry(id="d", path=str(data), rows=8))
-        s.add(Job(backend="torch", method="kto", model="m", dataset="d", name="done",
-                  status=JobStatus.succeeded, run_dir=str(adapter.parent),
-                  adapter_path=str(adapter), model_path=str(model), dataset_path=str(data)))
-        s.commit()
     where = {"{model}": str(model), "{data}": str(data), "{home}": str(home)}
     yield TestClient(app, base_url="http://127.0.0.1"), where
     print("\nhostile API examples:", dict(EXAMPLES), "total", sum(EXAMPLES.values()))

@@ -35,6 +35,24 @@ def write_assets(home: Path) -> tuple[Path, Path]:
     return model, data
 
 
+def home_with_a_finished_job(home: Path, python: str = "/bin/false"):
+    """An app over ``home`` with model ``m``, dataset ``d`` and one succeeded job holding an
+    adapter folder; workers never start (``python``). Returns (app, model, data, adapter)."""
+    app = create_app(Settings(home=home, python=python))
+    migrate(app.state.engine)
+    model, data = write_assets(home)
+    adapter = home / "runs" / "000001" / "adapter"
+    adapter.mkdir(parents=True)
+    with Session(app.state.engine) as s:
+        s.add(ModelEntry(id="m", path=str(model), source="test"))
+        s.add(DatasetEntry(id="d", path=str(data), rows=8))
+        s.add(Job(backend="torch", method="kto", model="m", dataset="d", name="done",
+                  status=JobStatus.succeeded, run_dir=str(adapter.parent),
+                  adapter_path=str(adapter), model_path=str(model), dataset_path=str(data)))
+        s.commit()
+    return app, model, data, adapter
+
+
 @pytest.fixture()
 def world(tmp_path):
     """An app over tmp_path/home, and tmp_path/outside: a folder it must never read."""
