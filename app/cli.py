@@ -14,8 +14,8 @@ from app.config import Settings, get_settings
 
 
 def cmd_init(settings: Settings, _args: argparse.Namespace) -> int:
-    from app.assets import build_demo, register_demo
     from app.db import make_engine, migrate
+    from app.hub.demo import build_demo, register_demo
 
     settings.ensure_dirs()
     engine = make_engine(settings.db_path)
@@ -121,7 +121,7 @@ def cmd_jobs(settings: Settings, _args: argparse.Namespace) -> int:
 
 def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     """Exit 1 when a check found a problem, so a script can stop before training."""
-    from app.doctor import PROBLEM, doctor, format_text
+    from app.system.doctor import PROBLEM, doctor, format_text
 
     result = doctor(settings)
     print(json.dumps(result, indent=2) if args.json else format_text(result))

@@ -11,27 +11,20 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.config import Settings, get_settings
-from app.dataset_registry import sweep_leftovers
+from app.datasets.registry import sweep_leftovers
 from app.db import ROOT, make_engine, migrate
-from app.jobs import JobInputError
-from app.routes import (
-    adapters,
-    api,
-    artifacts,
-    dataset_pages,
-    datasets,
-    job_page,
-    library,
-    new_job,
-    pages,
-    runs,
-    series,
-)
-from app.routes import plan as plan_routes
-from app.routes import system as system_routes
+from app.jobs.service import JobInputError
+from app.jobs.supervisor import Supervisor
 from app.security import LocalOnlyMiddleware, new_csrf_token
 from app.server_lock import hold_home
-from app.supervisor import Supervisor
+from app.web.api import adapters, artifacts, datasets, runs, series
+from app.web.api import jobs as api
+from app.web.api import plan as plan_routes
+from app.web.api import system as system_routes
+from app.web.pages import datasets as dataset_pages
+from app.web.pages import job as job_page
+from app.web.pages import jobs as pages
+from app.web.pages import library, new_job
 
 log = logging.getLogger("prospect")
 

@@ -28,8 +28,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import KTOConfig, KTOTrainer
 
-    from workers.data import load_kto_dataset  # the same rows the worker trains on
-    from workers.params import TORCH_KTO
+    from contract.knobs import TORCH_KTO
+    from contract.rows import load_kto_dataset  # the same rows the worker trains on
 
     p = TORCH_KTO.validate(json.loads(args.params))
     cuda = torch.cuda.is_available() and p["device"] in ("auto", "cuda")

@@ -5,7 +5,7 @@ sample every 2 s of a 28-hour run (50,000 memory events) into a fresh home's SQL
 a real `prospect serve`, and measures:
 
 1. server: GET /api/jobs/{id}/metrics?max_points=N (the peak-keeping downsampling in
-   app/metrics.py) and GET /api/jobs/{id}/series/memory?max_points=N, median of a few calls;
+   app/jobs/metrics.py) and GET /api/jobs/{id}/series/memory?max_points=N, median of a few calls;
 2. browser (headless Chromium): the job page's load until every chart has drawn, and
    ``performance.now()`` around uPlot's ``setData`` for the loss chart with the downsampled
    points, and with all 100,000 points for comparison.

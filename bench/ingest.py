@@ -2,7 +2,7 @@
 
 Writes 100 polls' worth of events (100 progress events and 10 metric events per poll, about
 one second of a tiny model's MLX steps each) with the workers' own EventWriter, ingests them
-with app.ingest after each poll, and prints CPU microseconds per event (process time, so
+with app.jobs.ingest after each poll, and prints CPU microseconds per event (process time, so
 other load on the machine does not count).
 
     python bench/ingest.py [--polls 100] [--repeat 3]
@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlmodel import Session  # noqa: E402
 
 from app.db import make_engine, migrate  # noqa: E402
-from app.ingest import ingest  # noqa: E402
+from app.jobs.ingest import ingest  # noqa: E402
 from app.models import Job  # noqa: E402
-from workers.protocol import EventWriter  # noqa: E402
+from contract.events import EventWriter  # noqa: E402
 
 
 def run_once(polls: int) -> tuple[float, int]:

@@ -39,7 +39,7 @@ REAL_PARAMS = {"max_steps": 60, "logging_steps": 1, "gradient_accumulation_steps
 def fake_worker(config_path: str) -> None:
     """Emits LOAD_EVENTS events (metric and progress, one status, one done) at LOAD_RATE/s."""
     sys.path.insert(0, str(ROOT))
-    from workers.protocol import EventWriter
+    from contract.events import EventWriter
 
     config = json.loads(Path(config_path).read_text())
     events = EventWriter(Path(config["run_dir"]) / "events.jsonl")

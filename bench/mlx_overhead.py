@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, Server, init_home  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from workers.data import load_kto_dataset  # noqa: E402
+from contract.rows import load_kto_dataset  # noqa: E402
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # mlx-lm's training table: "iter  train_loss [arrow]  tok/s  tokens" (validation rows differ)

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from app.model_info import inspect_model  # noqa: E402
-from workers.launch_env import worker_env  # noqa: E402
+from app.hub.inspect import inspect_model  # noqa: E402
+from contract.launch_env import worker_env  # noqa: E402
 
 GB = 1e9
 ROWS = 16  # rows of the synthetic dataset, each longer than any max length here
@@ -98,7 +98,7 @@ def build_assets(work: Path, shape: str, rows: int, tokens: int) -> dict[str, st
         return {"model": str(data / "model"), "dataset": str(data / "kto.jsonl")}
     folder = work / shape
     if shape == "tiny":
-        from workers.demo_assets import build_model
+        from workers.tools.demo_assets import build_model
 
         if not (folder / "config.json").is_file():
             build_model(folder)
@@ -122,7 +122,7 @@ def run_worker(work: Path, name: str, backend: str, method: str, assets: dict,
     (run_dir / "config.json").write_text(json.dumps(config))
     env = {**worker_env(os.environ, backend), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    # ^ as the supervisor starts a worker (workers/launch_env.py)
+    # ^ as the supervisor starts a worker (contract/launch_env.py)
     t0 = time.time()
     with open(run_dir / "worker.log", "wb") as log:
         proc = subprocess.run([sys.executable, "-m", f"workers.{backend}", "--config",
@@ -175,7 +175,7 @@ def main() -> None:
                 continue
             results_path.write_text(json.dumps(results, indent=1))
             print(f"measured {name}: {results[name]}", flush=True)
-    from app.planner import estimate
+    from app.planner.estimate import estimate
 
     worst = 0.0
     print(f"{'configuration':34} {'estimate GB':>11} {'measured GB':>11} {'error':>7}")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workers.demo_assets import build_model, demo_rows  # noqa: E402
+from workers.tools.demo_assets import build_model, demo_rows  # noqa: E402
 
 SHAPES = {  # the published configs' sizes (vocabulary kept: it dominates logits memory)
     "qwen2-0.5b": dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"],

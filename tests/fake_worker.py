@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workers.protocol import EventWriter  # noqa: E402
+from contract.events import EventWriter  # noqa: E402
 
 config = json.loads(Path(sys.argv[sys.argv.index("--config") + 1]).read_text())
 run_dir = Path(config["run_dir"])

@@ -17,9 +17,9 @@ from app.config import Settings
 from app.db import ROOT, migrate
 from app.main import create_app
 from app.models import Event, Job, JobStatus
+from contract.knobs import METHODS
 from tests.conftest import make_server, server_env
 from tests.test_hostile import form, home_with_a_finished_job
-from workers.params import METHODS
 
 S = "\ud800"  # a lone surrogate: json.dumps writes it as the escape \ud800
 LONG = "a" * 256  # one byte over the file system's limit for a name

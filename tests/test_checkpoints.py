@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.events import LOG_FILE
 from tests.test_torch_worker import events_of, of_type
 from workers.checkpoints import MLX_FILES, TORCH_FILES, NoIntactCheckpoint, damage, pick
-from workers.protocol import LOG_FILE
 
 
 def torch_checkpoint(folder: Path, step: int) -> Path:
@@ -79,7 +79,7 @@ def test_every_checkpoint_damaged_is_a_clear_error(tmp_path):
 # --- the real workers -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from workers.demo_assets import build_all
+    from workers.tools.demo_assets import build_all
 
     home = tmp_path_factory.mktemp("demo")
     return build_all(home / "models", home / "datasets")
@@ -103,8 +103,8 @@ def check_fell_back(run_dir: Path, rc: int, latest: int, previous: int, total: i
 
 @pytest.mark.slow
 def test_the_torch_worker_resumes_from_the_checkpoint_before_a_damaged_one(tmp_path, demo):
+    from contract.knobs import TORCH_KTO
     from tests.test_torch_worker import FAST, run, write_config
-    from workers.params import TORCH_KTO
 
     write_config(tmp_path, demo)  # 6 steps, a checkpoint every 3
     rc, _ = run(tmp_path)

@@ -10,9 +10,9 @@ import urllib.request
 import pytest
 from sqlmodel import Session
 
-from app.compare import settings_diff
+from app.jobs.compare import settings_diff
+from app.jobs.sparkline import loss_series, sparkline
 from app.models import Job
-from app.sparkline import loss_series, sparkline
 from tests.conftest import kill_workers, make_server
 from tests.runs_data import add_run, engine_for
 

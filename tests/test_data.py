@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.data import DatasetError, kto_stats, load_kto_dataset, normalize_row
+from contract.rows import DatasetError, kto_stats, load_kto_dataset, normalize_row
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -131,7 +131,7 @@ def test_kto_stats():
 
 
 def test_demo_dataset_loads(tmp_path):
-    from workers.demo_assets import build_dataset
+    from workers.tools.demo_assets import build_dataset
 
     rows = load_kto_dataset(build_dataset(tmp_path / "demo.jsonl"))
     stats = kto_stats(rows)

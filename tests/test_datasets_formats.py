@@ -1,5 +1,5 @@
 """Every dataset shape detected and normalised, every kind of bad row named by its row number,
-and the KTO weights inside the paper's range (app/dataset_formats.py, app/dataset_readers.py)."""
+and the KTO weights inside the paper's range (app/datasets/formats.py, app/datasets/readers.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.dataset_formats import MAX_SHOWN, analyze, kto_balance
-from workers.data import load_kto_dataset
-from workers.mlx.data import load_sft_rows
+from app.datasets.formats import MAX_SHOWN, analyze, kto_balance
+from contract.rows import load_kto_dataset
+from contract.sft_rows import load_sft_rows
 
 U = [{"role": "user", "content": "Hi?"}]
 A = [{"role": "assistant", "content": "Hello."}]

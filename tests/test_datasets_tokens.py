@@ -1,4 +1,4 @@
-"""Token lengths from workers/dataset_tool.py (tokenizers + jinja2, no transformers) agree
+"""Token lengths from workers/tools/dataset_tool.py (tokenizers + jinja2, no transformers) agree
 with what the workers do with transformers' apply_chat_template (workers/mlx/data.py
 tokenize_kto, TRL's split of prompt and completion)."""
 
@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from workers.data import load_kto_dataset
-from workers.dataset_tool import percentiles, tokens
+from contract.rows import load_kto_dataset
+from contract.token_lengths import percentiles
+from workers.tools.dataset_tool import tokens
 
 
 @pytest.mark.parametrize("max_length", [20, 32, 64])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import demo_assets
+from workers.tools import demo_assets
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONVERSATION = [
@@ -63,7 +63,7 @@ def test_model_folder_has_the_expected_files(model_dir, config):
 
 def test_build_imports_no_heavy_library():
     code = (
-        "import sys, workers.demo_assets; "
+        "import sys, workers.tools.demo_assets; "
         "heavy = {'torch', 'transformers', 'mlx', 'mlx_lm', 'trl', 'app'} & set(sys.modules); "
         "assert not heavy, heavy"
     )
@@ -180,7 +180,7 @@ def test_interrupted_build_is_redone(tmp_path):
 
 def test_cli_prints_paths(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "workers.demo_assets", "--models-dir", str(tmp_path / "m"),
+        [sys.executable, "-m", "workers.tools.demo_assets", "--models-dir", str(tmp_path / "m"),
          "--datasets-dir", str(tmp_path / "d")],
         cwd=REPO_ROOT, check=True, capture_output=True, text=True,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""`prospect doctor` (app/doctor.py): each check from hand-made facts, then the real thing.
+"""`prospect doctor` (app/system/doctor.py): each check from hand-made facts, then the real thing.
 
 Mac facts are posed on Linux: a Facts object says "Darwin, arm64 chip" and what torch's and
 mlx's probes would answer there, as tests/test_system.py does with sysctl text. The last
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app import doctor
 from app.config import Settings
-from app.doctor import OK, PROBLEM, WARNING, Facts, run_checks
-from app.system import Probes
+from app.system import doctor
+from app.system.doctor import OK, PROBLEM, WARNING, Facts, run_checks
+from app.system.machine import Probes
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 2**30
@@ -269,8 +269,7 @@ print(json.dumps({{"api": api.status_code, "body": api.json(), "page": page.text
 def test_the_doctor_endpoint_is_cached(tmp_path, monkeypatch):
     """Two requests within the minute: one run of the checks (each spawns two imports)."""
     from app.main import create_app
-    from app.routes import system as routes
-
+    from app.web.api import system as routes
     calls = []
     monkeypatch.setattr(routes, "doctor", lambda settings: calls.append(settings.home_dir)
                         or {"status": OK, "counts": {OK: 0, WARNING: 0, PROBLEM: 0},

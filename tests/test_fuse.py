@@ -154,7 +154,7 @@ def test_a_fused_model_is_named_after_its_model_and_run(tmp_path):
     from sqlmodel import Session, SQLModel
 
     from app.db import make_engine
-    from app.jobs import fused_model_name
+    from app.jobs.service import fused_model_name
     from app.models import Job, JobStatus, ModelEntry
 
     engine = make_engine(tmp_path / "t.db")

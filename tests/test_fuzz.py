@@ -17,10 +17,10 @@ from sqlmodel import Session
 
 from app.config import Settings
 from app.db import make_engine, migrate
-from app.jobs import JobInputError, validate_job
+from app.jobs.service import JobInputError, validate_job
 from app.models import DatasetEntry, JobCreate, ModelEntry
-from workers.data import DatasetError, kto_stats, load_kto_dataset, normalize_row
-from workers.params import METHODS, ParamError
+from contract.knobs import METHODS, ParamError
+from contract.rows import DatasetError, kto_stats, load_kto_dataset, normalize_row
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -294,7 +294,7 @@ def test_the_api_token_appears_in_no_log_event_config_or_database(tmp_path):
         run_dir = Path(done["run_dir"])
         worker_log = (run_dir / "worker.log").read_text()
         assert "PROSPECT_HOME=" in worker_log  # the env dump is there, without the token
-        if sys.platform == "linux":  # set before the interpreter starts (workers/launch_env.py)
+        if sys.platform == "linux":  # set before the interpreter starts (contract/launch_env.py)
             assert "MALLOC_MMAP_THRESHOLD_=1048576" in worker_log
         server.stop()
         logs = list(home.glob("server-*.log"))

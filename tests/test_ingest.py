@@ -2,9 +2,9 @@ import pytest
 from sqlmodel import Session, func, select
 
 from app.db import make_engine, migrate
-from app.ingest import ingest
+from app.jobs.ingest import ingest
 from app.models import Event, Job, JobStatus, Metric
-from workers.protocol import EventWriter
+from contract.events import EventWriter
 
 
 @pytest.fixture

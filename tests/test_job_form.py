@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import Session, select
 
-from app.job_form import DEMO_DEFAULTS, form_defaults
 from app.models import Job, JobStatus
+from app.web.job_form import DEMO_DEFAULTS, form_defaults
+from contract.knobs import MLX_KTO, MLX_SFT, TORCH_KTO
 from tests.test_pages import HX, add_job, app, client, controls, field_block, form_data  # noqa: F401
-from workers.params import MLX_KTO, MLX_SFT, TORCH_KTO
 
 UNCACHED = "Qwen/Qwen2-0.5B-Instruct"
 

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from app.job_form import DEMO_DEFAULTS
+from app.web.job_form import DEMO_DEFAULTS
 from tests.chromium import ARTIFACTS
 from tests.conftest import kill_workers, make_server
 from tests.test_browser import open_page

@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from app.db import make_engine, migrate
 from app.models import Event, Job, JobStatus
-from app.routes.series import series
+from app.web.api.series import series
 
 TINY = {"max_steps": 6, "logging_steps": 1, "save_steps": 3, "gradient_accumulation_steps": 1,
         "max_length": 96, "learning_rate": 1e-4}

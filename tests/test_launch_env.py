@@ -1,6 +1,6 @@
-"""What a worker process starts with (workers/launch_env.py)."""
+"""What a worker process starts with (contract/launch_env.py)."""
 
-from workers.launch_env import MMAP_THRESHOLD, worker_env
+from contract.launch_env import MMAP_THRESHOLD, worker_env
 
 
 def test_torch_on_linux_gets_a_fixed_mmap_threshold_unless_the_person_set_one():

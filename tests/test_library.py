@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from app.model_info import hub_cache_dir
-from app.model_sources import cached_models, label, scan
+from app.hub.cache import cached_models, label, scan
+from app.hub.inspect import hub_cache_dir
 from tests.conftest import kill_workers, make_server
 from tests.hf_cache_fixture import make_cache
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, open_page, shot, wait_js  # noqa: F401

@@ -13,13 +13,13 @@ from sqlmodel import Session
 
 from app.config import Settings
 from app.db import make_engine, migrate
-from app.jobs import JobInputError, JobStateError
-from app.lifecycle import delete_job, request_cancel, request_resume, set_status, transition
-from app.metrics import columnar
+from app.jobs.lifecycle import delete_job, request_cancel, request_resume, set_status, transition
+from app.jobs.metrics import columnar
+from app.jobs.service import JobInputError, JobStateError
+from app.jobs.supervisor import Supervisor
+from app.jobs.worker_proc import start_worker
 from app.models import Job, JobStatus
-from app.supervisor import Supervisor
-from app.worker_proc import start_worker
-from workers.protocol import Event, read_events
+from contract.events import Event, read_events
 
 FAKE = Path(__file__).with_name("fake_worker.py")
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from contract.events import Event, EventWriter, read_events
 from workers.memory import (
     MemorySampler,
     make_mps_probe,
@@ -14,7 +15,6 @@ from workers.memory import (
     system_memory,
     torch_probe,
 )
-from workers.protocol import Event, EventWriter, read_events
 
 GIB = 1 << 30
 SYSTEM = {"total": 16 * GIB, "available": 6 * GIB, "used": 10 * GIB, "swap_used": GIB}

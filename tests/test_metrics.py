@@ -9,7 +9,7 @@ from sqlalchemy import insert
 from sqlmodel import Session
 
 from app.db import make_engine, migrate
-from app.metrics import columnar
+from app.jobs.metrics import columnar
 from app.models import Job, Metric
 
 

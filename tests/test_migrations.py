@@ -34,7 +34,7 @@ def test_job_ids_are_never_reused(tmp_path):
     from sqlmodel import Session
 
     from app.config import Settings
-    from app.lifecycle import delete_job
+    from app.jobs.lifecycle import delete_job
     from app.models import Job
 
     settings = Settings(home=tmp_path)

@@ -18,8 +18,8 @@ import mlx.core as mx  # noqa: E402
 import mlx.optimizers as mlx_optim  # noqa: E402
 import numpy as np  # noqa: E402
 
-from workers.data import load_kto_dataset  # noqa: E402
-from workers.demo_assets import build_all  # noqa: E402
+from contract.rows import load_kto_dataset  # noqa: E402
+from workers.tools.demo_assets import build_all  # noqa: E402
 
 RANK, ALPHA, BETA, MAX_LENGTH, BATCH = 4, 8, 0.1, 48, 4
 LR, STEPS = 2.0, 3

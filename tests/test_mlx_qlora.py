@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("mlx_lm")
 
+from contract.events import LOG_FILE  # noqa: E402
 from tests.test_mlx_worker import KTO_FAST, SFT_FAST, run, write_config  # noqa: E402
 from tests.test_torch_worker import of_type  # noqa: E402
-from workers.demo_assets import build_all  # noqa: E402
-from workers.protocol import LOG_FILE  # noqa: E402
+from workers.tools.demo_assets import build_all  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ import pytest
 pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")
 
+from contract.events import CONFIG_FILE, LOG_FILE  # noqa: E402
+from contract.knobs import MLX_KTO, MLX_SFT  # noqa: E402
+from contract.sft_rows import load_sft_rows, load_sft_splits  # noqa: E402
 from tests.test_torch_worker import events_of, of_type  # noqa: E402
-from workers.demo_assets import build_all  # noqa: E402
-from workers.mlx.data import load_sft_rows, load_sft_splits  # noqa: E402
-from workers.params import MLX_KTO, MLX_SFT  # noqa: E402
-from workers.protocol import CONFIG_FILE, LOG_FILE  # noqa: E402
+from workers.tools.demo_assets import build_all  # noqa: E402
 
 SFT_FAST = {"iters": 12, "batch_size": 4, "learning_rate": 1e-3, "steps_per_report": 4,
             "steps_per_eval": 6, "steps_per_save": 6, "val_batches": 2}
@@ -75,7 +75,7 @@ def test_sft_data_shapes_and_kto_conversion(demo, tmp_path):
     rows, info = load_sft_rows(mixed)  # conversational prompt/completion → chat messages
     assert info["format"] == "messages" and rows[1]["messages"][1]["content"] == "d"
 
-    from workers.data import DatasetError
+    from contract.rows import DatasetError
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "hello"}) + "\n" + json.dumps({"messages": []}) + "\n")

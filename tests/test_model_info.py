@@ -1,4 +1,4 @@
-"""app.model_info: facts from config.json and safetensors headers, never loading a tensor."""
+"""app.hub.inspect: facts from config.json and safetensors headers, never loading a tensor."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from app.model_info import ModelInfoError, inspect_model, read_safetensors_header, resolve_model_dir
-from workers.demo_assets import build_model
+from app.hub.inspect import (
+    ModelInfoError,
+    inspect_model,
+    read_safetensors_header,
+    resolve_model_dir,
+)
+from workers.tools.demo_assets import build_model
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:

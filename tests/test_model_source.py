@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.model_ref import hub_id_problem
 from tests.hf_cache_fixture import add_repo
-from workers.model_source import hub_id_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def demo_model(tmp_path_factory) -> Path:
-    from workers.demo_assets import build_all
+    from workers.tools.demo_assets import build_all
 
     home = tmp_path_factory.mktemp("demo")
     build_all(home / "models", home / "datasets")

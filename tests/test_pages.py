@@ -15,10 +15,10 @@ from sqlmodel import Session
 
 from app.config import Settings
 from app.db import ROOT, migrate
-from app.job_form import form_defaults
 from app.main import create_app
 from app.models import DatasetEntry, Job, JobStatus, ModelEntry
-from workers.params import TORCH_KTO
+from app.web.job_form import form_defaults
+from contract.knobs import TORCH_KTO
 
 HX = {"HX-Request": "true"}
 

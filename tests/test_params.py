@@ -1,6 +1,6 @@
 import pytest
 
-from workers.params import TORCH_KTO, ParamError, method_for
+from contract.knobs import TORCH_KTO, ParamError, method_for
 
 
 def test_defaults_are_the_seed_guides_m4_recipe():

@@ -1,9 +1,9 @@
-"""app.planner: verdicts for fixed cases on an injected machine (a 24 GB M4, a CUDA box)."""
+"""app.planner.estimate: verdicts for fixed cases on an injected machine (an M4 24 GB, CUDA)."""
 
 from __future__ import annotations
 
-from app.plan_check import presets, shape_facts
-from app.planner import FITS, NO_FIT, TIGHT, estimate, mac_budget, metal_working_set, plan
+from app.planner.check import presets, shape_facts
+from app.planner.estimate import FITS, NO_FIT, TIGHT, estimate, mac_budget, metal_working_set, plan
 
 GiB = 2**30
 M4_24GB = {"memory_total_bytes": 24 * GiB, "memory_available_bytes": 20 * GiB,

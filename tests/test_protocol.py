@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from workers.protocol import EventWriter, ProtocolError, parse_event, read_events
+from contract.events import EventWriter, ProtocolError, parse_event, read_events
 
 T = 1_764_000_000.0  # a plausible unix time (2025)
 

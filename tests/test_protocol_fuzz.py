@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 from sqlmodel import Session
 
 from app.db import make_engine, migrate
-from app.ingest import ingest
-from app.metrics import columnar
+from app.jobs.ingest import ingest
+from app.jobs.metrics import columnar
 from app.models import Job, JobPublic, JobStatus
-from app.routes.series import series
-from workers.protocol import (
+from app.web.api.series import series
+from contract.events import (
     EVENT_TYPES,
     INT64_MAX,
     REQUIRED_FIELDS,

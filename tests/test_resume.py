@@ -15,15 +15,15 @@ import pytest
 from sqlmodel import Session
 
 from app.db import make_engine, migrate
-from app.ingest import ingest
-from app.metrics import columnar
+from app.jobs.ingest import ingest
+from app.jobs.metrics import columnar
 from app.models import Job
+from contract.events import EVENTS_FILE, LOG_FILE, EventWriter, read_events
+from contract.knobs import TORCH_KTO
 from tests.conftest import kill_workers, make_server
 from tests.test_integration import submit
 from tests.test_torch_worker import REPO, events_of, of_type, write_config
-from workers.demo_assets import build_all
-from workers.params import TORCH_KTO
-from workers.protocol import EVENTS_FILE, LOG_FILE, EventWriter, read_events
+from workers.tools.demo_assets import build_all
 from workers.torch.errors import describe_error
 
 STEPS = 16

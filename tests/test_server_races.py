@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.events import EVENTS_FILE, Event, read_events
 from tests.conftest import ROOT, kill_workers, make_server, server_env
 from tests.test_lifecycle import FAKE
-from workers.protocol import EVENTS_FILE, Event, read_events
 
 pytestmark = pytest.mark.slow
 TRIES = 15

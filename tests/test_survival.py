@@ -19,14 +19,14 @@ from sqlmodel import Session, select
 
 from app.config import Settings
 from app.db import make_engine, migrate
+from app.jobs.supervisor import Supervisor, same_process
 from app.models import Job, JobStatus
-from app.supervisor import Supervisor, same_process
+from contract.events import EVENTS_FILE, Event, read_events
 from tests.conftest import LiveServer, kill_workers, make_server
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, LOSS_POINTS, wait_js
 from tests.test_integration import sse_events, submit
 from tests.test_lifecycle import FAKE, run_until
 from workers.keep_awake import keep_awake
-from workers.protocol import EVENTS_FILE, Event, read_events
 
 SURVIVE = {"max_steps": 40, "logging_steps": 1, "gradient_accumulation_steps": 1,
            "per_device_train_batch_size": 2, "max_length": 128, "save_steps": 1000,

@@ -1,4 +1,5 @@
-"""app/system.py: the machine's memory, GPUs, backends and versions, read without ML imports.
+"""app/system/machine.py: the machine's memory, GPUs, backends and versions, read without ML
+imports.
 
 Mac facts are handed in as the text sysctl and vm_stat print on an M4 with 24 GB, so the Mac
 arithmetic is checked on any machine; the Linux answer is checked against this machine.
@@ -11,8 +12,8 @@ import dataclasses
 import psutil
 import pytest
 
-from app import system
-from app.system import Probes, mac_memory, parse_nvidia_smi, parse_swapusage, parse_vm_stat
+from app.system import machine as system
+from app.system.machine import Probes, mac_memory, parse_nvidia_smi, parse_swapusage, parse_vm_stat
 
 GiB = 1024**3
 

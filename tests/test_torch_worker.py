@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from workers.demo_assets import build_all
-from workers.params import TORCH_KTO
-from workers.protocol import CONFIG_FILE, EVENTS_FILE, LOG_FILE, Event, read_events
+from contract.events import CONFIG_FILE, EVENTS_FILE, LOG_FILE, Event, read_events
+from contract.knobs import TORCH_KTO
+from workers.tools.demo_assets import build_all
 from workers.torch.errors import describe_error
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,37 +5,14 @@ transformers' and mlx-lm's loaders take "a folder, else a hub id" and test the f
 relative to the current directory: an id like ``tests/..`` would load whatever folder that
 names. So a worker turns a hub id into its snapshot folder here (through huggingface_hub's own
 cache lookup) and hands the loaders only absolute folders. The server checks ids with the same
-``hub_id_problem`` before a job is queued. Plain Python at import: the server imports this.
+``hub_id_problem`` (contract/model_ref.py) before a job is queued.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
-# What a model needs from its repo (mlx-lm downloads the same set): config, tokenizer, weights.
-ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt",
-                  "*.jsonl", "*.py"]
-
-
-def hub_id_problem(value: str) -> str | None:
-    """Why ``value`` is not a hub id (org/name), or None when it is one.
-
-    The hub's own rules, those that matter for safety: letters, digits, '-', '_', '.';
-    no '..', and neither part may start or end with '.' or '-' (so no '.' or '..' part)."""
-    if not HUB_ID.match(value):
-        return "a hub id is org/name in letters, digits, '-', '_' and '.'"
-    for part in value.split("/"):
-        if ".." in part or part.startswith((".", "-")) or part.endswith((".", "-")):
-            return (f"{part!r}: a hub id's parts may not contain '..' nor start or end with "
-                    "'.' or '-'")
-    return None
-
-
-def is_folder_path(value: str) -> bool:
-    """An absolute folder path (or ~/…); anything else is taken as a hub id."""
-    return value.startswith(("/", "~"))
+from contract.model_ref import ALLOW_PATTERNS, hub_id_problem, is_folder_path
 
 
 def model_source(model_id: str) -> str:

@@ -16,15 +16,15 @@ import os
 import sys
 import traceback
 
+from contract.events import EVENTS_FILE, EventWriter
+from contract.knobs import ParamError
+from contract.rows import kto_stats, load_kto_dataset
+from contract.sft_rows import load_sft_splits
 from workers.checkpoints import MLX_FILES, resume_from_intact
-from workers.data import kto_stats, load_kto_dataset
 from workers.keep_awake import KeepAwake, keep_awake
 from workers.memory import MemorySampler
 from workers.mlx.config import parse_config
-from workers.mlx.data import load_sft_splits
 from workers.mlx.errors import Cancelled, describe_error
-from workers.params import ParamError
-from workers.protocol import EVENTS_FILE, EventWriter
 from workers.torch.__main__ import StopFlag, _read_raw, _run_dir, _stats_line, parse_cli
 
 # Read by huggingface_hub / transformers at import time, so set before mlx-lm loads them.

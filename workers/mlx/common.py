@@ -23,8 +23,8 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import load
 
+from contract.events import EventWriter
 from workers.model_source import model_source
-from workers.protocol import EventWriter
 from workers.torch.config import JobConfig
 from workers.torch.errors import ModelNotFound
 

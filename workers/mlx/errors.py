@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.data import DatasetError
+from contract.rows import DatasetError
 from workers.torch.errors import Cancelled, ModelNotFound
 from workers.torch.errors import describe_error as _shared
 

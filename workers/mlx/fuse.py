@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from contract.events import EVENTS_FILE, EventWriter
     from workers.mlx.errors import describe_error
-    from workers.protocol import EVENTS_FILE, EventWriter
 
     events = None
     if cli.run_dir is not None:

@@ -27,7 +27,8 @@ import mlx.nn as nn
 import numpy as np
 from mlx.nn.utils import average_gradients
 
-from workers.data import Row
+from contract.events import EventWriter
+from contract.rows import Row
 from workers.memory import MemorySampler
 from workers.mlx.common import (
     Reporter,
@@ -39,7 +40,6 @@ from workers.mlx.common import (
     trainable_count,
 )
 from workers.mlx.data import tokenize_kto
-from workers.protocol import EventWriter
 from workers.torch.config import JobConfig
 
 

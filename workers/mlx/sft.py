@@ -22,6 +22,7 @@ from mlx.nn.utils import average_gradients
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.trainer import default_loss, evaluate, iterate_batches
 
+from contract.events import EventWriter
 from workers.memory import MemorySampler
 from workers.mlx.common import (
     Reporter,
@@ -32,7 +33,6 @@ from workers.mlx.common import (
     report_and_checkpoint,
     trainable_count,
 )
-from workers.protocol import EventWriter
 from workers.torch.config import JobConfig
 
 

@@ -20,11 +20,11 @@ import traceback
 import warnings
 from pathlib import Path
 
+from contract.events import EVENTS_FILE, EventWriter
+from contract.rows import kto_stats, load_kto_dataset
 from workers.checkpoints import TORCH_FILES, resume_from_intact
-from workers.data import kto_stats, load_kto_dataset
 from workers.keep_awake import KeepAwake, keep_awake
 from workers.memory import MemorySampler
-from workers.protocol import EVENTS_FILE, EventWriter
 from workers.torch.config import parse_config, read_config_file
 from workers.torch.errors import Cancelled, describe_error
 

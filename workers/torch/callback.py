@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from workers.protocol import EventWriter
+from contract.events import EventWriter
 
 
 class EventCallback(TrainerCallback):

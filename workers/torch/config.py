@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.params import METHODS, ParamError
+from contract.knobs import METHODS, ParamError
 
 KEYS = (
     "job_id",

@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from contract.knobs import ParamError
+from contract.rows import DatasetError
 from workers.checkpoints import NoIntactCheckpoint
-from workers.data import DatasetError
-from workers.params import ParamError
 from workers.torch.config import ConfigError
 from workers.torch.device import DeviceError
 

@@ -19,10 +19,10 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import KTOConfig, KTOTrainer
 
-from workers.data import Row
+from contract.events import EventWriter
+from contract.rows import Row
 from workers.memory import MemorySampler, torch_probe
 from workers.model_source import model_source
-from workers.protocol import EventWriter
 from workers.torch.callback import EventCallback
 from workers.torch.config import JobConfig
 from workers.torch.device import DeviceChoice, Platform, choose_device
@@ -133,7 +133,7 @@ def load_model(model_id: str, choice: DeviceChoice):
 
 
 def kto_config(job: JobConfig, choice: DeviceChoice) -> KTOConfig:
-    """Every knob of workers.params.TORCH_KTO, under TRL's and transformers' own names."""
+    """Every knob of contract.knobs.TORCH_KTO, under TRL's and transformers' own names."""
     p = job.params
     return KTOConfig(
         output_dir=str(job.checkpoints_dir),

@@ -16,8 +16,8 @@ from typing import Any
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from contract.events import EventWriter
 from workers.model_source import model_source
-from workers.protocol import EventWriter
 from workers.torch.config import JobConfig
 from workers.torch.errors import ModelNotFound
 

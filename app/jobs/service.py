@@ -1,0 +1,265 @@
+"""Job creation and the person's actions on a job: validated before anything starts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sqlmodel import Session, select
+
+from app.config import Settings
+from app.hub.cache import downloads_allowed, missing_message, missing_model
+from app.models import DatasetEntry, Job, JobCreate, JobStatus, ModelEntry
+from app.planner.check import DoesNotFit, check_fits
+from contract.knobs import ParamError, method_for
+from contract.model_ref import hub_id_problem
+from contract.rows import DatasetError, kto_stats, load_kto_dataset
+from contract.sft_rows import load_sft_rows
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+
+
+class JobInputError(ValueError):
+    """Bad input from a person or a script: ``field`` names it, ``message`` says the fix."""
+
+    def __init__(self, field: str, message: str, status_code: int = 422,
+                 extra: dict | None = None):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status_code = status_code
+        self.extra = extra  # more for the 422 body (the memory plan of a job that won't fit)
+
+
+class JobStateError(JobInputError):
+    def __init__(self, message: str):
+        super().__init__("status", message, status_code=409)
+
+
+def allowed_roots(settings: Settings) -> list[Path]:
+    return [Path.home().resolve(), settings.home_dir]
+
+
+def inside_allowed(path: Path, settings: Settings) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in allowed_roots(settings))
+
+
+NAME_MAX = 255  # bytes in one file name (ext4, APFS, NTFS): more fails with ENAMETOOLONG
+PATH_MAX = 4096
+
+
+def check_path_text(value: str, field: str) -> str:
+    """The one check every path from a person or a script passes before the file system sees
+    it (job model/dataset, fuse adapter_path, dataset register and tokens, artifact ?path=):
+    a NUL, text UTF-8 cannot encode, or a name longer than the file system allows would
+    raise deep inside os.stat; here it is a 422 naming the field."""
+    shown = repr(value) if len(value) <= 80 else repr(value[:77]) + "..."
+    if "\x00" in value:
+        raise JobInputError(field, f"{shown} contains a NUL byte; give a plain path")
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise JobInputError(field, f"{shown} contains a lone surrogate (e.g. \\ud800), "
+                            "which no file name can hold; give valid Unicode") from None
+    if len(encoded) >= PATH_MAX:
+        raise JobInputError(field, f"the path is {len(encoded)} bytes long; a path may have "
+                            f"at most {PATH_MAX - 1}")
+    longest = max(encoded.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise JobInputError(field, f"one name in the path is {len(longest)} bytes long; the "
+                            f"file system allows at most {NAME_MAX} per file or folder name")
+    return value
+
+
+def _local_path(value: str, settings: Settings, field: str) -> Path:
+    check_path_text(value, field)
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise JobInputError(field, f"{value!r} is a relative path; give an absolute path")
+    try:
+        path = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a folder we may not read
+        raise JobInputError(field, f"{value!r} cannot be resolved: {exc}") from None
+    if not inside_allowed(path, settings):
+        roots = " or ".join(str(r) for r in allowed_roots(settings))
+        raise JobInputError(field, f"{path} is outside the folders Prospect may read ({roots})")
+    return path
+
+
+def resolve_model(session: Session, value: str, settings: Settings,
+                  must_be_here: bool = True) -> str:
+    """A registered model id, a local folder with a config.json, or a Hugging Face hub id.
+
+    A hub id must be in the local cache unless workers may download it now; the planner
+    passes ``must_be_here=False`` (it plans a preset's model before it is downloaded)."""
+    value = value.strip()
+    if not value:
+        raise JobInputError("model", "choose a model: tiny-demo, a local folder or a hub id")
+    entry = session.get(ModelEntry, value)
+    if entry is not None:
+        if not (Path(entry.path) / "config.json").is_file():
+            raise JobInputError("model", f"registered model {value!r} is missing at "
+                                f"{entry.path}; run `prospect init` to rebuild the demo")
+        return entry.path
+    if value.startswith(("/", "~", ".")):
+        path = _local_path(value, settings, "model")
+        if not path.is_dir():
+            raise JobInputError("model", f"model folder {path} does not exist; check the path")
+        if not (path / "config.json").is_file():
+            raise JobInputError("model", f"{path} has no config.json; point at a model folder "
+                                "saved with save_pretrained (or an MLX model folder)")
+        return str(path)
+    if HUB_ID.match(value):
+        problem = hub_id_problem(value)  # `tests/..` would name a folder, not a repo
+        if problem:
+            raise JobInputError("model", f"{value!r} is not a hub id: {problem}")
+        if must_be_here and missing_model(value) is not None \
+                and not downloads_allowed(settings.allow_downloads):
+            raise JobInputError("model", missing_message(value))
+        return value  # the worker resolves it through the hub cache (workers/model_source.py)
+    raise JobInputError("model", f"{value!r} is not a registered model, an absolute folder "
+                        "path or a hub id like Qwen/Qwen2-0.5B-Instruct")
+
+
+def resolve_dataset(session: Session, value: str, settings: Settings) -> str:
+    value = value.strip()
+    if not value:
+        raise JobInputError("dataset", "choose a dataset: demo-kto or a .jsonl/.json file path")
+    entry = session.get(DatasetEntry, value)
+    if entry is not None:
+        if not Path(entry.path).is_file():
+            raise JobInputError("dataset", f"registered dataset {value!r} is missing at "
+                                f"{entry.path}; run `prospect init` to rebuild the demo")
+        return entry.path
+    path = _local_path(value, settings, "dataset")
+    if not path.is_file():
+        raise JobInputError("dataset", f"dataset file {path} does not exist; give the path of "
+                            "a .jsonl or .json file, or a registered dataset id (demo-kto)")
+    if path.suffix.lower() not in (".jsonl", ".json"):
+        raise JobInputError("dataset", f"{path.name}: use a .jsonl or .json file (add a .csv "
+                            "or .parquet file on the Datasets page first, then pick its id)")
+    return str(path)
+
+
+def check_dataset_kind(session: Session, value: str, method: str) -> None:
+    """A registered SFT dataset has no labels: a KTO job on it could only fail."""
+    entry = session.get(DatasetEntry, value.strip())
+    if entry is not None and method == "kto" and entry.kind == "sft":
+        raise JobInputError("dataset", f"{entry.id} is SFT data ({entry.format}: no "
+                            "desirable/undesirable labels); KTO needs rows with a label, or "
+                            "prompt, chosen and rejected. Pick an SFT method or a KTO dataset")
+
+
+def check_kto_dataset(path: str, shown: str | None = None) -> dict:
+    """Read every row now, so a bad row is a 422 naming it, not a failed job minutes later.
+    Returns the label counts (kto_stats); ``shown`` is the file name to put in messages."""
+    shown = shown or Path(path).name
+    try:
+        rows = load_kto_dataset(path)
+    except DatasetError as exc:
+        raise JobInputError("dataset", f"{shown}: {exc}; fix that row or remove it") from None
+    stats = kto_stats(rows)
+    if not stats["desirable"] or not stats["undesirable"]:
+        raise JobInputError("dataset", f"{shown} has {stats['desirable']} desirable "
+                            f"and {stats['undesirable']} undesirable rows; KTO needs both "
+                            "labels (label true and label false)")
+    return stats
+
+
+def check_sft_dataset(path: str) -> None:
+    """An SFT dataset: text, prompt/completion or messages rows, or a KTO file (its desirable
+    rows are used); a bad row is a 422 naming it."""
+    try:
+        load_sft_rows(path)
+    except DatasetError as exc:
+        raise JobInputError("dataset", f"{Path(path).name}: {exc}; fix that row or remove it") \
+            from None
+
+
+def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
+    """Check everything a worker would trip on; return an unsaved Job or raise."""
+    try:
+        spec = method_for(data.backend, data.method)
+    except ParamError as exc:
+        raise JobInputError("method", exc.message) from None
+    errors = spec.errors(data.params)
+    if errors:
+        raise JobInputError(f"params.{errors[0].field}", errors[0].message)
+    params = spec.validate(data.params)
+    model_path = resolve_model(session, data.model, settings)
+    if data.method == "fuse":  # no dataset: the adapter is the input
+        return _fuse_job(session, data, params, model_path, settings)
+    dataset_path = resolve_dataset(session, data.dataset, settings)
+    check_dataset_kind(session, data.dataset, data.method)
+    if data.method == "kto":
+        check_kto_dataset(dataset_path)
+    elif data.method == "sft":
+        check_sft_dataset(dataset_path)
+    if not data.force:  # a job the planner says won't fit is refused, unless forced
+        try:
+            check_fits(model_path, data.backend, data.method, params)
+        except DoesNotFit as exc:
+            raise JobInputError("plan", f"this job won't fit in memory: {exc.result['message']}"
+                                " Change the settings, or send force: true to start anyway.",
+                                extra={"plan": exc.result}) from None
+    name = data.name.strip() or f"{data.method}-{Path(data.model.rstrip('/')).name}"
+    return Job(name=name, backend=data.backend, method=data.method, model=data.model.strip(),
+               dataset=data.dataset.strip(), params=params, model_path=model_path,
+               dataset_path=dataset_path)
+
+
+MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,199}$")
+
+
+def _fuse_job(session: Session, data: JobCreate, params: dict, model_path: str,
+              settings: Settings) -> Job:
+    given = params["adapter_path"].strip()
+    adapter = _local_path(given, settings, "params.adapter_path") if given else None
+    if adapter is None or not adapter.is_dir():
+        raise JobInputError("params.adapter_path", "give the adapter folder of a finished job "
+                            "(or use POST /api/adapters/{job_id}/fuse)")
+    name = params["name"].strip()
+    if name and not MODEL_ID.match(name):
+        raise JobInputError("params.name", f"{name!r}: use letters, digits, '.', '_' or '-'")
+    pending = session.exec(select(Job).where(Job.method == "fuse", Job.status.in_(
+        [JobStatus.queued, JobStatus.starting, JobStatus.running]))).all()
+    if name and (session.get(ModelEntry, name) is not None
+                 or any(j.params.get("name") == name for j in pending)):
+        raise JobInputError("params.name", f"a model {name!r} is already registered (or being "
+                            "fused); choose another name", status_code=409)
+    if not name:  # named after what it is: the base model and the run that trained it
+        source = session.exec(select(Job).where(Job.method != "fuse", Job.adapter_path.in_(
+            {given, str(adapter)}))).first()
+        name = fused_model_name(session, data.model, source.name if source and source.name
+                                else adapter.parent.name)
+    params = {**params, "adapter_path": str(adapter), "name": name}
+    return Job(name=data.name.strip() or f"fuse-{name or adapter.parent.name}",
+               backend=data.backend, method="fuse", model=data.model.strip(), dataset="",
+               params=params, model_path=model_path, dataset_path="")
+
+
+def fused_model_name(session: Session, model: str, run_name: str) -> str:
+    """``<model>-<run name>`` as a model id (letters, digits, '.', '_', '-'), e.g.
+    ``Qwen2.5-0.5B-Instruct-baseline-lr-5e-7``; ``-2``, ``-3``... when a registered model or
+    a pending fuse has it already."""
+    base = Path(model.strip().rstrip("/")).name
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{base}-{run_name}").strip("-._")
+    slug = re.sub(r"-{2,}", "-", slug)[:120].rstrip("-._") or "fused"
+    pending = session.exec(select(Job).where(Job.method == "fuse", Job.status.in_(
+        [JobStatus.queued, JobStatus.starting, JobStatus.running]))).all()
+    taken = {m.id for m in session.exec(select(ModelEntry))}
+    taken |= {j.params.get("name") for j in pending}
+    name, n = slug, 2
+    while name in taken:
+        name, n = f"{slug}-{n}", n + 1
+    return name
+
+
+def create_job(session: Session, data: JobCreate, settings: Settings) -> Job:
+    job = validate_job(session, data, settings)
+    session.add(job)
+    session.flush()  # the id, inside the same transaction: no job is ever seen without run_dir
+    job.run_dir = str(settings.runs_dir / f"{job.id:06d}")
+    session.commit()
+    session.refresh(job)
+    return job

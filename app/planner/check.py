@@ -1,0 +1,157 @@
+"""The planner wired to this machine: inspect the model, read the machine, plan, enforce.
+
+app/planner/estimate.py is pure; this module does the reading (model files,
+``app.system.machine``) and holds
+the presets from the seed guide's tables (an M4 with 24 GiB, both backends). Shapes of the
+preset models are their published config.json sizes, so a preset is planned even before its
+model is in the local cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.hub.cache import missing_model
+from app.hub.inspect import ModelInfoError, _sizes, inspect_model, params_from_config
+from app.planner.estimate import NO_FIT, plan
+from contract.model_ref import hub_id_problem, is_folder_path
+
+SEED_KTO = dict(per_device_train_batch_size=2, gradient_accumulation_steps=8,
+                learning_rate=5e-7, max_length=512, beta=0.1, gradient_checkpointing=True)
+SEED_MLX = dict(batch_size=4, num_layers=16, rank=8, learning_rate=1e-5, max_seq_length=1024,
+                grad_checkpoint=True)
+
+
+def _shape(h, inter, layers, heads, kv, vocab, tied, head_dim=None, **more) -> dict:
+    return dict(hidden_size=h, intermediate_size=inter, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
+                tie_word_embeddings=tied, head_dim=head_dim or h // heads, **more)
+
+
+SHAPES = {  # published config.json sizes
+    "qwen2-0.5b": _shape(896, 4864, 24, 14, 2, 151936, True, model_type="qwen2"),
+    "qwen2.5-3b": _shape(2048, 11008, 36, 16, 2, 151936, True, model_type="qwen2"),
+    "llama-3.2-3b": _shape(3072, 8192, 28, 24, 8, 128256, True),
+    "mistral-7b": _shape(4096, 14336, 32, 32, 8, 32768, False),
+    "qwen2.5-7b": _shape(3584, 18944, 28, 28, 4, 152064, False, model_type="qwen2"),
+    "llama-3.1-8b": _shape(4096, 14336, 32, 32, 8, 128256, False),
+    "qwen3-14b": _shape(5120, 17408, 40, 40, 8, 151936, False, head_dim=128),
+    "qwen3-30b-a3b": _shape(2048, 6144, 48, 32, 4, 151936, False, head_dim=128,
+                            num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768),
+}
+Q4 = {"bits": 4, "group_size": 64}
+# (id, title, backend, method, model, shape, quantization, params, what the seed guide says)
+_PRESETS = [
+    ("torch-qwen2-0.5b", "Qwen2-0.5B · torch KTO", "torch", "kto",
+     "Qwen/Qwen2-0.5B-Instruct", "qwen2-0.5b", None, SEED_KTO, "~2 GiB (FP16), excellent"),
+    ("torch-qwen2.5-3b", "Qwen2.5-3B · torch KTO", "torch", "kto",
+     "Qwen/Qwen2.5-3B-Instruct", "qwen2.5-3b", None, SEED_KTO, "~6 GiB (FP16), excellent"),
+    ("torch-llama-3.2-3b", "Llama-3.2-3B · torch KTO", "torch", "kto",
+     "meta-llama/Llama-3.2-3B-Instruct", "llama-3.2-3b", None, SEED_KTO,
+     "~6 GiB (FP16), excellent"),
+    ("torch-mistral-7b", "Mistral-7B · torch KTO", "torch", "kto",
+     "mistralai/Mistral-7B-Instruct-v0.3", "mistral-7b", None,
+     dict(SEED_KTO, per_device_train_batch_size=2, dtype="float16"),
+     "~14 GiB (FP16), good (tight)"),
+    ("torch-qwen2.5-7b", "Qwen2.5-7B · torch KTO", "torch", "kto", "Qwen/Qwen2.5-7B-Instruct",
+     "qwen2.5-7b", None, dict(SEED_KTO, dtype="float16"), "~14 GiB (FP16), good (tight)"),
+    ("torch-llama-3.1-8b", "Llama-3.1-8B · torch KTO", "torch", "kto",
+     "meta-llama/Llama-3.1-8B-Instruct", "llama-3.1-8b", None, dict(SEED_KTO, dtype="float16"),
+     "~16 GiB (FP16), marginal"),
+    ("mlx-qwen2.5-3b", "Qwen2.5-3B · MLX LoRA", "mlx", "sft", "Qwen/Qwen2.5-3B-Instruct",
+     "qwen2.5-3b", None, dict(SEED_MLX, batch_size=8), "~6 GiB (FP16), excellent"),
+    ("mlx-llama-3.2-3b", "Llama-3.2-3B · MLX LoRA", "mlx", "sft",
+     "meta-llama/Llama-3.2-3B-Instruct", "llama-3.2-3b", None, dict(SEED_MLX, batch_size=8),
+     "~6 GiB (FP16), excellent"),
+    ("mlx-mistral-7b", "Mistral-7B · MLX LoRA", "mlx", "sft",
+     "mistralai/Mistral-7B-Instruct-v0.3", "mistral-7b", None, SEED_MLX, "~14 GiB, good"),
+    ("mlx-qwen2.5-7b", "Qwen2.5-7B · MLX LoRA", "mlx", "sft", "Qwen/Qwen2.5-7B-Instruct",
+     "qwen2.5-7b", None, SEED_MLX, "~14 GiB, good"),
+    ("mlx-llama-3.1-8b-4bit", "Llama-3.1-8B 4-bit · MLX LoRA", "mlx", "sft",
+     "mlx-community/Meta-Llama-3.1-8B-Instruct-4bit", "llama-3.1-8b", Q4, SEED_MLX,
+     "~8 GiB (4-bit), good"),
+    ("mlx-qwen3-14b-4bit", "Qwen3-14B 4-bit · MLX LoRA", "mlx", "sft",
+     "mlx-community/Qwen3-14B-4bit", "qwen3-14b", Q4, dict(SEED_MLX, batch_size=2),
+     "~12 GiB (4-bit), feasible"),
+    ("mlx-qwen3-30b-a3b-4bit", "Qwen3-30B-A3B (MoE) 4-bit · MLX LoRA", "mlx", "sft",
+     "mlx-community/Qwen3-30B-A3B-4bit", "qwen3-30b-a3b", Q4,
+     dict(SEED_MLX, batch_size=2, max_seq_length=512), "~16 GiB (4-bit), marginal"),
+]
+
+
+def shape_facts(shape: str, quantization: dict | None = None) -> dict[str, Any]:
+    """Planner facts for a named shape, as inspect_model would give them for its files."""
+    c = SHAPES[shape]
+    facts = _sizes(c)
+    return {"path": None, "model_type": c.get("model_type", "llama"), "architectures": [],
+            "params": params_from_config(facts), "params_source": "config",
+            "weights_bytes": None, "dtype": "float16" if quantization else "bfloat16",
+            "quantization": quantization, **facts}
+
+
+def presets() -> list[dict[str, Any]]:
+    return [{"id": i, "title": t, "backend": b, "method": m, "model": model, "shape": s,
+             "quantization": q, "params": dict(p), "seed_says": says}
+            for i, t, b, m, model, s, q, p, says in _PRESETS]
+
+
+def form_presets() -> list[dict[str, Any]]:
+    """The presets with ``here``: whether their model is in the local cache (the form marks
+    the others and names the download command)."""
+    return [{**p, "here": missing_model(p["model"]) is None} for p in presets()]
+
+
+def preset(preset_id: str) -> dict[str, Any] | None:
+    return next((p for p in presets() if p["id"] == preset_id), None)
+
+
+def model_facts(model: str) -> tuple[dict[str, Any] | None, str]:
+    """Facts from the model's files, else from a preset's published shape; or None and why."""
+    try:
+        return inspect_model(model), ""
+    except ModelInfoError as exc:
+        known = next((p for p in presets() if p["model"] == model), None)
+        if known:
+            return shape_facts(known["shape"], known["quantization"]), \
+                "planned from the model's published shape (not in the local cache)"
+        return None, str(exc)
+
+
+def plan_job(model: str, backend: str, method: str, params: dict[str, Any],
+             system: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The plan, or verdict "unknown" with a note when the model cannot be read (the job is
+    never blocked then). ``model`` is the resolved path or hub id."""
+    facts, note = model_facts(model)
+    missing = None if is_folder_path(model) or hub_id_problem(model) else missing_model(model)
+    if facts is None:
+        return {"verdict": "unknown", "message": f"no memory check: {note}", "note": note,
+                "suggestion": None, "model_missing": missing}
+    if system is None:
+        from app.system.machine import system_info
+
+        system = system_info()
+    out = plan(facts, backend, method, params, system)
+    out["model"] = {k: facts.get(k) for k in (
+        "params", "num_hidden_layers", "hidden_size", "vocab_size", "dtype", "quantization",
+        "params_source")}
+    out["note"] = note
+    out["model_missing"] = missing  # a verdict on a model that is not here says so
+    if missing:
+        out["message"] += (f" The model is not on this machine yet: get it with "
+                           f"`{missing['command']}`.")
+    return out
+
+
+class DoesNotFit(ValueError):
+    def __init__(self, result: dict[str, Any]):
+        super().__init__(result["message"])
+        self.result = result
+
+
+def check_fits(model: str, backend: str, method: str, params: dict[str, Any],
+               system: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Raise DoesNotFit when the plan says the job won't fit; else return the plan."""
+    result = plan_job(model, backend, method, params, system)
+    if result["verdict"] == NO_FIT:
+        raise DoesNotFit(result)
+    return result
