@@ -20,8 +20,8 @@ from sqlmodel import Session, select
 
 from app.db import SessionDep
 from app.hub.cache import cached_models
+from app.jobs.artifacts import list_artifacts
 from app.models import DatasetEntry, Event, Job, JobStatus, ModelEntry
-from app.web.api.artifacts import list_artifacts
 from app.web.api.jobs import JobId
 from app.web.pages.jobs import (
     aware,

@@ -21,8 +21,8 @@ from sqlmodel import Session, select
 
 from app.db import SessionDep
 from app.hub.cache import cached_models, label
+from app.jobs.artifacts import folder_size, relative
 from app.models import Job, JobStatus, ModelEntry
-from app.web.api.artifacts import folder_size, relative
 from app.web.api.jobs import JobId, get_job
 from app.web.pages.jobs import page, templates
 
