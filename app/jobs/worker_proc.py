@@ -3,7 +3,6 @@ whether its run folder was taken away under it."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from app.config import Settings
 from app.db import ROOT
 from app.models import Job
 from contract.events import CONFIG_FILE, EVENTS_FILE, LOG_FILE
+from contract.job_config import write_config
 from contract.launch_env import worker_env
 
 
@@ -26,14 +26,11 @@ def start_worker(job: Job, settings: Settings) -> tuple[subprocess.Popen, str | 
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = job.last_checkpoint if job.last_checkpoint and \
         Path(job.last_checkpoint).is_dir() else None
-    config = {
-        "job_id": job.id, "backend": job.backend, "method": job.method,
-        "model": job.model_path, "dataset": job.dataset_path, "run_dir": str(run_dir),
-        "params": job.params, "resume_from_checkpoint": resume,
-    }
-    (run_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    config = write_config(run_dir, job_id=job.id, backend=job.backend, method=job.method,
+                          model=job.model_path, dataset=job.dataset_path, params=job.params,
+                          resume_from_checkpoint=resume)
     cmd = [settings.python or sys.executable, "-m", f"workers.{job.backend}",
-           "--config", str(run_dir / CONFIG_FILE)]
+           "--config", str(config)]
     env = worker_env(os.environ, job.backend)
     env.pop("PROSPECT_API_TOKEN", None)  # the worker needs no secret of the server
     if settings.allow_downloads:  # workers default to offline (HF_HUB_OFFLINE=1)
