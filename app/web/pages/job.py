@@ -18,21 +18,13 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from app.db import SessionDep
 from app.hub.cache import cached_models
 from app.jobs.artifacts import list_artifacts
 from app.models import DatasetEntry, Event, Job, JobStatus, ModelEntry
-from app.web.api.jobs import JobId
-from app.web.pages.jobs import (
-    aware,
-    blank_form,
-    is_live,
-    knob_value,
-    method_key,
-    not_found,
-    number,
-    page,
-)
+from app.units import number
+from app.web.deps import JobId, SessionDep
+from app.web.job_form import blank_form, knob_value, method_key
+from app.web.templating import aware, is_live, not_found, page
 from contract.events import CONFIG_FILE
 from contract.knobs import Method, ParamError, method_for
 
