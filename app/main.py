@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from app.config import Settings, get_settings
 from app.datasets.registry import sweep_leftovers
 from app.db import ROOT, make_engine, migrate
-from app.jobs.service import JobInputError
+from app.errors import JobInputError
 from app.jobs.supervisor import Supervisor
 from app.security import LocalOnlyMiddleware, new_csrf_token
 from app.server_lock import hold_home

@@ -25,9 +25,11 @@ from sqlmodel import Session, select
 from app.config import Settings
 from app.datasets.formats import MAX_SHOWN, Analysis, analyze
 from app.datasets.readers import SUFFIXES, suffix_of
+from app.errors import JobInputError
 from app.hub.inspect import hub_cache_dir
-from app.jobs.service import HUB_ID, JobInputError, _local_path
 from app.models import DatasetEntry, Job, JobStatus
+from app.paths import local_path
+from contract.model_ref import HUB_ID
 
 log = logging.getLogger("prospect")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -146,7 +148,7 @@ def ensure_stats(session: Session, entry: DatasetEntry, settings: Settings) -> d
 # --- a local file --------------------------------------------------------------------------
 def register_path(session: Session, settings: Settings, value: str,
                   name: str | None) -> DatasetEntry:
-    path = _local_path(value.strip(), settings, "path")
+    path = local_path(value.strip(), settings, "path")
     if not path.is_file():
         raise JobInputError("path", f"{path} is not a file; give the path of a {SUFFIX_TEXT} "
                             "file")

@@ -31,8 +31,10 @@ from app.datasets.formats import Analysis, _one_row
 from app.datasets.readers import read_rows
 from app.datasets.registry import dataset_dir, hub_snapshot
 from app.db import ROOT
-from app.jobs.service import HUB_ID, JobInputError, _local_path
+from app.errors import JobInputError
 from app.models import DatasetEntry, ModelEntry
+from app.paths import local_path
+from contract.model_ref import HUB_ID
 from contract.rows import DatasetError
 from contract.sft_rows import load_sft_rows, split_rows
 from contract.token_lengths import summarize
@@ -71,7 +73,7 @@ def tokenizer_folder(session: Session, value: str, settings: Settings) -> Path:
     if entry is not None:
         folder = Path(entry.path)
     elif value.startswith(("/", "~")):
-        folder = _local_path(value, settings, "model")
+        folder = local_path(value, settings, "model")
     elif HUB_ID.match(value):
         folder = hub_snapshot(value, "models")
         if folder is None:

@@ -22,8 +22,8 @@ from urllib.parse import quote
 from fastapi import HTTPException
 from sqlmodel import Session, select
 
-from app.jobs.service import check_path_text
 from app.models import Event, Job
+from app.paths import check_path_text
 
 CHUNK = 1024 * 1024
 

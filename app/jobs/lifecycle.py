@@ -20,7 +20,7 @@ from sqlalchemy.exc import InvalidRequestError
 from sqlmodel import Session, select
 
 from app.config import Settings
-from app.jobs.service import JobInputError, JobStateError
+from app.errors import JobInputError, JobStateError
 from app.models import TRANSITIONS, Job, JobStatus, utcnow
 
 log = logging.getLogger("prospect.jobs")

@@ -8,82 +8,15 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from app.config import Settings
+from app.errors import JobInputError
 from app.hub.cache import downloads_allowed, missing_message, missing_model
 from app.models import DatasetEntry, Job, JobCreate, JobStatus, ModelEntry
+from app.paths import local_path
 from app.planner.check import DoesNotFit, check_fits
 from contract.knobs import ParamError, method_for
-from contract.model_ref import hub_id_problem
+from contract.model_ref import HUB_ID, hub_id_problem
 from contract.rows import DatasetError, kto_stats, load_kto_dataset
 from contract.sft_rows import load_sft_rows
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
-
-
-class JobInputError(ValueError):
-    """Bad input from a person or a script: ``field`` names it, ``message`` says the fix."""
-
-    def __init__(self, field: str, message: str, status_code: int = 422,
-                 extra: dict | None = None):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        self.status_code = status_code
-        self.extra = extra  # more for the 422 body (the memory plan of a job that won't fit)
-
-
-class JobStateError(JobInputError):
-    def __init__(self, message: str):
-        super().__init__("status", message, status_code=409)
-
-
-def allowed_roots(settings: Settings) -> list[Path]:
-    return [Path.home().resolve(), settings.home_dir]
-
-
-def inside_allowed(path: Path, settings: Settings) -> bool:
-    return any(path == root or path.is_relative_to(root) for root in allowed_roots(settings))
-
-
-NAME_MAX = 255  # bytes in one file name (ext4, APFS, NTFS): more fails with ENAMETOOLONG
-PATH_MAX = 4096
-
-
-def check_path_text(value: str, field: str) -> str:
-    """The one check every path from a person or a script passes before the file system sees
-    it (job model/dataset, fuse adapter_path, dataset register and tokens, artifact ?path=):
-    a NUL, text UTF-8 cannot encode, or a name longer than the file system allows would
-    raise deep inside os.stat; here it is a 422 naming the field."""
-    shown = repr(value) if len(value) <= 80 else repr(value[:77]) + "..."
-    if "\x00" in value:
-        raise JobInputError(field, f"{shown} contains a NUL byte; give a plain path")
-    try:
-        encoded = value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise JobInputError(field, f"{shown} contains a lone surrogate (e.g. \\ud800), "
-                            "which no file name can hold; give valid Unicode") from None
-    if len(encoded) >= PATH_MAX:
-        raise JobInputError(field, f"the path is {len(encoded)} bytes long; a path may have "
-                            f"at most {PATH_MAX - 1}")
-    longest = max(encoded.split(b"/"), key=len)
-    if len(longest) > NAME_MAX:
-        raise JobInputError(field, f"one name in the path is {len(longest)} bytes long; the "
-                            f"file system allows at most {NAME_MAX} per file or folder name")
-    return value
-
-
-def _local_path(value: str, settings: Settings, field: str) -> Path:
-    check_path_text(value, field)
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        raise JobInputError(field, f"{value!r} is a relative path; give an absolute path")
-    try:
-        path = path.resolve()
-    except (OSError, RuntimeError) as exc:  # a symlink loop, a folder we may not read
-        raise JobInputError(field, f"{value!r} cannot be resolved: {exc}") from None
-    if not inside_allowed(path, settings):
-        roots = " or ".join(str(r) for r in allowed_roots(settings))
-        raise JobInputError(field, f"{path} is outside the folders Prospect may read ({roots})")
-    return path
 
 
 def resolve_model(session: Session, value: str, settings: Settings,
@@ -102,7 +35,7 @@ def resolve_model(session: Session, value: str, settings: Settings,
                                 f"{entry.path}; run `prospect init` to rebuild the demo")
         return entry.path
     if value.startswith(("/", "~", ".")):
-        path = _local_path(value, settings, "model")
+        path = local_path(value, settings, "model")
         if not path.is_dir():
             raise JobInputError("model", f"model folder {path} does not exist; check the path")
         if not (path / "config.json").is_file():
@@ -131,7 +64,7 @@ def resolve_dataset(session: Session, value: str, settings: Settings) -> str:
             raise JobInputError("dataset", f"registered dataset {value!r} is missing at "
                                 f"{entry.path}; run `prospect init` to rebuild the demo")
         return entry.path
-    path = _local_path(value, settings, "dataset")
+    path = local_path(value, settings, "dataset")
     if not path.is_file():
         raise JobInputError("dataset", f"dataset file {path} does not exist; give the path of "
                             "a .jsonl or .json file, or a registered dataset id (demo-kto)")
@@ -214,7 +147,7 @@ MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,199}$")
 def _fuse_job(session: Session, data: JobCreate, params: dict, model_path: str,
               settings: Settings) -> Job:
     given = params["adapter_path"].strip()
-    adapter = _local_path(given, settings, "params.adapter_path") if given else None
+    adapter = local_path(given, settings, "params.adapter_path") if given else None
     if adapter is None or not adapter.is_dir():
         raise JobInputError("params.adapter_path", "give the adapter folder of a finished job "
                             "(or use POST /api/adapters/{job_id}/fuse)")

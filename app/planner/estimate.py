@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.system.machine import metal_working_set
 from app.units import fmt_bytes, fmt_count
 
 GB = 1e9  # the calibrated constants below were written in 1e9 bytes; shown in GiB (app.units)
@@ -226,15 +227,6 @@ def _dtype_note(m: dict[str, Any], backend: str, dtype: str) -> str:
 
 
 # --- the budget ------------------------------------------------------------------------------
-def metal_working_set(total_bytes: int, wired_limit_mb: int = 0) -> int:
-    """Metal's recommendedMaxWorkingSetSize: what the GPU may keep resident. Reported as 2/3
-    of the RAM on Macs up to 32 GiB (21845 MiB on 32 GiB, llama.cpp#2011) and 3/4 above
-    (49152 MiB on 64 GiB, llama.cpp#1870); ``sysctl iogpu.wired_limit_mb`` overrides it."""
-    if wired_limit_mb:
-        return wired_limit_mb * 1024 * 1024
-    return int(total_bytes * (2 / 3 if total_bytes <= 34 * 2**30 else 3 / 4))
-
-
 def mac_budget(total: int, available: int, wired_limit_mb: int = 0) -> dict[str, Any]:
     """Unified memory: the GPU part must stay under the working-set limit, everything under
     what is free now (macOS and open apps keep the rest)."""

@@ -26,8 +26,7 @@ from urllib.parse import urlparse
 from app.config import Settings
 from app.hub.cache import downloads_allowed
 from app.hub.inspect import hub_cache_dir
-from app.planner.estimate import metal_working_set
-from app.system.machine import Probes, is_apple_silicon, memory, parse_nvidia_smi
+from app.system.machine import Probes, is_apple_silicon, memory, metal_working_set, parse_nvidia_smi
 from app.units import GiB, fmt_bytes
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"

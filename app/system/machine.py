@@ -290,3 +290,12 @@ def system_info(probes: Probes | None = None) -> dict[str, Any]:
         "versions": {lib: probes.version(lib) for lib in LIBRARIES},
         "python": platform.python_version(),
     }
+
+
+def metal_working_set(total_bytes: int, wired_limit_mb: int = 0) -> int:
+    """Metal's recommendedMaxWorkingSetSize: what the GPU may keep resident. Reported as 2/3
+    of the RAM on Macs up to 32 GiB (21845 MiB on 32 GiB, llama.cpp#2011) and 3/4 above
+    (49152 MiB on 64 GiB, llama.cpp#1870); ``sysctl iogpu.wired_limit_mb`` overrides it."""
+    if wired_limit_mb:
+        return wired_limit_mb * 1024 * 1024
+    return int(total_bytes * (2 / 3 if total_bytes <= 34 * 2**30 else 3 / 4))

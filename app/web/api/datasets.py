@@ -27,7 +27,7 @@ from app.config import Settings
 from app.datasets import registry
 from app.datasets.stats import mlx_export, preview, token_lengths, tokenizer_folder
 from app.db import SessionDep
-from app.jobs.service import JobInputError
+from app.errors import JobInputError
 from app.models import DatasetEntry
 
 router = APIRouter(prefix="/api")

@@ -16,8 +16,9 @@ from sqlmodel import Session
 from starlette.datastructures import FormData
 
 from app.db import SessionDep
+from app.errors import JobInputError
 from app.hub.cache import downloads_allowed
-from app.jobs.service import JobInputError, resolve_model
+from app.jobs.service import resolve_model
 from app.planner.check import form_presets, plan_job, preset, presets
 from app.web.job_form import (
     blank_form,

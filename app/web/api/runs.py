@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, select
 
 from app.db import SessionDep
+from app.errors import JobInputError
 from app.jobs.compare import MAX_RUNS, metric_names, parse_ids, settings_diff
 from app.jobs.history import (
     NOTES_MAX,
@@ -31,7 +32,6 @@ from app.jobs.history import (
     list_jobs,
 )
 from app.jobs.metrics import columnar
-from app.jobs.service import JobInputError
 from app.models import Job, JobPublic
 from app.security import CSRF_FIELD, CSRF_HEADER, csrf_ok
 from app.web.api.jobs import JobId, get_job

@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 from app.datasets import registry
 from app.datasets.stats import PREVIEW_ROWS, preview, token_lengths, tokenizer_folder
 from app.db import SessionDep
-from app.jobs.service import JobInputError
+from app.errors import JobInputError
 from app.models import DatasetEntry, ModelEntry
 from app.security import CSRF_FIELD, CSRF_HEADER, csrf_ok
 from app.web.api.datasets import DatasetId, register_upload, size_limit_error

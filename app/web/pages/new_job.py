@@ -18,9 +18,9 @@ from sqlmodel import Session, select
 from starlette.datastructures import FormData
 
 from app.db import SessionDep
+from app.errors import JobInputError
 from app.hub.cache import downloads_allowed, missing_model
 from app.jobs.service import (
-    JobInputError,
     check_dataset_kind,
     create_job,
     resolve_dataset,
