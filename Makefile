@@ -69,8 +69,10 @@ PYTEST_ARGS ?= -q
 test: install chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# ruff, then the import contracts in pyproject.toml (README, "Code map").
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python bench/overhead.py
