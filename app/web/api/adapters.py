@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 from sqlmodel import select
 
-from app.db import SessionDep
-from app.jobs.service import create_job
-from app.models import Job, JobCreate, JobPublic, JobStatus
-from app.web.api.jobs import JobId, get_job
+from app.jobs.adapters import fuse_adapter
+from app.models import Job, JobPublic, JobStatus
+from app.web.deps import JobDep, SessionDep, SettingsDep, SupervisorDep
 
 router = APIRouter(prefix="/api")
 
@@ -32,19 +29,10 @@ def adapters(session: SessionDep) -> list[dict]:
 
 
 @router.post("/adapters/{job_id}/fuse", status_code=201, response_model=JobPublic)
-def fuse(job_id: JobId, session: SessionDep, request: Request,
+def fuse(source: JobDep, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
          body: FuseRequest | None = None) -> Job:
     """Queue a fuse job: the adapter of job ``job_id`` merged into its base model, saved as a
     model folder and registered under ``name`` as a base model for new jobs."""
-    source = get_job(session, job_id)
-    adapter = source.adapter_path
-    if source.method == "fuse" or not adapter or not Path(adapter).is_dir():
-        raise HTTPException(409, f"job {job_id} is {source.status.value} and has no adapter to "
-                            "fuse; fuse a job that succeeded")
-    name = (body.name if body and body.name else "").strip()  # empty: app/jobs/service.py names it
-    data = JobCreate(name=f"fuse-{job_id}", backend=source.backend, method="fuse",
-                     model=source.model, dataset="",
-                     params={"adapter_path": adapter, "name": name})
-    job = create_job(session, data, request.app.state.settings)
-    request.app.state.supervisor.wake()
+    job = fuse_adapter(session, source, settings, body.name if body and body.name else "")
+    supervisor.wake()
     return job

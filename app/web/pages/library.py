@@ -1,8 +1,9 @@
-"""The adapters and models pages, and deleting an adapter.
+"""The adapters and models pages, and the adapter actions on /adapters.
 
 /adapters lists every trained adapter with its run, base model, size on disk and final
-metrics; fuse and download go through the existing endpoints, delete through
-``DELETE /api/adapters/{job_id}``, which removes the adapter's files only: the run, its
+metrics. Its Fuse and Delete buttons post here (htmx, with the page's CSRF header): the work
+is app/jobs/adapters.py, the same functions ``POST /api/adapters/{id}/fuse`` and
+``DELETE /api/adapters/{id}`` call. Delete removes the adapter's files only: the run, its
 metrics and its log stay, so the run still compares and its chart still draws.
 /models lists the registered models (demo, local, fused) and the Hugging Face cache with
 size, architecture and parameter count, read from files (app/hub/inspect.py).
@@ -10,26 +11,31 @@ size, architecture and parameter count, read from files (app/hub/inspect.py).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session, select
 
-from app.db import SessionDep
 from app.hub.cache import cached_models, label
+from app.jobs import adapters as service
 from app.jobs.artifacts import folder_size, relative
 from app.models import Job, JobStatus, ModelEntry
-from app.web.api.jobs import JobId, get_job
-from app.web.pages.jobs import page, templates
+from app.web.deps import (
+    CsrfForm,
+    JobId,
+    SessionDep,
+    SettingsDep,
+    SupervisorDep,
+    get_job,
+)
+from app.web.templating import hx_redirect, is_htmx, page
 
 router = APIRouter(include_in_schema=False)
 api = APIRouter(prefix="/api")
 FINAL_METRICS = ("final_loss", "train_loss", "val_loss", "samples_per_s", "train_runtime")
-templates.env.globals.update(cached_models=cached_models, model_label=label)
 
 
 # --- adapters -----------------------------------------------------------------------------
@@ -60,32 +66,47 @@ def adapters_page(request: Request, session: SessionDep) -> HTMLResponse:
     return page(request, "adapters.html", nav="adapters", rows=adapter_rows(session))
 
 
+def adapters_list(request: Request, session: Session, error: str | None = None,
+                  status_code: int = 200) -> HTMLResponse:
+    """The page's list (and the reason an action was refused) as htmx swaps it. htmx swaps
+    only a 2xx answer, so it gets the refusal with a 200, as the dataset forms do; any
+    other caller gets the refusal's own status."""
+    code = 200 if is_htmx(request) else status_code
+    return page(request, "_adapters_list.html", code, rows=adapter_rows(session), error=error)
+
+
+@router.post("/adapters/{job_id}/fuse", response_class=HTMLResponse)
+def fuse_action(job_id: JobId, request: Request, session: SessionDep, settings: SettingsDep,
+                supervisor: SupervisorDep, _form: CsrfForm) -> Response:
+    """The Fuse button: a fuse job, then its page (HX-Redirect, or a 303)."""
+    try:
+        job = service.fuse_adapter(session, get_job(session, job_id), settings)
+    except HTTPException as exc:
+        return adapters_list(request, session, f"Fuse failed: {exc.detail}", exc.status_code)
+    supervisor.wake()
+    return hx_redirect(request, f"/jobs/{job.id}")
+
+
+@router.delete("/adapters/{job_id}", response_class=HTMLResponse)
+def delete_action(job_id: JobId, request: Request, session: SessionDep,
+                  _form: CsrfForm) -> HTMLResponse:
+    """The Delete button: the adapter's files go; the list comes back without its row."""
+    try:
+        service.delete_adapter(session, get_job(session, job_id))
+    except HTTPException as exc:
+        return adapters_list(request, session, f"Delete failed: {exc.detail}",
+                             exc.status_code)
+    return adapters_list(request, session)
+
+
 @api.delete("/adapters/{job_id}")
-def delete_adapter(job_id: JobId, session: SessionDep, request: Request) -> dict[str, Any]:
+def delete_adapter(job_id: JobId, session: SessionDep) -> dict[str, Any]:
     """Remove job ``job_id``'s adapter folder; the run, its metrics and log are kept.
 
     Only a folder inside the job's own run folder is removed (an adapter path recorded
     elsewhere is refused), and never while the job runs.
     """
-    job = get_job(session, job_id)
-    if job.status.is_active:
-        raise HTTPException(409, f"job {job_id} is {job.status.value}; cancel it or wait for "
-                            "it to finish before deleting its adapter")
-    if not job.adapter_path:
-        raise HTTPException(404, f"job {job_id} has no adapter (never saved, or deleted "
-                            "already)")
-    path = Path(job.adapter_path).resolve()
-    if relative(job, str(path)) in (None, "", "."):
-        raise HTTPException(409, f"job {job_id}'s adapter {path} is not inside its run folder "
-                            f"{job.run_dir}; Prospect deletes only what it wrote there")
-    freed = folder_size(path) if path.is_dir() else 0
-    if path.is_dir():
-        shutil.rmtree(path)
-    job.adapter_path = None
-    job.summary = {**(job.summary or {}), "adapter_deleted": str(path)}
-    session.add(job)
-    session.commit()
-    return {"job_id": job_id, "deleted": str(path), "freed_bytes": freed}
+    return service.delete_adapter(session, get_job(session, job_id))
 
 
 # --- models -------------------------------------------------------------------------------
