@@ -1,9 +1,10 @@
-// The job page's live parts: charts (uPlot), the log tail and the action buttons.
+// The job page's live parts: charts (uPlot) and the log tail, fed from the event stream.
 //
 // One SSE connection per page: htmx-ext-sse opens it on #job-live (sse-connect). Elements
 // inside with hx-trigger="sse:<type>" make the extension fire `htmx:sseMessage` (detail: the
 // MessageEvent, its .type the event type) which bubbles up to #job-live, where this file
-// listens. The status card refreshes itself through htmx (see templates/job.html).
+// listens. The status card and the action bar are htmx's (templates/job.html,
+// _job_actions.html): the buttons post and the server answers with the card.
 //
 // Three stores feed the charts, each first filled from the database (so a finished job draws
 // the same) and then extended by the stream: metrics by step, progress (tokens/s) by step,
@@ -269,50 +270,6 @@
     if (follow.checked) refreshLog();
   });
 
-  // --- actions: fetch with the CSRF header, then go where the action leads --------------------
-  const actionsEl = document.getElementById('job-actions');
-  const actionError = document.getElementById('action-error');
-  const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || '';
-
-  function showActions(can) {
-    actionsEl.querySelectorAll('[data-action]').forEach(function (el) {
-      el.hidden = can.indexOf(el.dataset.action) < 0;
-    });
-  }
-  actionsEl.addEventListener('click', function (evt) {
-    const btn = evt.target.closest('button[data-action]');
-    if (!btn || btn.disabled) return;
-    if (btn.dataset.confirm && !window.confirm(btn.dataset.confirm)) return;
-    btn.disabled = true;
-    actionError.hidden = true;
-    fetch(btn.dataset.url, { method: btn.dataset.method,
-      headers: { 'X-CSRF-Token': csrf, Accept: 'application/json' } })
-      .then(function (r) {
-        return r.text().then(function (text) {
-          let body = null;
-          try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
-          if (!r.ok) {
-            const d = body && body.detail;
-            throw new Error(typeof d === 'string' ? d
-              : Array.isArray(d) && d.length ? d[0].msg : r.status + ' ' + r.statusText);
-          }
-          return body;
-        });
-      })
-      .then(function (body) {
-        const go = btn.dataset.go;
-        if (go === 'home') window.location.assign('/');
-        else if (go === 'job' && body && body.id) window.location.assign('/jobs/' + body.id);
-        else if (go === 'reload') window.location.reload();
-        else { btn.disabled = false; htmx.trigger('#job-card', 'refresh'); }
-      })
-      .catch(function (err) {
-        btn.disabled = false;
-        actionError.textContent = btn.textContent.trim() + ' failed: ' + err.message;
-        actionError.hidden = false;
-      });
-  });
-
   // --- wiring --------------------------------------------------------------------------------
   live.addEventListener('htmx:sseMessage', function (evt) {
     const msg = evt.detail;
@@ -330,8 +287,6 @@
   live.addEventListener('htmx:sseError', refreshCard);
   live.addEventListener('htmx:afterSwap', function (evt) {
     if (evt.target.id !== 'job-card') return;
-    const body = evt.target.querySelector('.card-body');
-    if (body) showActions((body.dataset.can || '').split(' '));
     if (evt.target.querySelector('[data-final="true"]')) {
       stopStream();
       scheduleLog();

@@ -3,30 +3,37 @@
 The page reads everything from the database and the run folder; while the job runs, one SSE
 stream (templates/job.html) refreshes the card and feeds static/js/job.js, which draws the
 charts. Nothing on the page needs the worker to be alive: a finished job looks the same.
-Also here: what "clone" fills the new-job form with (``/jobs/new?from=ID``).
+
+The action bar's buttons (Cancel, Resume, Fuse, Delete) post here with htmx and the page's
+CSRF header; each calls the service the REST API calls (app/jobs/lifecycle.py,
+app/jobs/adapters.py) and answers with the card fragment the live refresh also swaps in,
+the action bar for the job's new status with it, or with HX-Redirect where the action leads
+to another page. A refusal comes back in the fragment, not as an alert.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from app.hub.cache import cached_models
+from app.errors import JobInputError
+from app.jobs.adapters import fuse_adapter
 from app.jobs.artifacts import list_artifacts
-from app.models import DatasetEntry, Event, Job, JobStatus, ModelEntry
+from app.jobs.lifecycle import delete_job, request_cancel, request_resume
+from app.models import Event, Job, JobStatus
 from app.units import number
-from app.web.deps import JobId, SessionDep
-from app.web.job_form import blank_form, knob_value, method_key
-from app.web.templating import aware, is_live, not_found, page
+from app.web.deps import CsrfForm, JobId, SessionDep, SettingsDep, SupervisorDep
+from app.web.templating import aware, hx_redirect, is_htmx, is_live, not_found, page
 from contract.events import CONFIG_FILE
-from contract.knobs import Method, ParamError, method_for
+from contract.knobs import ParamError, method_for
 
 router = APIRouter(include_in_schema=False)
 CONFIG_SHOWN_MAX = 200_000  # characters of config.json shown on the page
@@ -94,8 +101,8 @@ def restarts(session: Session, job_id: int) -> list[dict[str, Any]]:
 
 
 def actions(job: Job) -> dict[str, bool]:
-    """Which action buttons apply to the job as it is now (job.js re-checks after each
-    card refresh through the card's data attributes)."""
+    """Which action buttons apply to the job as it is now (templates/_job_actions.html shows
+    only those, on the page and with every card fragment)."""
     final = job.status.is_final
     return {
         "cancel": job.status.is_active and not job.cancel_requested_at,
@@ -126,7 +133,18 @@ def job_card(job_id: JobId, request: Request, session: SessionDep) -> HTMLRespon
     job = session.get(Job, job_id)
     if job is None:
         return not_found(request, job_id)
-    return page(request, "_job_card.html", job=job, can=actions(job))
+    return card(request, job)
+
+
+def card(request: Request, job: Job, answered: bool = False, error: str | None = None,
+         status_code: int = 200) -> HTMLResponse:
+    """The card fragment with the action bar out of band; ``answered``: an action's answer,
+    which also sets (or clears) the refusal under the page head. htmx swaps only a 2xx
+    answer, so it gets a refusal with a 200, as the dataset forms do; any other caller gets
+    the refusal's own status."""
+    code = status_code if error and not is_htmx(request) else 200
+    return page(request, "_job_card.html", code, job=job, can=actions(job), oob=True,
+                answered=answered, error=error)
 
 
 @router.get("/jobs/{job_id}/artifacts", response_class=HTMLResponse)
@@ -147,61 +165,75 @@ def fused_fragment(job_id: JobId, request: Request, session: SessionDep) -> HTML
     return page(request, "_job_fused.html", job=job)
 
 
-def clone_values(session: Session, job_id: int) -> tuple[Method, dict[str, Any]] | None:
-    """The new-job form's values for a copy of job ``job_id`` (None: no such job, or a fuse).
-
-    The model and dataset go back into the pickers when they are still registered, else into
-    the text fields; params the method no longer knows are dropped (the form shows its knobs).
-    """
+# --- actions: the action bar's buttons (templates/_job_actions.html) ----------------------------
+def act(request: Request, session: Session, job_id: int, label: str,
+        action: Callable[[Job], Response]) -> Response:
+    """Run ``action`` on job ``job_id``; a refusal (409 the job's status does not allow it,
+    422 its inputs are gone …) comes back in the card, which shows the job as it is now."""
     job = session.get(Job, job_id)
     if job is None:
-        return None
+        return gone(request, job_id)
     try:
-        spec = method_for(job.backend, job.method)
-    except ParamError:
-        return None
-    if spec.method == "fuse":
-        return None
-    models = list(session.exec(select(ModelEntry)))
-    datasets = list(session.exec(select(DatasetEntry)))
-    values = blank_form(spec, models, datasets)
-    values["method"] = method_key(spec)
-    values["name"] = f"{job.name} (copy)"[:200] if job.name else ""
-    dataset_ids = {d.id for d in datasets}
-    pick_model(values, job.model, models)
-    values["dataset_choice"], values["dataset_text"] = (
-        (job.dataset, "") if job.dataset in dataset_ids else ("", job.dataset))
-    for knob in spec.knobs:
-        if knob.name in (job.params or {}):
-            values[f"params.{knob.name}"] = knob_value(knob, job.params[knob.name])
-    return spec, values
+        return action(job)
+    except (JobInputError, HTTPException) as exc:
+        message = exc.message if isinstance(exc, JobInputError) else str(exc.detail)
+        session.rollback()  # nothing of a refused action is kept; the row is read again
+        job = session.get(Job, job_id)
+        if job is None:  # deleted meanwhile
+            return gone(request, job_id)
+        return card(request, job, True, f"{label} failed: {message}", exc.status_code)
 
 
-def pick_model(values: dict[str, Any], model: str, models: list[ModelEntry]) -> None:
-    """Put ``model`` in the picker when it offers it (registered or in the HF cache), else
-    in the text field beside it."""
-    offered = {m.id for m in models} | {m["id"] for m in cached_models()}
-    values["model_choice"], values["model_text"] = (
-        (model, "") if model in offered else ("", model))
+def gone(request: Request, job_id: int) -> Response:
+    """No such job (any more): htmx goes to its page, which says so."""
+    return hx_redirect(request, f"/jobs/{job_id}") if is_htmx(request) \
+        else not_found(request, job_id)
 
 
-def prefilled_form(session: Session, from_job: int | None, model: str | None,
-                   dataset: str | None = None) -> tuple[Method, dict[str, Any] | None]:
-    """The new-job form's method and values: a clone of ``from_job``, or the blank form with
-    ``model`` and/or ``dataset`` picked; (torch KTO, None) means the plain blank form."""
-    spec = method_for("torch", "kto")
-    cloned = clone_values(session, from_job) if from_job is not None else None
-    if cloned is not None:
-        return cloned
-    model, dataset = (model or "").strip(), (dataset or "").strip()
-    if not model and not dataset:
-        return spec, None
-    models = list(session.exec(select(ModelEntry)))
-    datasets = list(session.exec(select(DatasetEntry)))
-    values = blank_form(spec, models, datasets)
-    if model:
-        pick_model(values, model, models)
-    if dataset:  # a registered one in the picker, anything else in the text field
-        values["dataset_choice"], values["dataset_text"] = (
-            (dataset, "") if dataset in {d.id for d in datasets} else ("", dataset))
-    return spec, values
+@router.post("/jobs/{job_id}/cancel", response_class=HTMLResponse)
+def cancel_action(job_id: JobId, request: Request, session: SessionDep,
+                  supervisor: SupervisorDep, _form: CsrfForm) -> Response:
+    """Cancel: the card shows "cancelling" (a running worker saves a checkpoint first)."""
+    def cancel(job: Job) -> Response:
+        job = request_cancel(session, job)
+        if job.status.is_active:  # as POST /api/jobs/{id}/cancel: signal the worker now
+            supervisor.cancel_now(job)
+        return card(request, job, answered=True)
+
+    return act(request, session, job_id, "Cancel", cancel)
+
+
+@router.post("/jobs/{job_id}/resume", response_class=HTMLResponse)
+def resume_action(job_id: JobId, request: Request, session: SessionDep,
+                  supervisor: SupervisorDep, _form: CsrfForm) -> Response:
+    """Resume: the page loads again, so its event stream starts again."""
+    def resume(job: Job) -> Response:
+        request_resume(session, job)
+        supervisor.wake()
+        return hx_redirect(request, f"/jobs/{job_id}")
+
+    return act(request, session, job_id, "Resume", resume)
+
+
+@router.post("/jobs/{job_id}/fuse", response_class=HTMLResponse)
+def fuse_action(job_id: JobId, request: Request, session: SessionDep, settings: SettingsDep,
+                supervisor: SupervisorDep, _form: CsrfForm) -> Response:
+    """Fuse: a new job merges the adapter; the browser goes to its page."""
+    def fuse(job: Job) -> Response:
+        fused = fuse_adapter(session, job, settings)
+        supervisor.wake()
+        return hx_redirect(request, f"/jobs/{fused.id}")
+
+    return act(request, session, job_id, "Fuse", fuse)
+
+
+@router.delete("/jobs/{job_id}", response_class=HTMLResponse)
+def delete_action(job_id: JobId, request: Request, session: SessionDep, settings: SettingsDep,
+                  _form: CsrfForm) -> Response:
+    """Delete: the job, its run folder and everything in it go; the browser goes to the
+    jobs list."""
+    def delete(job: Job) -> Response:
+        delete_job(session, job, settings)
+        return hx_redirect(request, "/")
+
+    return act(request, session, job_id, "Delete", delete)
