@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session, select
 
@@ -13,7 +14,7 @@ from app.hub.cache import downloads_allowed, missing_message, missing_model
 from app.models import DatasetEntry, Job, JobCreate, JobStatus, ModelEntry
 from app.paths import local_path
 from app.planner.check import DoesNotFit, check_fits
-from contract.knobs import ParamError, method_for
+from contract.knobs import Method, ParamError, method_for
 from contract.model_ref import HUB_ID, hub_id_problem
 from contract.rows import DatasetError, kto_stats, load_kto_dataset
 from contract.sft_rows import load_sft_rows
@@ -109,16 +110,26 @@ def check_sft_dataset(path: str) -> None:
             from None
 
 
-def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
-    """Check everything a worker would trip on; return an unsaved Job or raise."""
+def method_spec(backend: str, method: str) -> Method:
+    """The backend/method pair's knobs, or the 422 that names the method."""
     try:
-        spec = method_for(data.backend, data.method)
+        return method_for(backend, method)
     except ParamError as exc:
         raise JobInputError("method", exc.message) from None
-    errors = spec.errors(data.params)
+
+
+def checked_params(spec: Method, params: Any) -> dict[str, Any]:
+    """The knobs with defaults filled in, or the 422 naming the first bad one. A job
+    submission and a memory plan (app/jobs/planning.py) check them the same way."""
+    errors = spec.errors(params)
     if errors:
         raise JobInputError(f"params.{errors[0].field}", errors[0].message)
-    params = spec.validate(data.params)
+    return spec.validate(params)
+
+
+def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
+    """Check everything a worker would trip on; return an unsaved Job or raise."""
+    params = checked_params(method_spec(data.backend, data.method), data.params)
     model_path = resolve_model(session, data.model, settings)
     if data.method == "fuse":  # no dataset: the adapter is the input
         return _fuse_job(session, data, params, model_path, settings)

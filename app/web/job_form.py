@@ -7,17 +7,25 @@ form showed: each checkbox comes with a hidden "false" before it, so an unchecke
 and a box that was never on the form is not a value at all (the method's default applies).
 A post that carries another method's knobs (the person changed the method and submitted
 before the swap) is refused, naming them, instead of silently running other settings.
+
+Also here, for the form's page, its fragments and the plan panel alike: the template context
+(``form_context``), the method a post picks, and what "clone" or a "Train" link fills in.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from sqlmodel import Session, select
 from starlette.datastructures import FormData
 
+from app.config import Settings
+from app.errors import JobInputError
+from app.hub.cache import cached_models, downloads_allowed, missing_model
+from app.models import DatasetEntry, Job, ModelEntry
 from app.units import number
-from contract.knobs import Knob, Method, ParamError
+from contract.knobs import METHODS, Knob, Method, ParamError, method_for
+from contract.model_ref import hub_id_problem, is_folder_path
 
 DEMO_MODEL, DEMO_DATASET = "tiny-demo", "demo-kto"
 GROUP_TITLES = {
@@ -189,89 +197,125 @@ def foreign_message(spec: Method, foreign: list[str], old: str) -> str:
             "you changed carried over: check them and start again.")
 
 
-# --- how long: steps from the settings, seconds from past runs on this machine ------------
-def dataset_rows(entry: Any, method: str) -> int | None:
-    """Training rows a registered dataset gives the method (paired rows count twice for KTO:
-    each becomes a desirable and an undesirable row)."""
-    rows = getattr(entry, "rows", None) if entry is not None else None
-    if not rows:
-        return None
-    if method == "kto" and getattr(entry, "format", "") == "paired":
-        return rows * 2
-    return int(rows)
+# --- what the form's page and fragments draw ------------------------------------------------
+METHOD_HELP = {
+    "torch/kto": "TRL's KTOTrainer on PyTorch with a LoRA adapter (CUDA, MPS or CPU).",
+    "mlx/sft": "mlx-lm's LoRA fine-tuning on the completions (supervised), on Apple silicon "
+               "or MLX's CPU build on Linux.",
+    "mlx/kto": "KTO on MLX with a LoRA adapter (the loss of TRL's KTOTrainer, for mlx-lm), "
+               "on Apple silicon or MLX's CPU build on Linux.",
+}
 
 
-def implied_steps(spec: Method, params: dict[str, Any], rows: int | None) -> dict[str, Any]:
-    """{"steps", "samples", "how"}: the optimizer steps the settings imply, and why.
-
-    TRL (transformers' Trainer, one process): with max_steps -1, steps per epoch are
-    ceil(ceil(rows / batch) / accumulation) and the total is ceil(epochs × that). mlx-lm
-    runs ``iters`` steps of ``batch_size`` rows, whatever the dataset's size."""
-    if spec.backend == "mlx":
-        steps, batch = int(params["iters"]), int(params["batch_size"])
-        return {"steps": steps, "samples": steps * batch,
-                "how": f"iters {steps}, {batch} rows a step"}
-    batch = int(params["per_device_train_batch_size"])
-    accum = int(params["gradient_accumulation_steps"])
-    per_step = batch * accum
-    if int(params["max_steps"]) > 0:
-        steps = int(params["max_steps"])
-        return {"steps": steps, "samples": steps * per_step,
-                "how": f"max_steps {steps}, {batch} × {accum} rows a step"}
-    if not rows:
-        return {"steps": None, "samples": None,
-                "how": "max_steps -1: the number follows the dataset's size (not known here)"}
-    epochs = float(params["num_train_epochs"])
-    per_epoch = max(1, math.ceil(math.ceil(rows / batch) / accum))
-    steps = math.ceil(epochs * per_epoch)
-    return {"steps": steps, "samples": min(steps * per_step, math.ceil(epochs * rows)),
-            "how": f"{epochs:g} epoch{'s' if epochs != 1 else ''} of {rows} rows at "
-                   f"{batch} × {accum} rows a step: {per_epoch} steps an epoch"}
+def dataset_of(values: dict[str, Any]) -> str:
+    return str(values.get("dataset_text", "")).strip() or str(values.get("dataset_choice", ""))
 
 
-def estimate_seconds(samples: int | None, past: list[Any]) -> dict[str, Any] | None:
-    """Seconds for ``samples`` rows from past succeeded runs (their summary's
-    samples_per_s and the wall time around train_runtime_s for loading and saving)."""
-    rates, setup = [], []
-    for job in past:
-        s = job.summary or {}
-        rate, runtime = s.get("samples_per_s"), s.get("train_runtime_s")
-        if not isinstance(rate, int | float) or rate <= 0:
-            continue
-        rates.append(1.0 / rate)
-        if job.started_at and job.finished_at and isinstance(runtime, int | float):
-            setup.append(max(0.0, (job.finished_at - job.started_at).total_seconds() - runtime))
-    if not rates or not samples:
-        return None
-    rates.sort()
-    setup.sort()
-    per_sample = rates[len(rates) // 2]
-    fixed = setup[len(setup) // 2] if setup else 0.0
-    return {"seconds": fixed + samples * per_sample, "runs": len(rates),
-            "per_sample_s": per_sample, "setup_s": fixed}
-
-
-def run_length(session: Any, spec: Method, values: dict[str, Any],
-               params: dict[str, Any]) -> dict[str, Any] | None:
-    """Steps the form's settings imply and, once this model has trained here with this
-    method, how long the run should take. None while a knob is invalid."""
-    from sqlmodel import select
-
-    from app.models import DatasetEntry, Job, JobStatus
-
+def pick_method(value: str) -> Method:
+    backend, _, method = value.partition("/")
     try:
-        full = spec.validate(params)
+        return method_for(backend or "torch", method or "kto")
+    except ParamError as exc:
+        raise JobInputError("method", exc.message) from None
+
+
+def drawn_for(form: FormData) -> Method | None:
+    """The method whose knobs the form showed (its hidden marker), if it names one."""
+    try:
+        return pick_method(str(form.get(KNOBS_METHOD, "")))
+    except JobInputError:
+        return None
+
+
+def model_status(session: Session, model: str, settings: Settings | None
+                 ) -> dict[str, Any] | None:
+    """What to do when the chosen model is a hub id that is not on this machine."""
+    model = model.strip()
+    if not model or is_folder_path(model) or hub_id_problem(model) \
+            or session.get(ModelEntry, model) is not None:
+        return None
+    missing = missing_model(model)
+    if missing:
+        missing["will_download"] = bool(settings) and downloads_allowed(settings.allow_downloads)
+    return missing
+
+
+def form_context(session: Session, spec: Method, values: dict | None = None,
+                 errors: dict[str, str] | None = None,
+                 settings: Settings | None = None) -> dict[str, Any]:
+    models = list(session.exec(select(ModelEntry).order_by(ModelEntry.id)))
+    datasets = list(session.exec(select(DatasetEntry).order_by(DatasetEntry.id)))
+    values = values or blank_form(spec, models, datasets)
+    errors = errors or {}
+    shown = {"name", "method", "model", "dataset"} | {f"params.{k.name}" for k in spec.knobs}
+    return {
+        "spec": spec, "groups": knob_groups(spec), "method_help": METHOD_HELP,
+        "methods": [m for m in METHODS.values() if m.method != "fuse"],  # fuse: from adapters
+        "method_key": method_key, "models": models, "datasets": datasets, "values": values,
+        "demo_defaults": is_demo(chosen_model(values)),
+        "demo_values": DEMO_DEFAULTS.get((spec.backend, spec.method), {})
+        if is_demo(chosen_model(values)) else {},
+        "model_missing": model_status(session, chosen_model(values), settings),
+        "errors": errors, "other_errors": {f: m for f, m in errors.items() if f not in shown},
+    }
+
+
+# --- what "clone" (/jobs/new?from=ID) and the "Train" links fill the form with -------------
+def clone_values(session: Session, job_id: int) -> tuple[Method, dict[str, Any]] | None:
+    """The new-job form's values for a copy of job ``job_id`` (None: no such job, or a fuse).
+
+    The model and dataset go back into the pickers when they are still registered, else into
+    the text fields; params the method no longer knows are dropped (the form shows its knobs).
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    try:
+        spec = method_for(job.backend, job.method)
     except ParamError:
         return None
-    dataset = str(values.get("dataset_text", "")).strip() or \
-        str(values.get("dataset_choice", ""))
-    entry = session.get(DatasetEntry, dataset) if dataset else None
-    out = implied_steps(spec, full, dataset_rows(entry, spec.method))
-    model = chosen_model(values)
-    past = list(session.exec(
-        select(Job).where(Job.model == model, Job.backend == spec.backend,
-                          Job.method == spec.method, Job.status == JobStatus.succeeded)
-        .order_by(Job.id.desc()).limit(20)))
-    out.update(estimate=estimate_seconds(out["samples"], past), model=model,
-               method=f"{spec.backend} {spec.method.upper()}")
-    return out
+    if spec.method == "fuse":
+        return None
+    models = list(session.exec(select(ModelEntry)))
+    datasets = list(session.exec(select(DatasetEntry)))
+    values = blank_form(spec, models, datasets)
+    values["method"] = method_key(spec)
+    values["name"] = f"{job.name} (copy)"[:200] if job.name else ""
+    dataset_ids = {d.id for d in datasets}
+    pick_model(values, job.model, models)
+    values["dataset_choice"], values["dataset_text"] = (
+        (job.dataset, "") if job.dataset in dataset_ids else ("", job.dataset))
+    for knob in spec.knobs:
+        if knob.name in (job.params or {}):
+            values[f"params.{knob.name}"] = knob_value(knob, job.params[knob.name])
+    return spec, values
+
+
+def pick_model(values: dict[str, Any], model: str, models: list[ModelEntry]) -> None:
+    """Put ``model`` in the picker when it offers it (registered or in the HF cache), else
+    in the text field beside it."""
+    offered = {m.id for m in models} | {m["id"] for m in cached_models()}
+    values["model_choice"], values["model_text"] = (
+        (model, "") if model in offered else ("", model))
+
+
+def prefilled_form(session: Session, from_job: int | None, model: str | None,
+                   dataset: str | None = None) -> tuple[Method, dict[str, Any] | None]:
+    """The new-job form's method and values: a clone of ``from_job``, or the blank form with
+    ``model`` and/or ``dataset`` picked; (torch KTO, None) means the plain blank form."""
+    spec = method_for("torch", "kto")
+    cloned = clone_values(session, from_job) if from_job is not None else None
+    if cloned is not None:
+        return cloned
+    model, dataset = (model or "").strip(), (dataset or "").strip()
+    if not model and not dataset:
+        return spec, None
+    models = list(session.exec(select(ModelEntry)))
+    datasets = list(session.exec(select(DatasetEntry)))
+    values = blank_form(spec, models, datasets)
+    if model:
+        pick_model(values, model, models)
+    if dataset:  # a registered one in the picker, anything else in the text field
+        values["dataset_choice"], values["dataset_text"] = (
+            (dataset, "") if dataset in {d.id for d in datasets} else ("", dataset))
+    return spec, values
