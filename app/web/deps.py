@@ -19,11 +19,12 @@ from app.jobs.supervisor import Supervisor
 from app.models import Job
 from app.security import CSRF_FIELD, CSRF_HEADER, csrf_ok
 
-__all__ = ["CsrfForm", "DB_INT_MAX", "JobDep", "JobId", "SessionDep", "SettingsDep",
+__all__ = ["CsrfForm", "DB_INT_MAX", "DatasetId", "JobDep", "JobId", "SessionDep", "SettingsDep",
            "SupervisorDep", "FormRefused", "get_job"]
 
 DB_INT_MAX = 2**63 - 1  # SQLite's INTEGER: a larger number in a query is a 422, not a 500
 JobId = Annotated[int, Path(ge=1, le=DB_INT_MAX, description="The job's id.")]
+DatasetId = Annotated[str, Path(min_length=1, max_length=200)]
 
 FORM_REFUSED = (
     "This form did not come from this Prospect server's own page (its CSRF token is missing, "

@@ -2,36 +2,30 @@
 
 The body of `POST /api/datasets?name=…&filename=…` is the file itself (any non-form content
 type, e.g. application/octet-stream): it is written to datasets/ chunk by chunk and refused
-with a 413 the moment it passes PROSPECT_UPLOAD_LIMIT_MB, before the rest is read. Every row
-is then checked (app/datasets/formats.py); a file with a bad row is removed and the 422 lists
-the rows at fault. `POST /api/datasets/register` takes JSON: a local `path`, or a `hub_id`
+with a 413 the moment it passes PROSPECT_UPLOAD_LIMIT_MB, before the rest is read
+(app/datasets/upload.py). Every row is then checked; a file with a bad row is removed and the
+422 lists the rows at fault. `POST /api/datasets/register` takes JSON: a local `path`, or a `hub_id`
 already in the Hugging Face cache (and its `split`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict
 from sqlmodel import Session, select
 
-from app.config import Settings
 from app.datasets import registry
 from app.datasets.stats import mlx_export, preview, token_lengths, tokenizer_folder
-from app.db import SessionDep
+from app.datasets.upload import register_upload
 from app.errors import JobInputError
 from app.models import DatasetEntry
+from app.web.deps import DatasetId, SessionDep, SettingsDep
 
 router = APIRouter(prefix="/api")
-DatasetId = Annotated[str, PathParam(min_length=1, max_length=200)]
 
 
 class RegisterRequest(BaseModel):
@@ -52,69 +46,23 @@ def get_entry(session: Session, dataset_id: str) -> DatasetEntry:
     return entry
 
 
-def size_limit_error(settings: Settings, declared: str | None = None) -> HTTPException:
-    if declared:
-        return HTTPException(413, f"the file is {int(declared) / 2**20:.1f} MB; the upload "
-                             f"limit is {settings.upload_limit_mb} MB (PROSPECT_UPLOAD_LIMIT_MB)")
-    return HTTPException(413, f"the upload passed the limit of {settings.upload_limit_mb} MB "
-                         "(PROSPECT_UPLOAD_LIMIT_MB)")
-
-
-async def save_upload(chunks, settings: Settings, suffix: str) -> Path:
-    """Write the chunks to a temporary file in datasets/, stopping at the size limit."""
-    limit = settings.upload_limit_mb * 2**20
-    fd, tmp = tempfile.mkstemp(dir=settings.datasets_dir, prefix=".upload-", suffix=suffix)
-    try:
-        size = 0
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:  # stop reading now: the rest never reaches the disk
-                    raise size_limit_error(settings)
-                out.write(chunk)
-        if size == 0:
-            raise JobInputError("file", "the upload is empty: send the file as the body")
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return Path(tmp)
-
-
-async def register_upload(session: Session, settings: Settings, name: str, filename: str,
-                          chunks, declared: str | None) -> DatasetEntry:
-    """The upload flow the API and the page share: check, stream to disk, analyse."""
-    registry.check_name(session, name)
-    suffix = registry.check_suffix(filename)
-    if declared and declared.isdigit() and int(declared) > settings.upload_limit_mb * 2**20:
-        raise size_limit_error(settings, declared)
-    tmp = await save_upload(chunks, settings, suffix)
-    try:
-        return await run_in_threadpool(registry.register, session, settings, name, [tmp],
-                                       source="upload", shown=filename, upload=tmp)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 @router.get("/datasets")
 def list_datasets(session: SessionDep) -> list[DatasetEntry]:
     return list(session.exec(select(DatasetEntry).order_by(DatasetEntry.id)))
 
 
 @router.post("/datasets", status_code=201, response_model=DatasetEntry)
-async def upload_dataset(request: Request, session: SessionDep,
+async def upload_dataset(request: Request, session: SessionDep, settings: SettingsDep,
                          name: Annotated[str, Query(min_length=1, max_length=64)],
                          filename: Annotated[str, Query(min_length=1, max_length=255)]
                          ) -> DatasetEntry:
-    return await register_upload(session, request.app.state.settings, name, filename,
-                                  request.stream(), request.headers.get("content-length"))
+    return await register_upload(session, settings, name, filename, request.stream(),
+                                 request.headers.get("content-length"))
 
 
 @router.post("/datasets/register", status_code=201, response_model=DatasetEntry)
-async def register_dataset(body: RegisterRequest, request: Request,
-                           session: SessionDep) -> DatasetEntry:
-    settings = request.app.state.settings
+async def register_dataset(body: RegisterRequest, session: SessionDep,
+                           settings: SettingsDep) -> DatasetEntry:
     if bool(body.path) == bool(body.hub_id):
         raise JobInputError("path", "give either path (a local file) or hub_id (a dataset "
                             "in the Hugging Face cache)")
@@ -126,29 +74,28 @@ async def register_dataset(body: RegisterRequest, request: Request,
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetEntry)
-async def get_dataset(dataset_id: DatasetId, request: Request,
-                      session: SessionDep) -> DatasetEntry:
+async def get_dataset(dataset_id: DatasetId, session: SessionDep,
+                      settings: SettingsDep) -> DatasetEntry:
     entry = get_entry(session, dataset_id)
-    await run_in_threadpool(registry.ensure_stats, session, entry, request.app.state.settings)
+    await run_in_threadpool(registry.ensure_stats, session, entry, settings)
     return entry
 
 
 @router.get("/datasets/{dataset_id}/preview")
-async def preview_dataset(dataset_id: DatasetId, request: Request, session: SessionDep,
+async def preview_dataset(dataset_id: DatasetId, session: SessionDep, settings: SettingsDep,
                           limit: Annotated[int, Query(ge=1, le=200)] = 20
                           ) -> list[dict[str, Any]]:
     entry = get_entry(session, dataset_id)
-    return await run_in_threadpool(preview, entry, limit, request.app.state.settings.python)
+    return await run_in_threadpool(preview, entry, limit, settings.python)
 
 
 @router.get("/datasets/{dataset_id}/tokens")
-async def dataset_tokens(dataset_id: DatasetId, request: Request, session: SessionDep,
+async def dataset_tokens(dataset_id: DatasetId, session: SessionDep, settings: SettingsDep,
                          model: Annotated[str, Query(min_length=1, max_length=1000)],
                          max_length: Annotated[int, Query(ge=8, le=131072)] = 512
                          ) -> dict[str, Any]:
     """Token length percentiles with the model's tokenizer and chat template, and how many
     rows `max_length` would truncate (or, for KTO, drop: the prompt alone fills it)."""
-    settings = request.app.state.settings
     entry = get_entry(session, dataset_id)
     folder = tokenizer_folder(session, model, settings)
     result = await run_in_threadpool(token_lengths, entry, folder, max_length, settings)
@@ -156,15 +103,14 @@ async def dataset_tokens(dataset_id: DatasetId, request: Request, session: Sessi
 
 
 @router.get("/datasets/{dataset_id}/mlx")
-async def dataset_mlx(dataset_id: DatasetId, request: Request, session: SessionDep,
+async def dataset_mlx(dataset_id: DatasetId, session: SessionDep, settings: SettingsDep,
                       seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
                       style: Literal["chat", "text"] = "chat",
                       file: Literal["zip", "train", "valid"] = "zip") -> FileResponse:
     """The dataset as mlx-lm's data folder: train.jsonl and valid.jsonl (desirable rows of a
     KTO dataset; a 90/10 split by `seed`), as a zip or one file."""
     entry = get_entry(session, dataset_id)
-    folder = await run_in_threadpool(mlx_export, entry, request.app.state.settings, seed,
-                                     style)
+    folder = await run_in_threadpool(mlx_export, entry, settings, seed, style)
     if file == "zip":
         return FileResponse(folder / "mlx.zip", media_type="application/zip",
                             filename=f"{entry.id}-mlx.zip")
@@ -173,8 +119,8 @@ async def dataset_mlx(dataset_id: DatasetId, request: Request, session: SessionD
 
 
 @router.delete("/datasets/{dataset_id}", status_code=204)
-async def delete_dataset(dataset_id: DatasetId, request: Request,
-                         session: SessionDep) -> Response:
+async def delete_dataset(dataset_id: DatasetId, session: SessionDep,
+                         settings: SettingsDep) -> Response:
     entry = get_entry(session, dataset_id)
-    await run_in_threadpool(registry.delete, session, request.app.state.settings, entry)
+    await run_in_threadpool(registry.delete, session, settings, entry)
     return Response(status_code=204)

@@ -2,7 +2,7 @@
 token lengths, MLX export, delete), and the new-job form's dataset hint.
 
 Forms post here (not to /api) with the page's CSRF token, as the new-job form does; the
-work itself is app/datasets/registry.py and app/datasets/stats.py, shared with the REST API.
+work itself is app/datasets/ (registry, stats, upload), shared with the REST API.
 An htmx post gets a fragment back (or HX-Redirect); a plain form post a page or a 303.
 """
 
@@ -12,25 +12,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session, select
 from starlette.datastructures import UploadFile
 
 from app.datasets import registry
 from app.datasets.stats import PREVIEW_ROWS, preview, token_lengths, tokenizer_folder
-from app.db import SessionDep
+from app.datasets.upload import file_chunks, form_too_big, register_upload
 from app.errors import JobInputError
 from app.models import DatasetEntry, ModelEntry
-from app.security import CSRF_FIELD, CSRF_HEADER, csrf_ok
-from app.web.api.datasets import DatasetId, register_upload, size_limit_error
-from app.web.pages.jobs import is_htmx, page
+from app.web.deps import CsrfForm, DatasetId, SessionDep, SettingsDep, checked_form
+from app.web.templating import hx_redirect, is_htmx, page
 from contract.knobs import ParamError, method_for
 
 router = APIRouter(include_in_schema=False)
-FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the other fields, beyond the file
-REFUSED = ("This form did not come from this Prospect server's own page (its CSRF token is "
-           "missing, or the server restarted since the page was loaded). Reload the page and "
-           "try again.")
 
 
 def models(session: Session) -> list[ModelEntry]:
@@ -45,8 +40,8 @@ def list_context(session: Session, **extra: Any) -> dict[str, Any]:
 
 
 @router.get("/datasets", response_class=HTMLResponse)
-async def datasets_page(request: Request, session: SessionDep) -> HTMLResponse:
-    settings = request.app.state.settings
+async def datasets_page(request: Request, session: SessionDep,
+                        settings: SettingsDep) -> HTMLResponse:
     for entry in list(session.exec(select(DatasetEntry))):
         if entry.stats is None:  # registered before stats existed (the demo): counted once
             await run_in_threadpool(registry.ensure_stats, session, entry, settings)
@@ -65,13 +60,6 @@ def _error_parts(exc: Exception) -> tuple[str, list[dict], int]:
     return str(detail), [], 0
 
 
-def _added(request: Request, entry: DatasetEntry) -> Response:
-    url = f"/datasets/{entry.id}"
-    if is_htmx(request):
-        return Response(status_code=200, headers={"HX-Redirect": url})
-    return RedirectResponse(url, status_code=303)
-
-
 def _refused(request: Request, session: Session, exc: Exception, form: dict,
              mode: str) -> HTMLResponse:
     message, problems, count = _error_parts(exc)
@@ -83,23 +71,15 @@ def _refused(request: Request, session: Session, exc: Exception, form: dict,
     return page(request, "datasets.html", status, **context)
 
 
-def _csrf(request: Request, form) -> bool:
-    given = request.headers.get(CSRF_HEADER) or str(form.get(CSRF_FIELD, ""))
-    return csrf_ok(given, request.app.state.csrf_token)
-
-
 @router.post("/datasets/upload", response_class=HTMLResponse)
-async def upload_page(request: Request, session: SessionDep) -> Response:
-    """The page's upload: multipart, refused past the size limit before it is parsed."""
-    settings = request.app.state.settings
-    declared = request.headers.get("content-length", "")
-    limit = settings.upload_limit_mb * 2**20 + FORM_OVERHEAD
-    if not declared.isdigit() or int(declared) > limit:
-        exc = size_limit_error(settings, declared if declared.isdigit() else None)
-        return _refused(request, session, exc, {}, "upload")
-    form = await request.form()
-    if not _csrf(request, form):
-        return page(request, "not_found.html", 403, title="Form refused", message=REFUSED)
+async def upload_page(request: Request, session: SessionDep,
+                      settings: SettingsDep) -> Response:
+    """The page's upload: multipart, refused past the size limit before it is parsed (so
+    not through CsrfForm, which would parse it first)."""
+    too_big = form_too_big(settings, request.headers.get("content-length", ""))
+    if too_big is not None:
+        return _refused(request, session, too_big, {}, "upload")
+    form = await checked_form(request)
     upload = form.get("file")
     filename = upload.filename if isinstance(upload, UploadFile) else ""
     typed = str(form.get("name", "")).strip()
@@ -109,23 +89,17 @@ async def upload_page(request: Request, session: SessionDep) -> Response:
         if not isinstance(upload, UploadFile) or not filename:
             raise JobInputError("file", "choose a file to upload")
 
-        async def chunks():
-            while data := await upload.read(1 << 20):
-                yield data
-
-        entry = await register_upload(session, settings, name, filename, chunks(), None)
+        entry = await register_upload(session, settings, name, filename, file_chunks(upload),
+                                      None)
     except (JobInputError, HTTPException) as exc:
         return _refused(request, session, exc, values, "upload")
-    return _added(request, entry)
+    return hx_redirect(request, f"/datasets/{entry.id}")
 
 
 @router.post("/datasets/register", response_class=HTMLResponse)
-async def register_page(request: Request, session: SessionDep) -> Response:
-    form = await request.form()
-    if not _csrf(request, form):
-        return page(request, "not_found.html", 403, title="Form refused", message=REFUSED)
+async def register_page(request: Request, form: CsrfForm, session: SessionDep,
+                        settings: SettingsDep) -> Response:
     values = {k: str(form.get(k, "")).strip() for k in ("name", "path", "hub_id", "split")}
-    settings = request.app.state.settings
     mode = "hub" if values["hub_id"] else "path"
     try:
         if values["hub_id"] and values["path"]:
@@ -141,17 +115,16 @@ async def register_page(request: Request, session: SessionDep) -> Response:
             raise JobInputError("path", "give the path of a file, or a Hugging Face dataset id")
     except (JobInputError, HTTPException) as exc:
         return _refused(request, session, exc, values, mode)
-    return _added(request, entry)
+    return hx_redirect(request, f"/datasets/{entry.id}")
 
 
 @router.get("/datasets/{dataset_id}", response_class=HTMLResponse)
-async def dataset_page(dataset_id: DatasetId, request: Request,
-                       session: SessionDep) -> HTMLResponse:
+async def dataset_page(dataset_id: DatasetId, request: Request, session: SessionDep,
+                       settings: SettingsDep) -> HTMLResponse:
     entry = session.get(DatasetEntry, dataset_id)
     if entry is None:
         return page(request, "not_found.html", 404, message=f"Dataset {dataset_id!r} does "
                     "not exist.")
-    settings = request.app.state.settings
     stats = await run_in_threadpool(registry.ensure_stats, session, entry, settings)
     rows = await run_in_threadpool(preview, entry, PREVIEW_ROWS, settings.python)
     model_list = models(session)
@@ -161,11 +134,11 @@ async def dataset_page(dataset_id: DatasetId, request: Request,
 
 @router.get("/datasets/{dataset_id}/tokens", response_class=HTMLResponse)
 async def tokens_fragment(dataset_id: DatasetId, request: Request, session: SessionDep,
+                          settings: SettingsDep,
                           model: Annotated[str, Query(max_length=1000)] = "",
                           max_length: Annotated[str, Query(max_length=20)] = "512"
                           ) -> HTMLResponse:
     """Token lengths as a fragment; a bad model or length is a message in the fragment."""
-    settings = request.app.state.settings
     entry = session.get(DatasetEntry, dataset_id)
     result, error = None, None
     try:
@@ -182,25 +155,20 @@ async def tokens_fragment(dataset_id: DatasetId, request: Request, session: Sess
 
 
 @router.post("/datasets/{dataset_id}/delete", response_class=HTMLResponse)
-async def delete_page(dataset_id: DatasetId, request: Request, session: SessionDep) -> Response:
-    form = await request.form()
-    if not _csrf(request, form):
-        return page(request, "not_found.html", 403, title="Form refused", message=REFUSED)
+async def delete_page(dataset_id: DatasetId, request: Request, form: CsrfForm,
+                      session: SessionDep, settings: SettingsDep) -> Response:
     entry = session.get(DatasetEntry, dataset_id)
     if entry is not None:
         try:
-            await run_in_threadpool(registry.delete, session, request.app.state.settings,
-                                    entry)
+            await run_in_threadpool(registry.delete, session, settings, entry)
         except JobInputError as exc:
             return page(request, "not_found.html", exc.status_code, title="Not deleted",
                         message=exc.message)
-    if is_htmx(request):
-        return Response(status_code=200, headers={"HX-Redirect": "/datasets"})
-    return RedirectResponse("/datasets", status_code=303)
+    return hx_redirect(request, "/datasets")
 
 
 @router.get("/fragments/dataset-weights", response_class=HTMLResponse)
-async def dataset_weights(request: Request, session: SessionDep,
+async def dataset_weights(request: Request, session: SessionDep, settings: SettingsDep,
                           dataset_choice: Annotated[str, Query(max_length=200)] = "",
                           method: Annotated[str, Query(max_length=40)] = "torch/kto"
                           ) -> HTMLResponse:
@@ -209,8 +177,7 @@ async def dataset_weights(request: Request, session: SessionDep,
     entry = session.get(DatasetEntry, dataset_choice) if dataset_choice else None
     stats, knobs = None, []
     if entry is not None:
-        stats = await run_in_threadpool(registry.ensure_stats, session, entry,
-                                        request.app.state.settings)
+        stats = await run_in_threadpool(registry.ensure_stats, session, entry, settings)
         backend, _, name = method.partition("/")
         try:
             spec = method_for(backend or "torch", name or "kto")
