@@ -123,7 +123,7 @@ class JobCreate(JobBase):
         # A NUL cannot be in a path (resolving one raises); no name needs the others either.
         if any(ord(c) < 32 and c not in "\t\n\r" or c == "\x7f" for c in value):
             raise ValueError("contains a control character; give plain text")
-        # The API refuses these before parsing (app/web/body_check.py); a script calling
+        # The API refuses these before parsing (app/body_check.py); a script calling
         # validate_job directly gets the same answer rather than an error from SQLite.
         if not value.isascii() and any("\ud800" <= c <= "\udfff" for c in value):
             raise ValueError("contains a lone surrogate (e.g. \\ud800), which is not text; "
@@ -204,7 +204,7 @@ class DatasetEntry(SQLModel, table=True):
     format   the shape detected: kto, kto-conversational, paired, sft-text, sft-prompt-
              completion, sft-messages
     source   upload, path, hub or demo
-    stats    counts, suggested KTO weights and the file's problems (app/datasets/formats.py)
+    stats    counts, suggested KTO weights and the file's problems
     """
 
     __tablename__ = "dataset_entry"

@@ -1,41 +1,37 @@
-"""The REST contract (docs/design.md): thin handlers over app.jobs.service and app.jobs.metrics."""
+"""The jobs REST contract (docs/design.md): thin handlers over app.jobs (service, lifecycle,
+history, metrics, stream)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path as FilePath
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlmodel import Session, select
+from fastapi.sse import EventSourceResponse, format_sse_event
+from sqlmodel import select
 
-from app.db import SessionDep
 from app.jobs import history as runs
 from app.jobs.lifecycle import delete_job, request_cancel, request_resume
 from app.jobs.metrics import columnar
 from app.jobs.service import create_job
-from app.models import Event, Job, JobCreate, JobPublic, JobStatus, ModelEntry
-from contract.events import LOG_FILE
+from app.jobs.stream import events_after, read_log
+from app.models import Job, JobCreate, JobPublic, JobStatus, ModelEntry
+from app.web.deps import DB_INT_MAX, JobDep, SessionDep, SettingsDep, SupervisorDep
 from contract.knobs import METHODS
 
 router = APIRouter(prefix="/api")
-DB_INT_MAX = 2**63 - 1  # SQLite's INTEGER: a larger number in a query is a 422, not a 500
-JobId = Annotated[int, Path(ge=1, le=DB_INT_MAX, description="The job's id.")]
-
-
-def get_job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(404, f"job {job_id} does not exist")
-    return job
+RETRY_MS = 2000  # how soon EventSource reconnects after a dropped connection
+KEEPALIVE_S = 15  # a comment this often keeps proxies from closing an idle stream
 
 
 @router.post("/jobs", status_code=201, response_model=JobPublic)
-def create(data: JobCreate, session: SessionDep, request: Request) -> Job:
-    job = create_job(session, data, request.app.state.settings)
-    request.app.state.supervisor.wake()
+def create(data: JobCreate, session: SessionDep, settings: SettingsDep,
+           supervisor: SupervisorDep) -> Job:
+    job = create_job(session, data, settings)
+    supervisor.wake()
     return job
 
 
@@ -52,7 +48,7 @@ def list_jobs(session: SessionDep, response: Response, status: JobStatus | None 
               order: Literal["asc", "desc"] | None = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
               offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0) -> list[Job]:
-    """Newest first unless `sort` says otherwise (app/jobs/history.py); X-Total-Count gives how many
+    """Newest first unless `sort` says otherwise; X-Total-Count gives how many
     jobs match the filters in all, for paging."""
     query = runs.JobQuery(status=status, backend=backend, method=method, model=model,
                           tag=tag, q=q, sort=sort, order=order, limit=limit, offset=offset)
@@ -61,105 +57,88 @@ def list_jobs(session: SessionDep, response: Response, status: JobStatus | None 
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
-def read_job(job_id: JobId, session: SessionDep) -> Job:
-    return get_job(session, job_id)
+def read_job(job: JobDep) -> Job:
+    return job
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
-def cancel(job_id: JobId, session: SessionDep, request: Request) -> Job:
-    job = request_cancel(session, get_job(session, job_id))
+def cancel(job: JobDep, session: SessionDep, supervisor: SupervisorDep) -> Job:
+    job = request_cancel(session, job)
     if job.status.is_active:
-        request.app.state.supervisor.cancel_now(job)
+        supervisor.cancel_now(job)
     return job
 
 
 @router.post("/jobs/{job_id}/resume", response_model=JobPublic)
-def resume(job_id: JobId, session: SessionDep, request: Request) -> Job:
-    job = request_resume(session, get_job(session, job_id))
-    request.app.state.supervisor.wake()
+def resume(job: JobDep, session: SessionDep, supervisor: SupervisorDep) -> Job:
+    job = request_resume(session, job)
+    supervisor.wake()
     return job
 
 
 @router.delete("/jobs/{job_id}", status_code=204)
-def delete(job_id: JobId, session: SessionDep, request: Request) -> Response:
-    delete_job(session, get_job(session, job_id), request.app.state.settings)
+def delete(job: JobDep, session: SessionDep, settings: SettingsDep) -> Response:
+    delete_job(session, job, settings)
     return Response(status_code=204)
 
 
 @router.get("/jobs/{job_id}/metrics")
-def metrics(job_id: JobId, session: SessionDep, names: str | None = None,
+def metrics(job: JobDep, session: SessionDep, names: str | None = None,
             since_step: Annotated[int | None, Query(ge=-DB_INT_MAX, le=DB_INT_MAX)] = None,
             max_points: Annotated[int | None, Query(ge=10, le=100_000)] = None) -> dict:
-    get_job(session, job_id)
     wanted = [n for n in (names or "").split(",") if n] or None
-    return columnar(session, job_id, wanted, since_step, max_points)
+    return columnar(session, job.id, wanted, since_step, max_points)
 
 
 @router.get("/jobs/{job_id}/logs")
-def logs(job_id: JobId, session: SessionDep, offset: int = 0,
+def logs(job: JobDep, offset: int = 0,
          limit: Annotated[int, Query(ge=1, le=1_048_576)] = 65536) -> dict:
     """Bytes of worker.log from ``offset``; a negative offset counts from the end."""
-    job = get_job(session, job_id)
-    path = FilePath(job.run_dir) / LOG_FILE if job.run_dir else None  # None: never launched
-    size = path.stat().st_size if path and path.is_file() else 0
-    start = max(0, size + offset) if offset < 0 else min(offset, size)
-    data = b""
-    if size:
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read(limit)
-    return {"offset": start, "next_offset": start + len(data), "size": size,
-            "text": data.decode("utf-8", errors="replace")}
+    return read_log(job, offset, limit)
 
 
-def _events_after(engine, job_id: int, after: int, limit: int = 500) -> tuple[list, bool]:
-    with Session(engine) as session:
-        job = session.get(Job, job_id)
-        rows = session.exec(select(Event).where(Event.job_id == job_id, Event.seq > after)
-                            .order_by(Event.seq).limit(limit)).all()
-        finished = job is None or (job.status.is_final and job.pid is None)
-        return [(e.seq, e.type, {"seq": e.seq, "t": e.t, "type": e.type, **e.data})
-                for e in rows], finished
-
-
+# Documented through `responses` with no schema, as before: response_class=EventSourceResponse
+# would add {"type": "string"} to /openapi.json. The handler returns an EventSourceResponse.
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}, 204: {}})
-async def events(job_id: JobId, request: Request, session: SessionDep,
+async def events(job: JobDep, request: Request, session: SessionDep,
+                 supervisor: SupervisorDep,
                  after: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
                  last_event_id: Annotated[str | None, Header()] = None) -> Response:
     """Server-sent events: every protocol event of the job, `id` = its seq. Resumable with
     Last-Event-ID (or ?after=seq). Ends after a finished job's last event; a reconnect then
     gets 204, which tells EventSource to stop."""
-    get_job(session, job_id)
     # The stream may stay open for hours: give the connection back to the pool now, or a
     # few more live pages than the pool has connections would starve every request.
     session.close()
     if last_event_id and last_event_id.isascii() and last_event_id.isdigit():
         after = max(after, min(int(last_event_id), DB_INT_MAX))
-    engine, supervisor = request.app.state.engine, request.app.state.supervisor
-    first, finished = await asyncio.to_thread(_events_after, engine, job_id, after)
+    engine, job_id = request.app.state.engine, job.id
+    first, finished = await asyncio.to_thread(events_after, engine, job_id, after)
     if finished and not first:
         return Response(status_code=204)
 
-    async def stream():
+    # Not a generator endpoint (FastAPI's `yield ServerSentEvent`): the 204 above must be
+    # answered before any stream starts. Each frame is FastAPI's own SSE encoding.
+    async def stream() -> AsyncIterator[bytes]:
         nonlocal after
         batch, done = first, finished
-        yield "retry: 2000\n\n"
+        yield format_sse_event(retry=RETRY_MS)
         while True:
             for seq, etype, payload in batch:
-                yield f"id: {seq}\nevent: {etype}\ndata: {json.dumps(payload)}\n\n"
+                yield format_sse_event(id=str(seq), event=etype, data_str=json.dumps(payload))
                 after = seq
             if batch:
-                batch, done = await asyncio.to_thread(_events_after, engine, job_id, after)
+                batch, done = await asyncio.to_thread(events_after, engine, job_id, after)
                 continue
             if done or await request.is_disconnected():
                 return
-            if not await supervisor.wait_for_change(timeout=15):
-                yield ": keep-alive\n\n"
-            batch, done = await asyncio.to_thread(_events_after, engine, job_id, after)
+            if not await supervisor.wait_for_change(timeout=KEEPALIVE_S):
+                yield format_sse_event(comment="keep-alive")
+            batch, done = await asyncio.to_thread(events_after, engine, job_id, after)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventSourceResponse(stream(), headers={"Cache-Control": "no-cache",
+                                                  "X-Accel-Buffering": "no"})
 
 
 @router.get("/methods")
@@ -175,5 +154,3 @@ def methods() -> list[dict]:
 @router.get("/models")
 def models(session: SessionDep) -> list[ModelEntry]:
     return list(session.exec(select(ModelEntry).order_by(ModelEntry.id)))
-
-

@@ -1,86 +1,24 @@
-"""Time series the job page charts besides metrics: memory samples and training throughput.
-
-Both come from the stored events (app/jobs/ingest.py keeps every event in the ``event`` table),
-so a finished job's page draws the same charts as a live one, long after its worker is gone.
-A day-long run reports memory every 2 s (~43,000 samples) and progress every step: the
-answer is downsampled on the server with the same peak-keeping buckets as the metrics, so a
-spike in memory is never averaged away.
-"""
+"""GET /api/jobs/{id}/series/{kind}: the job page's memory and throughput charts, from the
+stored events (the query and its downsampling: app/jobs/series.py)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from sqlalchemy import func
-from sqlmodel import Session, select
 
-from app.db import SessionDep
-from app.jobs.metrics import downsample
-from app.models import Event
-from app.web.api.jobs import JobId, get_job
+from app.jobs.series import series
+from app.web.deps import DB_INT_MAX, JobId, SessionDep, get_job
+
+__all__ = ["router", "series"]  # series: tests/ still import it from here
 
 router = APIRouter(prefix="/api")
-
-MEMORY_COLUMNS = ("rss", "backend_active", "backend_peak", "backend_driver", "system_used",
-                  "system_available", "system_total", "swap_used")
-PROGRESS_COLUMNS = ("tokens_per_s", "eta_s")
-
-
-# Where each column lives in an event's JSON; SQLite's json_extract reads them in C, which is
-# several times faster than handing every event's whole blob to Python's json module.
-MEMORY_PATHS = {"rss": "$.rss_bytes", "backend_active": "$.backend.active_bytes",
-                "backend_peak": "$.backend.peak_bytes", "backend_driver": "$.backend.driver_bytes",
-                "system_used": "$.system.used", "system_available": "$.system.available",
-                "system_total": "$.system.total", "swap_used": "$.system.swap_used"}
-PROGRESS_PATHS = {"step": "$.step", "tokens_per_s": "$.tokens_per_s", "eta_s": "$.eta_s"}
-
-
-def _number(v: Any) -> float | None:
-    return v if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
-def series(session: Session, job_id: int, kind: str, max_points: int | None,
-           after_seq: int = 0) -> dict[str, Any]:
-    """Columnar {"seq", "t", (memory: "elapsed_s" | progress: "step"), columns…}.
-
-    ``t`` is the event's unix time; ``elapsed_s`` counts from the job's first event so the
-    memory chart's x axis reads "minutes into the run".
-    """
-    paths = MEMORY_PATHS if kind == "memory" else PROGRESS_PATHS
-    columns = MEMORY_COLUMNS if kind == "memory" else PROGRESS_COLUMNS
-    where = (Event.job_id == job_id, Event.type == kind, Event.seq > after_seq)
-    picked = [func.json_extract(Event.data, path) for path in paths.values()]
-    rows = session.exec(select(Event.seq, Event.t, *picked).where(*where).order_by(Event.seq))
-    first_t = session.exec(select(Event.t).where(Event.job_id == job_id)
-                           .order_by(Event.seq).limit(1)).first()
-    names = list(paths)
-    by_seq: dict[int, dict[str, Any]] = {}
-    for seq, t, *values in rows:
-        by_seq[seq] = {n: _number(v) for n, v in zip(names, values, strict=True)} | {"t": t}
-    seqs = sorted(by_seq)
-    if max_points and len(seqs) > max_points:
-        seqs = downsample(seqs, {c: {s: by_seq[s][c] for s in seqs} for c in columns},
-                          max_points)
-    out: dict[str, Any] = {"seq": seqs, "t": [by_seq[s]["t"] for s in seqs]}
-    if kind == "memory":
-        start = first_t if first_t is not None else (out["t"][0] if seqs else 0.0)
-        out["elapsed_s"] = [round(t - start, 3) for t in out["t"]]
-        out["backend_name"] = session.exec(
-            select(func.json_extract(Event.data, "$.backend.name")).where(
-                *where, func.json_extract(Event.data, "$.backend.name").is_not(None))
-            .order_by(Event.seq.desc()).limit(1)).first()
-    else:
-        out["step"] = [by_seq[s]["step"] for s in seqs]
-    for c in columns:
-        out[c] = [by_seq[s][c] for s in seqs]
-    return out
 
 
 @router.get("/jobs/{job_id}/series/{kind}")
 def job_series(job_id: JobId, kind: Literal["memory", "progress"], session: SessionDep,
                max_points: Annotated[int | None, Query(ge=10, le=100_000)] = 2000,
-               after_seq: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0) -> dict[str, Any]:
+               after_seq: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0) -> dict[str, Any]:
     """A job's memory samples (process RSS, backend allocator, system used/available/total,
     swap; bytes, over ``elapsed_s``) or throughput (tokens/s and ETA by ``step``), from the
     stored events; downsampled to ``max_points`` keeping each bucket's peaks and dips."""
