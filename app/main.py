@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.config import Settings, get_settings
@@ -17,14 +17,15 @@ from app.errors import JobInputError
 from app.jobs.supervisor import Supervisor
 from app.security import LocalOnlyMiddleware, new_csrf_token
 from app.server_lock import hold_home
-from app.web.api import adapters, artifacts, datasets, runs, series
-from app.web.api import jobs as api
-from app.web.api import plan as plan_routes
-from app.web.api import system as system_routes
+from app.web.api import adapters, artifacts, datasets, jobs, plan, runs, series, system
+from app.web.deps import FormRefused
 from app.web.pages import datasets as dataset_pages
-from app.web.pages import job as job_page
-from app.web.pages import jobs as pages
-from app.web.pages import library, new_job
+from app.web.pages import job, library, new_job
+from app.web.pages import jobs as jobs_pages
+from app.web.pages import plan as plan_pages
+from app.web.pages import runs as run_pages
+from app.web.pages import system as system_pages
+from app.web.templating import page
 
 log = logging.getLogger("prospect")
 
@@ -66,6 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "detail": [{"loc": loc, "field": exc.field, "msg": exc.message,
                         "type": "value_error", **(exc.extra or {})}]})
 
+    @app.exception_handler(FormRefused)
+    async def _form_refused(request: Request, exc: FormRefused) -> HTMLResponse:
+        return page(request, "not_found.html", 403, title="Form refused", message=exc.message)
+
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = []
@@ -83,20 +88,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             detail.append({"loc": loc, "field": field, "msg": msg, "type": err.get("type")})
         return JSONResponse(status_code=422, content={"detail": detail})
 
-    app.include_router(api.router)
-    app.include_router(runs.api)
-    app.include_router(runs.router)
-    app.include_router(adapters.router)
-    app.include_router(datasets.router)
-    app.include_router(dataset_pages.router)
-    app.include_router(system_routes.router)
-    app.include_router(plan_routes.router)
-    app.include_router(pages.router)
-    app.include_router(new_job.router)  # before job_page: /jobs/new before /jobs/{id}
-    app.include_router(job_page.router)  # after pages: /jobs/new before /jobs/{id}
-    app.include_router(artifacts.router)
-    app.include_router(series.router)
-    app.include_router(library.router)
-    app.include_router(library.api)
+    # The order matters where paths overlap: /jobs/new before /jobs/{id}.
+    for router in (jobs.router, runs.api, run_pages.router, adapters.router, datasets.router,
+                   dataset_pages.router, system.router, system_pages.router, plan.router,
+                   plan_pages.router, jobs_pages.router, new_job.router, job.router,
+                   artifacts.router, series.router, library.router, library.api):
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app
