@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from contract.model_ref import ALLOW_PATTERNS, hub_id_problem, is_folder_path
+from workers.runtime import ModelNotFound
 
 
 def model_source(model_id: str) -> str:
@@ -20,8 +21,6 @@ def model_source(model_id: str) -> str:
 
     A hub id resolves through the Hugging Face cache; where downloads are allowed
     (HF_HUB_OFFLINE=0: PROSPECT_ALLOW_DOWNLOADS) a missing one is downloaded into it first."""
-    from workers.torch.errors import ModelNotFound
-
     value = str(model_id).strip()
     if is_folder_path(value):
         folder = Path(value).expanduser()

@@ -13,7 +13,6 @@ import json
 import shutil
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,10 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import load
 
 from contract.events import EventWriter
+from contract.job_config import JobConfig
+from contract.method_args import MLXSFTArgs, MLXTrainArgs
 from workers.model_source import model_source
-from workers.torch.config import JobConfig
-from workers.torch.errors import ModelNotFound
+from workers.runtime import RunResult, loading_model
 
 ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -35,47 +35,43 @@ STATE_FILE = "state.json"
 KEEP_CHECKPOINTS = 3
 
 
-@dataclass
-class RunResult:
-    status: str  # "succeeded" | "cancelled"
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
 def load_model(model_id: str, **kwargs):
     """(model, tokenizer) from a local folder or the hub cache (offline), as mlx-lm loads it;
     ``kwargs`` go to ``mlx_lm.load`` (adapter_path, return_config)."""
     source = model_source(model_id)  # an absolute folder: never relative to the cwd
-    try:
-        loaded = load(source, **kwargs)
-    except (FileNotFoundError, OSError) as exc:
-        raise ModelNotFound(f"the folder {source} holds no loadable model: {exc}") from exc
-    return loaded
+    with loading_model(source):  # missing or broken files: ModelNotFound
+        return load(source, **kwargs)
 
 
-def adapter_config(job: JobConfig, num_layers: int) -> dict[str, Any]:
+def fine_tune_type(args: MLXTrainArgs) -> str:
+    """lora or dora: SFT's knob; KTO trains LoRA."""
+    return args.fine_tune_type if isinstance(args, MLXSFTArgs) else "lora"
+
+
+def lora_parameters(args: MLXTrainArgs) -> dict[str, Any]:
+    return {"rank": args.rank, "scale": args.scale, "dropout": args.dropout}
+
+
+def adapter_config(job: JobConfig[MLXTrainArgs], num_layers: int) -> dict[str, Any]:
     """mlx-lm's adapter_config.json: what ``mlx_lm.load(..., adapter_path=)`` reads back."""
-    p = job.params
     return {
         "model": job.model,
-        "fine_tune_type": p.get("fine_tune_type", "lora"),
+        "fine_tune_type": fine_tune_type(job.args),
         "num_layers": num_layers,
-        "lora_parameters": {"rank": p["rank"], "scale": p["scale"], "dropout": p["dropout"]},
-        "prospect": {"job_id": job.job_id, "method": job.method, "params": p},
+        "lora_parameters": lora_parameters(job.args),
+        "prospect": {"job_id": job.job_id, "method": job.method,
+                     "params": job.args.to_params()},
     }
 
 
-def add_lora(model: nn.Module, job: JobConfig) -> int:
+def add_lora(model: nn.Module, job: JobConfig[MLXTrainArgs]) -> int:
     """Freeze the base, put LoRA (or DoRA) on the last num_layers blocks; return that count."""
-    p = job.params
-    mx.random.seed(p["seed"])
+    args = job.args
+    mx.random.seed(args.seed)
     model.freeze()
-    num_layers = min(p["num_layers"], len(model.layers))
-    linear_to_lora_layers(
-        model,
-        num_layers,
-        {"rank": p["rank"], "scale": p["scale"], "dropout": p["dropout"]},
-        use_dora=p.get("fine_tune_type") == "dora",
-    )
+    num_layers = min(args.num_layers, len(model.layers))
+    linear_to_lora_layers(model, num_layers, lora_parameters(args),
+                          use_dora=fine_tune_type(args) == "dora")
     return num_layers
 
 
@@ -91,7 +87,7 @@ def save_adapter(model: nn.Module, folder: Path, config: dict[str, Any]) -> Path
     return folder
 
 
-def save_checkpoint(job: JobConfig, model, optimizer, config: dict, step: int,
+def save_checkpoint(job: JobConfig[MLXTrainArgs], model, optimizer, config: dict, step: int,
                     extra: dict[str, Any]) -> Path:
     """Write checkpoint-<step> into a temp folder, then rename: a checkpoint is whole or absent."""
     job.checkpoints_dir.mkdir(parents=True, exist_ok=True)
@@ -205,58 +201,56 @@ def log_line(step: int, total: int, values: dict[str, float]) -> str:
     return f"step {step}/{total}: {shown}"
 
 
-def load_for_training(job: JobConfig, events: EventWriter, sampler):
+def load_for_training(job: JobConfig[MLXTrainArgs], events: EventWriter, sampler):
     """The model with LoRA layers on it, for both methods: returns (model, tokenizer, number
     of adapted blocks, the adapter_config.json to save). Memory events report MLX from here."""
     from workers.memory import mlx_probe
 
-    p = job.params
     sampler.backend_probe = mlx_probe
     events.emit("status", phase="loading_model",
                 message=f"loading {job.model} with mlx-lm on {device_name()}")
     model, tokenizer = load_model(job.model)
     num_layers = add_lora(model, job)
-    if num_layers < p["num_layers"]:
+    if num_layers < job.args.num_layers:
         events.emit("log", level="info", message=f"the model has {num_layers} blocks: LoRA "
-                    f"goes on all of them (num_layers={p['num_layers']})")
+                    f"goes on all of them (num_layers={job.args.num_layers})")
     return model, tokenizer, num_layers, adapter_config(job, num_layers)
 
 
-def prepare_training(job: JobConfig, model: nn.Module):
+def prepare_training(job: JobConfig[MLXTrainArgs], model: nn.Module):
     """Adam, with its state, the step and the token count restored on resume; gradient
     checkpointing when asked. Returns (optimizer, start step, tokens seen)."""
     import mlx.optimizers as optim
     from mlx_lm.tuner.trainer import grad_checkpoint
 
-    p = job.params
-    optimizer = optim.Adam(learning_rate=p["learning_rate"])
+    optimizer = optim.Adam(learning_rate=job.args.learning_rate)
     start, tokens = 0, 0
     if job.resume_from_checkpoint:
         state = load_checkpoint(job.resume_from_checkpoint, model, optimizer)
         start, tokens = state["step"], state.get("tokens", 0)
-    if p["grad_checkpoint"]:
+    if job.args.grad_checkpoint:
         grad_checkpoint(model.layers[0])
     return optimizer, start, tokens
 
 
-def report_and_checkpoint(job: JobConfig, events: EventWriter, reporter: Reporter,
+def report_and_checkpoint(job: JobConfig[MLXTrainArgs], events: EventWriter, reporter: Reporter,
                           model: nn.Module, optimizer, config: dict[str, Any], it: int,
                           cancelled: bool, rank: int, between=None) -> None:
     """After step ``it``: the interval's metrics every ``steps_per_report`` (and at the end or
     on cancel), then ``between`` (SFT's validation), then a checkpoint every ``steps_per_save``
     and on cancel, written by rank 0 only."""
-    p = job.params
-    if it % p["steps_per_report"] == 0 or it == p["iters"] or cancelled:
+    args = job.args
+    if it % args.steps_per_report == 0 or it == args.iters or cancelled:
         reporter.report(it, {"learning_rate": optimizer.learning_rate.item()})
     if between is not None:
         between(it)
-    if (it % p["steps_per_save"] == 0 or cancelled) and rank == 0:
+    if (it % args.steps_per_save == 0 or cancelled) and rank == 0:
         path = save_checkpoint(job, model, optimizer, config, it, {"tokens": reporter.tokens})
         events.emit("checkpoint", step=it, path=str(path.resolve()))
         reporter.restart_clock(it)
 
 
-def finish(job: JobConfig, events: EventWriter, reporter: Reporter, model: nn.Module,
+def finish(job: JobConfig[MLXTrainArgs], events: EventWriter, reporter: Reporter, model: nn.Module,
            config: dict[str, Any], *, start: int, it: int, runtime: float, num_layers: int,
            size: int, rank: int, cancelled: bool, **extra: Any) -> RunResult:
     """Save the adapter (rank 0), announce it, and summarise the run."""
@@ -267,10 +261,10 @@ def finish(job: JobConfig, events: EventWriter, reporter: Reporter, model: nn.Mo
     steps = it - start
     summary = {
         "steps": it,
-        "total_steps": job.params["iters"],
+        "total_steps": job.args.iters,
         "train_runtime_s": round(runtime, 3),
         "steps_per_s": round(steps / runtime, 4) if runtime > 0 else None,
-        "samples_per_s": round(steps * job.params["batch_size"] / runtime, 3) if runtime > 0
+        "samples_per_s": round(steps * job.args.batch_size / runtime, 3) if runtime > 0
         else None,
         "final_loss": reporter.last_loss,
         **extra,

@@ -1,7 +1,6 @@
-"""What went wrong in an MLX job, in plain words: an ``error`` event with a hint.
-
-The torch worker's ``describe_error`` knows the shared failures (bad params, config, missing
-model, chat template); this adds the hints whose wording differs for mlx-lm's knobs.
+"""What goes wrong in an MLX job, in plain words: the hints whose wording differs for mlx-lm's
+knobs. The failures every worker shares (bad params, config, missing model, chat template)
+and the ``error`` event itself are workers/runtime.py's.
 """
 
 from __future__ import annotations
@@ -9,8 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from contract.rows import DatasetError
-from workers.torch.errors import Cancelled, ModelNotFound
-from workers.torch.errors import describe_error as _shared
+from workers import runtime
 
 OOM_HINT = (
     "The model ran out of memory. Lower batch_size (KTO: keep it at least 2), lower "
@@ -19,8 +17,10 @@ OOM_HINT = (
 )
 
 
-def describe_error(exc: BaseException, method: str = "sft") -> dict[str, Any]:
-    """The fields of an ``error`` event: error_type, message, hint."""
+def describe_error(exc: BaseException, raw: dict | None = None) -> dict[str, Any]:
+    """The fields of an ``error`` event: error_type, message, hint. ``raw`` is the config as
+    read: SFT's dataset hint differs from KTO's (no config read: SFT's)."""
+    method = (raw or {}).get("method", "sft")
     message = str(exc) or type(exc).__name__
     if isinstance(exc, DatasetError) and method == "sft":
         where = f"row {exc.row} of the dataset" if exc.row is not None else "the dataset file"
@@ -37,7 +37,4 @@ def describe_error(exc: BaseException, method: str = "sft") -> dict[str, Any]:
         return {"error_type": "dataset", "message": message,
                 "hint": "The dataset (or its split) has fewer rows than batch_size: lower "
                         "batch_size or add rows."}
-    return _shared(exc)
-
-
-__all__ = ["Cancelled", "ModelNotFound", "describe_error"]
+    return runtime.describe_error(exc)

@@ -15,6 +15,11 @@ import sys
 import traceback
 from pathlib import Path
 
+from contract.events import EVENTS_FILE, EventWriter
+from contract.job_config import JobConfig
+from contract.method_args import FuseArgs
+from workers.runtime import RunResult
+
 
 def fuse(model: str, adapter_path: Path | str, save_path: Path | str,
          dequantize: bool = False) -> Path:
@@ -44,12 +49,10 @@ def fuse(model: str, adapter_path: Path | str, save_path: Path | str,
     return save_path
 
 
-def run(job, events):
+def run(job: JobConfig[FuseArgs], events: EventWriter) -> RunResult:
     """A fuse job (method ``fuse``) as the MLX worker runs it: the adapter of
-    ``job.params["adapter_path"]`` fused into ``job.model``, saved to ``<run_dir>/fused``."""
-    from workers.mlx.common import RunResult
-
-    adapter, save_path = job.params["adapter_path"], job.run_dir / "fused"
+    ``job.args.adapter_path`` fused into ``job.model``, saved to ``<run_dir>/fused``."""
+    adapter, save_path = job.args.adapter_path, job.run_dir / "fused"
     events.emit("status", phase="fusing", message=f"fusing {adapter} into {job.model}")
     events.emit("progress", step=0, total_steps=1)
     fuse(job.model, adapter, save_path)
@@ -69,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from contract.events import EVENTS_FILE, EventWriter
     from workers.mlx.errors import describe_error
 
     events = None

@@ -28,11 +28,12 @@ import numpy as np
 from mlx.nn.utils import average_gradients
 
 from contract.events import EventWriter
+from contract.job_config import JobConfig
+from contract.method_args import MLXKTOArgs
 from contract.rows import Row
 from workers.memory import MemorySampler
 from workers.mlx.common import (
     Reporter,
-    RunResult,
     finish,
     load_for_training,
     prepare_training,
@@ -40,7 +41,7 @@ from workers.mlx.common import (
     trainable_count,
 )
 from workers.mlx.data import tokenize_kto
-from workers.torch.config import JobConfig
+from workers.runtime import RunResult, StopFlag
 
 
 # --- the loss -------------------------------------------------------------------------------
@@ -171,38 +172,38 @@ def batch_order(n_rows: int, batch_size: int, seed: int):
 
 
 # --- the job --------------------------------------------------------------------------------
-def train(job: JobConfig, rows: list[Row], events: EventWriter, stop,
-          sampler: MemorySampler) -> RunResult:
-    p = job.params
+def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
+          stop: StopFlag, sampler: MemorySampler) -> RunResult:
+    args = job.args
     model, tokenizer, num_layers, config = load_for_training(job, events, sampler)
 
     events.emit("status", phase="preparing_data", message=f"tokenizing {len(rows)} rows")
-    examples, dropped = tokenize_kto(rows, tokenizer, p["max_seq_length"])
+    examples, dropped = tokenize_kto(rows, tokenizer, args.max_seq_length)
     if dropped:
         events.emit("log", level="warning", message=f"{dropped} rows dropped: their prompt "
-                    f"alone fills max_seq_length={p['max_seq_length']}")
-    if len(examples) < p["batch_size"]:
+                    f"alone fills max_seq_length={args.max_seq_length}")
+    if len(examples) < args.batch_size:
         raise ValueError(f"the dataset has {len(examples)} usable examples, fewer than "
-                         f"batch_size={p['batch_size']}")
+                         f"batch_size={args.batch_size}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # Under `mlx.launch -n N` each process takes its 1/N of every batch (TRL's per-device
     # batch, with its own KL pairs); z0 and the gradients are averaged over the processes.
     world = mx.distributed.init()
     rank, size = world.rank(), world.size()
-    local = p["batch_size"] // size
-    if p["batch_size"] % size or local < 2:
-        raise ValueError(f"batch_size={p['batch_size']} must split into {size} equal parts "
+    local = args.batch_size // size
+    if args.batch_size % size or local < 2:
+        raise ValueError(f"batch_size={args.batch_size} must split into {size} equal parts "
                          "of at least 2 (the processes of the distributed launch)")
 
     optimizer, start, tokens = prepare_training(job, model)
-    step = KTOStep(model, optimizer, p["beta"], p["desirable_weight"], p["undesirable_weight"],
+    step = KTOStep(model, optimizer, args.beta, args.desirable_weight, args.undesirable_weight,
                    size)
 
-    iters = p["iters"]
-    order = batch_order(len(examples), p["batch_size"], p["seed"])
+    iters = args.iters
+    order = batch_order(len(examples), args.batch_size, args.seed)
     for _ in range(start):  # the same data order as an uninterrupted run
         next(order)
-    reporter = Reporter(events, iters, len(examples), p["batch_size"], start_step=start,
+    reporter = Reporter(events, iters, len(examples), args.batch_size, start_step=start,
                         tokens=tokens)
 
     stop.interrupt = False  # from here on SIGTERM only sets the flag; the loop acts on it
@@ -213,11 +214,11 @@ def train(job: JobConfig, rows: list[Row], events: EventWriter, stop,
     started, it, cancelled = time.perf_counter(), start, False
     for it in range(start + 1, iters + 1):
         chosen = [examples[i] for i in next(order)]
-        batch = make_batch(chosen[rank * local : (rank + 1) * local], p["max_seq_length"],
+        batch = make_batch(chosen[rank * local : (rank + 1) * local], args.max_seq_length,
                            pad_id)
         tic = time.perf_counter()
         reporter.add(step(batch))
-        reporter.step_done(it, batch_tokens(chosen, p["max_seq_length"]),
+        reporter.step_done(it, batch_tokens(chosen, args.max_seq_length),
                            time.perf_counter() - tic)
         stopping = stop()
         if size > 1:  # every process stops at the same step

@@ -23,43 +23,44 @@ from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.trainer import default_loss, evaluate, iterate_batches
 
 from contract.events import EventWriter
+from contract.job_config import JobConfig
+from contract.method_args import MLXSFTArgs
 from workers.memory import MemorySampler
 from workers.mlx.common import (
     Reporter,
-    RunResult,
     finish,
     load_for_training,
     prepare_training,
     report_and_checkpoint,
     trainable_count,
 )
-from workers.torch.config import JobConfig
+from workers.runtime import RunResult, StopFlag
 
 
-def train(job: JobConfig, train_rows: list[dict], valid_rows: list[dict], events: EventWriter,
-          stop, sampler: MemorySampler) -> RunResult:
-    p = job.params
+def train(job: JobConfig[MLXSFTArgs], train_rows: list[dict], valid_rows: list[dict],
+          events: EventWriter, stop: StopFlag, sampler: MemorySampler) -> RunResult:
+    args = job.args
     model, tokenizer, num_layers, config = load_for_training(job, events, sampler)
 
     events.emit("status", phase="preparing_data",
                 message=f"tokenizing {len(train_rows)} train and {len(valid_rows)} valid rows")
-    options = SimpleNamespace(mask_prompt=p["mask_prompt"])
+    options = SimpleNamespace(mask_prompt=args.mask_prompt)
     train_set = CacheDataset(create_dataset(train_rows, tokenizer, options))
     valid_set = CacheDataset(create_dataset(valid_rows, tokenizer, options)) if valid_rows \
         else None
-    if len(train_set) < p["batch_size"]:
+    if len(train_set) < args.batch_size:
         raise ValueError(f"the train split has {len(train_set)} examples, fewer than "
-                         f"batch_size={p['batch_size']}")
-    if valid_set is not None and (len(valid_set) < p["batch_size"] or p["val_batches"] == 0):
+                         f"batch_size={args.batch_size}")
+    if valid_set is not None and (len(valid_set) < args.batch_size or args.val_batches == 0):
         events.emit("log", level="warning", message=f"no validation: {len(valid_set)} valid "
-                    f"rows for batch_size {p['batch_size']} (or val_batches is 0)")
+                    f"rows for batch_size {args.batch_size} (or val_batches is 0)")
         valid_set = None
 
     # Under `mlx.launch -n N` each process takes 1/N of every batch; gradients are averaged.
     world = mx.distributed.init()
     rank, size = world.rank(), world.size()
-    if p["batch_size"] % size:
-        raise ValueError(f"batch_size={p['batch_size']} must be divisible by the {size} "
+    if args.batch_size % size:
+        raise ValueError(f"batch_size={args.batch_size} must be divisible by the {size} "
                          "processes of the distributed launch")
 
     optimizer, start, tokens = prepare_training(job, model)
@@ -72,24 +73,24 @@ def train(job: JobConfig, train_rows: list[dict], valid_rows: list[dict], events
         optimizer.update(model, average_gradients(grad))  # a no-op in one process
         return loss, ntoks
 
-    if p["compile"]:  # mlx-lm compiles the step always; on a CPU too (see the knob's help)
+    if args.compile:  # mlx-lm compiles the step always; on a CPU too (see the knob's help)
         step = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)(step)
 
-    iters = p["iters"]
-    batches = iterate_batches(train_set, p["batch_size"], p["max_seq_length"], loop=True,
-                              seed=p["seed"], comm_group=world)
+    iters = args.iters
+    batches = iterate_batches(train_set, args.batch_size, args.max_seq_length, loop=True,
+                              seed=args.seed, comm_group=world)
     for _ in range(start):  # the same data order as an uninterrupted run
         next(batches)
-    reporter = Reporter(events, iters, len(train_set), p["batch_size"], start_step=start,
+    reporter = Reporter(events, iters, len(train_set), args.batch_size, start_step=start,
                         tokens=tokens)
 
     def validate(at: int) -> float:
         # The same validation batches every time (and after a resume): seeded, and the
         # training order's random state put back afterwards.
         saved = np.random.get_state()
-        np.random.seed(p["seed"])
-        loss = evaluate(model, valid_set, p["batch_size"], p["val_batches"],
-                        max_seq_length=p["max_seq_length"])
+        np.random.seed(args.seed)
+        loss = evaluate(model, valid_set, args.batch_size, args.val_batches,
+                        max_seq_length=args.max_seq_length)
         np.random.set_state(saved)
         model.train()
         events.emit("metric", step=at, values={"val_loss": loss})
@@ -105,7 +106,7 @@ def train(job: JobConfig, train_rows: list[dict], valid_rows: list[dict], events
 
     def validate_now(at: int) -> None:  # between the report and the checkpoint
         nonlocal val_loss
-        if valid_set is not None and (at % p["steps_per_eval"] == 0 or at == iters):
+        if valid_set is not None and (at % args.steps_per_eval == 0 or at == iters):
             val_loss = validate(at)
 
     started, it, cancelled = time.perf_counter(), start, False

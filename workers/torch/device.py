@@ -9,6 +9,8 @@ from __future__ import annotations
 import platform as _platform
 from dataclasses import dataclass
 
+from workers.runtime import HintedError
+
 
 @dataclass(frozen=True)
 class Platform:
@@ -55,13 +57,10 @@ class DeviceChoice:
         return self.device == "cpu"
 
 
-class DeviceError(ValueError):
+class DeviceError(HintedError):
     """The asked device or precision does not exist here; ``hint`` says what to pick instead."""
 
-    def __init__(self, message: str, hint: str):
-        super().__init__(f"{message} {hint}")
-        self.message = message
-        self.hint = hint
+    error_type = "device"
 
 
 def choose_device(facts: Platform, device: str = "auto", dtype: str = "auto") -> DeviceChoice:

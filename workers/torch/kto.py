@@ -10,7 +10,7 @@ With LoRA the reference model is the base model with the adapter switched off: n
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from typing import Any
 
 import datasets
@@ -20,25 +20,22 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import KTOConfig, KTOTrainer
 
 from contract.events import EventWriter
+from contract.job_config import JobConfig
+from contract.method_args import TorchKTOArgs
 from contract.rows import Row
 from workers.memory import MemorySampler, torch_probe
 from workers.model_source import model_source
+from workers.runtime import RunResult, StopFlag, loading_model
 from workers.torch.callback import EventCallback
-from workers.torch.config import JobConfig
 from workers.torch.device import DeviceChoice, Platform, choose_device
-from workers.torch.errors import ModelNotFound, checkpoint_disk_full
+from workers.torch.errors import checkpoint_disk_full
 
 
-@dataclass
-class RunResult:
-    status: str  # "succeeded" | "cancelled"
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-def train(job: JobConfig, rows: list[Row], events: EventWriter, stop, sampler: MemorySampler):
+def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, stop: StopFlag,
+          sampler: MemorySampler) -> RunResult:
     """Train one job. ``stop`` is the SIGTERM flag; before training it interrupts at once."""
-    p = job.params
-    choice = choose_device(Platform.detect(), p["device"], p["dtype"])
+    args = job.args
+    choice = choose_device(Platform.detect(), args.device, args.dtype)
     sampler.backend_probe = torch_probe(choice.device)
 
     events.emit(
@@ -49,16 +46,15 @@ def train(job: JobConfig, rows: list[Row], events: EventWriter, stop, sampler: M
     tokenizer, model = load_model(job.model, choice)
 
     peft_config = LoraConfig(
-        r=p["r"],
-        lora_alpha=p["lora_alpha"],
-        lora_dropout=p["lora_dropout"],
-        target_modules=_target_modules(p["target_modules"]),
+        r=args.r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=_target_modules(args.target_modules),
         task_type="CAUSAL_LM",
     )
-    args = kto_config(job, choice)
     callback = EventCallback(events, stop_requested=stop)
 
-    if p["precompute_ref_log_probs"]:
+    if args.precompute_ref_log_probs:
         events.emit(
             "status",
             phase="precomputing_reference",
@@ -69,7 +65,7 @@ def train(job: JobConfig, rows: list[Row], events: EventWriter, stop, sampler: M
     datasets.disable_progress_bars()
     trainer = KTOTrainer(
         model=model,
-        args=args,
+        args=kto_config(job, choice),
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=peft_config,
@@ -119,11 +115,9 @@ def train(job: JobConfig, rows: list[Row], events: EventWriter, stop, sampler: M
 def load_model(model_id: str, choice: DeviceChoice):
     """Tokenizer and model from a local folder, or from the hub cache (offline)."""
     source = model_source(model_id)  # an absolute folder: never relative to the cwd
-    try:
+    with loading_model(source):  # missing or broken files: ModelNotFound
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, choice.dtype))
-    except OSError as exc:  # missing or broken files
-        raise ModelNotFound(f"the folder {source} holds no loadable model: {exc}") from exc
     if tokenizer.chat_template is None:
         raise ValueError(
             f"{model_id} has no chat template (tokenizer.chat_template is unset); "
@@ -132,30 +126,30 @@ def load_model(model_id: str, choice: DeviceChoice):
     return tokenizer, model
 
 
-def kto_config(job: JobConfig, choice: DeviceChoice) -> KTOConfig:
+def kto_config(job: JobConfig[TorchKTOArgs], choice: DeviceChoice) -> KTOConfig:
     """Every knob of contract.knobs.TORCH_KTO, under TRL's and transformers' own names."""
-    p = job.params
+    args = job.args
     return KTOConfig(
         output_dir=str(job.checkpoints_dir),
-        per_device_train_batch_size=p["per_device_train_batch_size"],
-        gradient_accumulation_steps=p["gradient_accumulation_steps"],
-        learning_rate=p["learning_rate"],
-        num_train_epochs=p["num_train_epochs"],
-        max_steps=p["max_steps"],
-        max_length=p["max_length"],
-        beta=p["beta"],
-        desirable_weight=p["desirable_weight"],
-        undesirable_weight=p["undesirable_weight"],
-        precompute_ref_log_probs=p["precompute_ref_log_probs"],
-        **_checkpointing(p["gradient_checkpointing"]),
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        max_length=args.max_length,
+        beta=args.beta,
+        desirable_weight=args.desirable_weight,
+        undesirable_weight=args.undesirable_weight,
+        precompute_ref_log_probs=args.precompute_ref_log_probs,
+        **checkpointing(args.gradient_checkpointing),
         # transformers 5 dropped warmup_ratio: a warmup_steps below 1 is the ratio
-        warmup_steps=min(p["warmup_ratio"], 0.9999),
-        seed=p["seed"],
-        logging_steps=p["logging_steps"],
+        warmup_steps=min(args.warmup_ratio, 0.9999),
+        seed=args.seed,
+        logging_steps=args.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
-        save_steps=p["save_steps"],
-        save_total_limit=p["save_total_limit"],
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
         bf16=choice.bf16,
         fp16=choice.fp16,
         use_cpu=choice.use_cpu,
@@ -164,7 +158,7 @@ def kto_config(job: JobConfig, choice: DeviceChoice) -> KTOConfig:
     )
 
 
-def _checkpointing(on: bool) -> dict[str, Any]:
+def checkpointing(on: bool) -> dict[str, Any]:
     # transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name
     # warns); non-reentrant checkpointing is the one that works with a frozen base and LoRA.
     names = {f.name for f in fields(KTOConfig)}

@@ -9,27 +9,20 @@ has the room (a GPU or MPS may not, next to a training job).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from contract.events import EventWriter
+from contract.job_config import JobConfig
+from contract.method_args import FuseArgs
 from workers.model_source import model_source
-from workers.torch.config import JobConfig
-from workers.torch.errors import ModelNotFound
+from workers.runtime import RunResult, loading_model
 
 
-@dataclass
-class RunResult:
-    status: str
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-def run(job: JobConfig, events: EventWriter) -> RunResult:
-    adapter, save_path = Path(job.params["adapter_path"]), job.run_dir / "fused"
+def run(job: JobConfig[FuseArgs], events: EventWriter) -> RunResult:
+    adapter, save_path = Path(job.args.adapter_path), job.run_dir / "fused"
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no adapter_config.json in {adapter}: give a PEFT adapter folder")
     events.emit("status", phase="loading_model", message=f"loading {job.model} and {adapter}")
@@ -51,11 +44,8 @@ def run(job: JobConfig, events: EventWriter) -> RunResult:
 def load_base(model_id: str):
     """Tokenizer and model (in its saved dtype) from a local folder or the hub cache."""
     source = model_source(model_id)  # an absolute folder: never relative to the cwd
-    try:
+    with loading_model(source, says=f"{model_id!r} is neither a loadable local folder nor a "
+                       "hub id in the local Hugging Face cache (Prospect runs offline)"):
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
-    except OSError as exc:
-        raise ModelNotFound(f"{model_id!r} is neither a loadable local folder nor a hub id in "
-                            f"the local Hugging Face cache (Prospect runs offline): {exc}") \
-            from exc
     return tokenizer, model
