@@ -63,9 +63,9 @@ print(json.dumps({{"api": api.status_code, "body": api.json(), "page": page.text
 def test_the_doctor_endpoint_is_cached(tmp_path, monkeypatch):
     """Two requests within the minute: one run of the checks (each spawns two imports)."""
     from app.main import create_app
-    from app.web.api import system as routes
+    from app.system import doctor_cache
     calls = []
-    monkeypatch.setattr(routes, "doctor", lambda settings: calls.append(settings.home_dir)
+    monkeypatch.setattr(doctor_cache, "doctor", lambda settings: calls.append(settings.home_dir)
                         or {"status": OK, "counts": {OK: 0, WARNING: 0, PROBLEM: 0},
                             "checks": []})
     with TestClient(create_app(Settings(home=tmp_path)), base_url="http://127.0.0.1") as c:

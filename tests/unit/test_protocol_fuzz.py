@@ -19,8 +19,8 @@ from sqlmodel import Session
 from app.db import make_engine, migrate
 from app.jobs.ingest import ingest
 from app.jobs.metrics import columnar
+from app.jobs.series import series
 from app.models import Job, JobPublic, JobStatus
-from app.web.api.series import series
 from contract.events import (
     EVENT_TYPES,
     INT64_MAX,

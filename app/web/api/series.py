@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from app.jobs.series import series
 from app.web.deps import DB_INT_MAX, JobId, SessionDep, get_job
 
-__all__ = ["router", "series"]  # series: tests/ still import it from here
+__all__ = ["router", "series"]  # series: tests/integration/test_job_page.py imports it here
 
 router = APIRouter(prefix="/api")
 
