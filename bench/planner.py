@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from app.hub.inspect import inspect_model  # noqa: E402
+from contract.job_config import write_config  # noqa: E402
 from contract.launch_env import worker_env  # noqa: E402
 
 GB = 1e9
@@ -116,17 +117,16 @@ def run_worker(work: Path, name: str, backend: str, method: str, assets: dict,
 
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    config = {"job_id": 1, "backend": backend, "method": method, "model": assets["model"],
-              "dataset": assets["dataset"], "run_dir": str(run_dir), "params": params,
-              "resume_from_checkpoint": None}
-    (run_dir / "config.json").write_text(json.dumps(config))
+    config = write_config(run_dir, job_id=1, backend=backend, method=method,
+                          model=assets["model"], dataset=assets["dataset"], params=params,
+                          resume_from_checkpoint=None)
     env = {**worker_env(os.environ, backend), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     # ^ as the supervisor starts a worker (contract/launch_env.py)
     t0 = time.time()
     with open(run_dir / "worker.log", "wb") as log:
         proc = subprocess.run([sys.executable, "-m", f"workers.{backend}", "--config",
-                               str(run_dir / "config.json"), "--memory-interval", "0.05"],
+                               str(config), "--memory-interval", "0.05"],
                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                               timeout=timeout, check=False)
     rss, backend_peak, status = 0, 0, None
