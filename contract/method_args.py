@@ -56,6 +56,13 @@ def _annotation(knob: Knob) -> str:
     return f"{spelled} | None" if knob.nullable else spelled
 
 
+def _spelled(annotation: Any) -> str:
+    """An annotation as source spells it, postponed (a string) or not (a type)."""
+    if isinstance(annotation, str):
+        return annotation
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
+
+
 def _field(knob: Knob) -> Any:
     metadata = {"help": knob.help, "knob": knob}
     if isinstance(knob.default, list):  # a fresh list per object, as dataclasses require
@@ -71,8 +78,8 @@ def knob_fields(*methods: Method) -> Callable[[T], T]:
     disagree."""
 
     def wrap(cls: T) -> T:
-        declared = dict(cls.__dict__.get("__annotations__", {}))
-        declared.pop("METHODS", None)
+        declared = {name: _spelled(annotation) for name, annotation
+                    in cls.__dict__.get("__annotations__", {}).items() if name != "METHODS"}
         for method in methods:
             knobs = {k.name: _annotation(k) for k in method.knobs}
             if list(declared.items()) != list(knobs.items()):

@@ -46,14 +46,14 @@ def _trl(model_dir, rows, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import KTOConfig, KTOTrainer
 
-    from workers.torch.kto import _checkpointing
+    from workers.torch.kto import checkpointing
 
     datasets.disable_progress_bars()
     torch.manual_seed(0)
     args = KTOConfig(
         output_dir=str(tmp_path / "trl"), per_device_train_batch_size=BATCH,
         max_length=MAX_LENGTH, beta=BETA, bf16=False, use_cpu=True, report_to=[],
-        max_steps=1, disable_tqdm=True, **_checkpointing(False),
+        max_steps=1, disable_tqdm=True, **checkpointing(False),
     )  # fmt: skip
     trainer = KTOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),

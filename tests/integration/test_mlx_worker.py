@@ -13,7 +13,6 @@ pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")
 
 from contract.events import CONFIG_FILE, LOG_FILE  # noqa: E402
-from contract.knobs import MLX_SFT  # noqa: E402
 from contract.sft_rows import load_sft_rows, load_sft_splits  # noqa: E402
 from tests.helpers.workers import (  # noqa: E402
     KTO_FAST,
@@ -223,12 +222,13 @@ def test_fused_model_generates_what_base_plus_adapter_does(tmp_path, demo):
     import mlx.core as mx
     from mlx_lm import generate, load
 
+    from contract.job_config import JobConfig
+    from contract.method_args import MLXSFTArgs
     from workers.mlx.common import adapter_config, add_lora, save_adapter
     from workers.mlx.fuse import main as fuse_main
-    from workers.torch.config import JobConfig
 
     job = JobConfig(job_id=1, model=str(demo["model"]), dataset=Path(demo["dataset"]),
-                    run_dir=tmp_path, params=MLX_SFT.validate({"rank": 4, "scale": 4.0}),
+                    run_dir=tmp_path, args=MLXSFTArgs.from_params({"rank": 4, "scale": 4.0}),
                     backend="mlx", method="sft")
     model, _ = load(job.model)
     num_layers = add_lora(model, job)

@@ -22,7 +22,7 @@ from tests.helpers.hf_cache import add_repo
 
 LOAD = """
 import json, sys
-from workers.torch.errors import ModelNotFound
+from workers.runtime import ModelNotFound
 from workers.torch.kto import load_model
 from workers.torch.device import DeviceChoice
 out = []
