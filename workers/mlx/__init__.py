@@ -1,7 +1,7 @@
-"""The MLX worker: LoRA SFT with mlx-lm's tuner, and KTO in MLX.
+"""The MLX worker: LoRA SFT with mlx-lm's tuner, KTO in MLX, and fusing an adapter.
 
 Run ``python -m workers.mlx --config <run_dir>/config.json``.
 
-Importing this package loads nothing heavy: mlx and mlx-lm are imported by ``sft`` and ``kto``
-only, so the server may import ``workers.mlx.data`` to check a dataset.
+Importing this package loads nothing heavy: mlx and mlx-lm are imported by ``sft``, ``kto``
+and ``fuse`` only, after ``__main__`` has set the environment they read at import time.
 """
