@@ -170,6 +170,18 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _kto_loss_knobs() -> list[Knob]:
+    """The KTO loss's knobs, TRL's names, that both backends' KTO share."""
+    return [
+        Knob("beta", float, 0.1, "KTO β: how far the policy may move from the reference "
+             "model.", group="kto", min=0.0, max=100),
+        Knob("desirable_weight", float, 1.0, "λD, the loss weight of desirable examples. "
+             "Choose λD·nD / λU·nU in [1, 4/3].", group="kto", min=0.0, max=1000),
+        Knob("undesirable_weight", float, 1.0, "λU, the loss weight of undesirable examples.",
+             group="kto", min=0.0, max=1000),
+    ]
+
+
 TORCH_KTO = Method(
     backend="torch",
     method="kto",
@@ -186,12 +198,7 @@ TORCH_KTO = Method(
              "num_train_epochs.", min=-1, max=10_000_000),
         Knob("max_length", int, 512, "Longest prompt + completion in tokens; longer rows are "
              "truncated. Shorter saves memory.", min=8, max=131072),
-        Knob("beta", float, 0.1, "KTO β: how far the policy may move from the reference "
-             "model.", group="kto", min=0.0, max=100),
-        Knob("desirable_weight", float, 1.0, "λD, the loss weight of desirable examples. "
-             "Choose λD·nD / λU·nU in [1, 4/3].", group="kto", min=0.0, max=1000),
-        Knob("undesirable_weight", float, 1.0, "λU, the loss weight of undesirable examples.",
-             group="kto", min=0.0, max=1000),
+        *_kto_loss_knobs(),
         Knob("precompute_ref_log_probs", bool, False, "Compute the reference log-probs once "
              "before training: faster steps, a pass over the data first.", group="kto"),
         Knob("gradient_checkpointing", bool, True, "Recompute activations in the backward "
@@ -286,12 +293,7 @@ MLX_KTO = Method(
         Knob("max_seq_length", int, 512, "Longest prompt + completion in tokens; longer rows "
              "are truncated (rows whose prompt alone fills it are dropped, as TRL does).",
              min=8, max=131072),
-        Knob("beta", float, 0.1, "KTO β: how far the policy may move from the reference "
-             "model.", group="kto", min=0.0, max=100),
-        Knob("desirable_weight", float, 1.0, "λD, the loss weight of desirable examples. "
-             "Choose λD·nD / λU·nU in [1, 4/3].", group="kto", min=0.0, max=1000),
-        Knob("undesirable_weight", float, 1.0, "λU, the loss weight of undesirable examples.",
-             group="kto", min=0.0, max=1000),
+        *_kto_loss_knobs(),
         Knob("grad_checkpoint", bool, False, "Recompute activations in the backward pass: "
              "less memory, slower.", group="memory"),
         *_mlx_lora_knobs(),
