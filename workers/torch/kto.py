@@ -52,6 +52,7 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
         target_modules=_target_modules(args.target_modules),
         task_type="CAUSAL_LM",
     )
+    config = kto_config(job, choice)
     callback = EventCallback(events, stop_requested=stop)
 
     if args.precompute_ref_log_probs:
@@ -65,7 +66,7 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
     datasets.disable_progress_bars()
     trainer = KTOTrainer(
         model=model,
-        args=kto_config(job, choice),
+        args=config,
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=peft_config,
