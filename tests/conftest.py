@@ -25,6 +25,16 @@ def demo_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> dict[str, Path]:
+    """The demo model and dataset folders (workers/tools/demo_assets.py), built once for the
+    worker tests: they read them and write only into their own run folders."""
+    from workers.tools.demo_assets import build_all
+
+    home = tmp_path_factory.mktemp("demo")
+    return build_all(home / "models", home / "datasets")
+
+
+@pytest.fixture(scope="session")
 def live_server(demo_home, tmp_path_factory):
     """A real `prospect serve` on a free port, over a copy of the demo home."""
     home = tmp_path_factory.mktemp("live-home")
@@ -36,12 +46,24 @@ def live_server(demo_home, tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
-    """Headless Chromium, one per test module (tests/helpers/browser.py)."""
+    """Headless Chromium, one for the whole session (tests/helpers/browser.py): each test opens
+    its own context, so nothing but the process is shared. One Playwright per session, too:
+    a second sync_playwright() in the same thread while one is open is refused."""
     from tests.helpers.browser import launch
 
     yield from launch()
+
+
+@pytest.fixture()
+def browser_or_none(request):
+    """The session's browser where Chromium and Playwright are here, else None: for tests that
+    only watch a page on the side and must run without one."""
+    try:
+        return request.getfixturevalue("browser")
+    except pytest.skip.Exception:
+        return None
 
 
 @pytest.fixture(scope="module")

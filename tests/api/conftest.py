@@ -13,10 +13,12 @@ from app.config import Settings
 from app.db import migrate
 from app.main import create_app
 from app.models import DatasetEntry, ModelEntry
+from tests.helpers.data import seed_db
 
 
 @pytest.fixture()
 def app(tmp_path):
+    seed_db(tmp_path / "prospect.db")
     app = create_app(Settings(home=tmp_path))
     migrate(app.state.engine)
     model = tmp_path / "models" / "tiny-demo"

@@ -16,13 +16,14 @@ from app.config import Settings
 from app.db import ROOT, migrate
 from app.main import create_app
 from app.models import DatasetEntry, Job, JobStatus, ModelEntry
-from tests.helpers.data import ROWS, form, write_assets
+from tests.helpers.data import ROWS, form, seed_db, write_assets
 
 
 @pytest.fixture()
 def world(tmp_path):
     """An app over tmp_path/home, and tmp_path/outside: a folder it must never read."""
     home, outside = tmp_path / "home", tmp_path / "outside"
+    seed_db(home / "prospect.db")
     app = create_app(Settings(home=home))
     migrate(app.state.engine)
     model, data = write_assets(home)

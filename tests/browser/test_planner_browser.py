@@ -14,12 +14,10 @@ def server(plan_server):
     return plan_server
 
 
-def test_the_form_shows_the_verdict(server):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium",
-                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1200, "height": 1400})
+def test_the_form_shows_the_verdict(browser, server):
+    context = browser.new_context(viewport={"width": 1200, "height": 1400})
+    try:
+        page = context.new_page()
         page.goto(server.url + "/jobs/new")
         result = page.locator("#plan-result [data-verdict]")
         result.wait_for(timeout=15000)
@@ -47,4 +45,5 @@ def test_the_form_shows_the_verdict(server):
         assert page.locator("#f-batch_size").input_value() == "8"
         page.locator("#plan-result [data-verdict]").wait_for(timeout=15000)
         page.screenshot(path=str(ARTIFACTS / "plan-form-preset.png"), full_page=True)
-        browser.close()
+    finally:
+        context.close()

@@ -3,11 +3,35 @@ home with one finished job (workers never start), dataset bytes in every format.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import io
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 ROWS = [{"prompt": f"q{i}", "completion": f"a{i}", "label": i % 2 == 0} for i in range(8)]
+
+
+@functools.cache
+def _migrated_db() -> Path:
+    from app.db import make_engine, migrate
+
+    folder = Path(tempfile.mkdtemp(prefix="prospect-migrated-"))
+    atexit.register(shutil.rmtree, folder, True)
+    engine = make_engine(folder / "prospect.db")
+    migrate(engine)
+    engine.dispose()  # the last connection checkpoints the WAL: one file holds it all
+    return folder / "prospect.db"
+
+
+def seed_db(db_path: Path) -> Path:
+    """Put a database already at Alembic's head at `db_path` (a home's prospect.db): migrate()
+    then finds nothing to do, 0.05 s instead of ~0.3 s of creating every table, per test."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_migrated_db(), db_path)
+    return db_path
 
 
 def write_assets(home: Path) -> tuple[Path, Path]:
@@ -30,6 +54,7 @@ def home_with_a_finished_job(home: Path, python: str = "/bin/false"):
     from app.main import create_app
     from app.models import DatasetEntry, Job, JobStatus, ModelEntry
 
+    seed_db(home / "prospect.db")
     app = create_app(Settings(home=home, python=python))
     migrate(app.state.engine)
     model, data = write_assets(home)

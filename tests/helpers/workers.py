@@ -126,3 +126,21 @@ def run_until(engine, sup, job_id, statuses, timeout=20) -> Job:
                 return job
         time.sleep(0.05)
     raise TimeoutError(job.status)
+
+
+def fake_world(tmp_path: Path):
+    """A home whose workers are the fake one, its database, and a Supervisor over them (no
+    server): (settings, engine, supervisor). A cancelled fake worker gets 1 s of grace."""
+    from app.config import Settings
+    from app.db import make_engine, migrate
+    from app.jobs.supervisor import Supervisor
+    from tests.helpers.data import seed_db
+
+    python = tmp_path / "fake-python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
+    python.chmod(0o755)
+    settings = Settings(home=tmp_path / "home", python=str(python), cancel_grace_s=1.0)
+    settings.ensure_dirs()
+    engine = make_engine(seed_db(settings.db_path))
+    migrate(engine)
+    return settings, engine, Supervisor(engine, settings)

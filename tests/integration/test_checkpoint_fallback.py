@@ -23,14 +23,6 @@ from tests.helpers.workers import (
 from workers.checkpoints import MLX_FILES, damage
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from workers.tools.demo_assets import build_all
-
-    home = tmp_path_factory.mktemp("demo")
-    return build_all(home / "models", home / "datasets")
-
-
 def check_fell_back(run_dir: Path, rc: int, latest: int, previous: int, total: int) -> None:
     events = events_of(run_dir)
     assert rc == 0, (run_dir / LOG_FILE).read_text()[-3000:]

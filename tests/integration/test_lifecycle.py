@@ -3,16 +3,12 @@
 import os
 import shutil
 import signal
-import stat
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from sqlmodel import Session
 
-from app.config import Settings
-from app.db import make_engine, migrate
 from app.errors import JobInputError, JobStateError
 from app.jobs.lifecycle import delete_job, request_cancel, request_resume, set_status, transition
 from app.jobs.metrics import columnar
@@ -20,7 +16,7 @@ from app.jobs.supervisor import Supervisor
 from app.jobs.worker_proc import start_worker
 from app.models import Job, JobStatus
 from contract.events import Event, read_events
-from tests.helpers.workers import FAKE, run_until
+from tests.helpers.workers import fake_world, run_until
 
 
 def test_allowed_and_refused_transitions():
@@ -36,14 +32,7 @@ def test_allowed_and_refused_transitions():
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
-    python = tmp_path / "fake-python"
-    python.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
-    python.chmod(python.stat().st_mode | stat.S_IEXEC)
-    settings = Settings(home=tmp_path / "home", python=str(python), cancel_grace_s=1.0)
-    settings.ensure_dirs()
-    engine = make_engine(settings.db_path)
-    migrate(engine)
-    return settings, engine, Supervisor(engine, settings)
+    return fake_world(tmp_path)
 
 
 def add_job(engine, settings) -> int:

@@ -19,17 +19,10 @@ import mlx.optimizers as mlx_optim  # noqa: E402
 import numpy as np  # noqa: E402
 
 from contract.rows import load_kto_dataset  # noqa: E402
-from workers.tools.demo_assets import build_all  # noqa: E402
 
 RANK, ALPHA, BETA, MAX_LENGTH, BATCH = 4, 8, 0.1, 48, 4
 LR, STEPS = 2.0, 3
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    home = tmp_path_factory.mktemp("parity")
-    return build_all(home / "models", home / "datasets")
 
 
 def _batch_rows(dataset) -> list[dict]:

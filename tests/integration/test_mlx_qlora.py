@@ -13,16 +13,13 @@ from contract.events import LOG_FILE  # noqa: E402
 from tests.helpers.workers import KTO_FAST, SFT_FAST, of_type  # noqa: E402
 from tests.helpers.workers import run_mlx as run  # noqa: E402
 from tests.helpers.workers import write_mlx_config as write_config  # noqa: E402
-from workers.tools.demo_assets import build_all  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory):
+def quantized(tmp_path_factory, demo):
     from mlx_lm import convert
 
-    home = tmp_path_factory.mktemp("qdemo")
-    demo = build_all(home / "models", home / "datasets")
-    out = home / "tiny-demo-4bit"
+    out = tmp_path_factory.mktemp("qdemo") / "tiny-demo-4bit"
     convert(str(demo["model"]), mlx_path=str(out), quantize=True, q_bits=4, q_group_size=32)
     config = json.loads((out / "config.json").read_text())
     assert config["quantization"]["bits"] == 4

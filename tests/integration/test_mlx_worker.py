@@ -23,13 +23,6 @@ from tests.helpers.workers import (  # noqa: E402
 )
 from tests.helpers.workers import run_mlx as run  # noqa: E402
 from tests.helpers.workers import write_mlx_config as write_config  # noqa: E402
-from workers.tools.demo_assets import build_all  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    home = tmp_path_factory.mktemp("demo")
-    return build_all(home / "models", home / "datasets")
 
 
 def test_sft_data_shapes_and_kto_conversion(demo, tmp_path):

@@ -37,12 +37,8 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def demo_model(tmp_path_factory) -> Path:
-    from workers.tools.demo_assets import build_all
-
-    home = tmp_path_factory.mktemp("demo")
-    build_all(home / "models", home / "datasets")
-    return home / "models" / "tiny-demo"
+def demo_model(demo) -> Path:
+    return demo["model"]
 
 
 def load_in(cwd: Path, models: list[str], cache: Path) -> list[dict]:

@@ -17,14 +17,12 @@ import psutil
 import pytest
 from sqlmodel import Session, select
 
-from app.config import Settings
-from app.db import make_engine, migrate
 from app.jobs.supervisor import Supervisor, same_process
 from app.models import Job, JobStatus
 from contract.events import EVENTS_FILE, Event, read_events
-from tests.helpers.browser import CHROMIUM, CHROMIUM_ARGS, LOSS_POINTS, wait_js
+from tests.helpers.browser import LOSS_POINTS, wait_js
 from tests.helpers.server import LiveServer, kill_workers, make_server, sse_events, submit
-from tests.helpers.workers import FAKE, run_until
+from tests.helpers.workers import fake_world, run_until
 from workers.keep_awake import keep_awake
 
 SURVIVE = {"max_steps": 40, "logging_steps": 1, "gradient_accumulation_steps": 1,
@@ -46,28 +44,23 @@ def db_metrics(home: Path, job_id: int) -> list[tuple[int, str, float]]:
 
 
 @contextlib.contextmanager
-def live_page(url: str):
+def live_page(browser, url: str):
     """The job's page in headless Chromium (None where Playwright or Chromium is missing)."""
+    if browser is None:
+        yield None
+        return
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(url)
     try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        yield None
-        return
-    if not Path(CHROMIUM).exists():
-        yield None
-        return
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        page.goto(url)
-        try:
-            yield page
-        finally:
-            browser.close()
+        yield page
+    finally:
+        context.close()
 
 
 @pytest.mark.slow
-def test_server_sigkill_mid_training_loses_and_repeats_nothing(demo_home, tmp_path):
+def test_server_sigkill_mid_training_loses_and_repeats_nothing(demo_home, tmp_path,
+                                                              browser_or_none):
     home = tmp_path / "home"
     shutil.copytree(demo_home, home)
     first = make_server(home)
@@ -75,7 +68,7 @@ def test_server_sigkill_mid_training_loses_and_repeats_nothing(demo_home, tmp_pa
     second = None
     try:
         job = submit(first, "survivor", **SURVIVE)
-        with live_page(f"{first.url}/jobs/{job['id']}") as page:
+        with live_page(browser_or_none, f"{first.url}/jobs/{job['id']}") as page:
             t0 = time.monotonic()
             while (seen := first.get(f"/api/jobs/{job['id']}"))["step"] < 3:
                 assert time.monotonic() - t0 < 120, seen
@@ -139,14 +132,7 @@ def test_a_reused_pid_is_not_taken_for_the_worker():
 # --- workers that die or hang, driven by the fake worker (fast) ------------------------------
 @pytest.fixture
 def world(tmp_path):
-    python = tmp_path / "fake-python"
-    python.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
-    python.chmod(0o755)
-    settings = Settings(home=tmp_path / "home", python=str(python), cancel_grace_s=1.0)
-    settings.ensure_dirs()
-    engine = make_engine(settings.db_path)
-    migrate(engine)
-    return settings, engine, Supervisor(engine, settings)
+    return fake_world(tmp_path)
 
 
 def add_fake_job(engine, settings, scenario: str) -> int:

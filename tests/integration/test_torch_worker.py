@@ -16,14 +16,7 @@ from tests.helpers.workers import FAST, events_of, of_type
 from tests.helpers.workers import run_torch as run
 from tests.helpers.workers import start_torch as start
 from tests.helpers.workers import write_torch_config as write_config
-from workers.tools.demo_assets import build_all
 from workers.torch.errors import describe_error
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    home = tmp_path_factory.mktemp("demo")
-    return build_all(home / "models", home / "datasets")
 
 
 def wait_for(run_dir: Path, predicate, timeout: float = 90) -> None:

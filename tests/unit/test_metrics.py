@@ -11,11 +11,12 @@ from sqlmodel import Session
 from app.db import make_engine, migrate
 from app.jobs.metrics import columnar
 from app.models import Job, Metric
+from tests.helpers.data import seed_db
 
 
 @pytest.fixture
 def session(tmp_path):
-    engine = make_engine(tmp_path / "m.db")
+    engine = make_engine(seed_db(tmp_path / "m.db"))
     migrate(engine)
     with Session(engine) as s:
         yield s
