@@ -95,7 +95,7 @@ def test_adapters_page_then_delete_keeps_the_run(lib_server):
     status, html = html_of(lib_server, "/adapters")
     assert status == 200 and f"#{jid}</span> lib run" in html
     assert f"/api/jobs/{jid}/artifacts/download?path=adapter" in html
-    assert f'data-url="/api/adapters/{jid}"' in html
+    assert f'hx-delete="/adapters/{jid}"' in html and f'hx-post="/adapters/{jid}/fuse"' in html
     metrics_before = lib_server.get(f"/api/jobs/{jid}/metrics")
 
     status, body = lib_server.request("DELETE", f"/api/adapters/{jid}")
