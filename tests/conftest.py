@@ -66,7 +66,7 @@ def browser_or_none(request):
         return None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def plan_server(demo_home, tmp_path_factory):
     """A server over a copy of the demo home with `huge`: a 70 B model's config only (the
     planner's tests, API and browser)."""

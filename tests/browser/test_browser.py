@@ -11,7 +11,14 @@ import re
 
 import pytest
 
-from tests.helpers.browser import LOSS_POINTS, TRAIN_TIMEOUT_MS, open_page, shot, wait_js
+from tests.helpers.browser import (
+    LOSS_POINTS,
+    TRAIN_TIMEOUT_MS,
+    open_page,
+    shot,
+    wait_js,
+    wait_log_end,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -63,7 +70,7 @@ def test_launch_a_job_from_the_form_and_watch_it_train(browser, live_server):
     expect(page.locator("#job-card")).to_contain_text("Adapter saved to")
     expect(page.locator("#job-card")).to_contain_text("12 / 12")
     expect(page.locator("#log-tail")).not_to_have_text("…")
-    page.wait_for_timeout(1600)  # the log's last refresh after `done`
+    wait_log_end(page, live_server, job_id)
     shot(page, "05-job-succeeded-light")
 
     job = live_server.get(f"/api/jobs/{job_id}")

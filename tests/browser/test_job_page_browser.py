@@ -19,6 +19,7 @@ from tests.helpers.browser import (
     open_page,
     shot,
     wait_js,
+    wait_log_end,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -70,7 +71,7 @@ def test_live_charts_artifacts_actions_then_clone_download_delete(browser, live_
     expect(page.locator("#job-actions [data-action=cancel]")).to_be_hidden()
     for action in ("clone", "fuse", "delete"):
         expect(page.locator(f"#job-actions [data-action={action}]")).to_be_visible()
-    page.wait_for_timeout(1600)
+    wait_log_end(page, live_server, jid)
     shot(page, "21-job-finished-live")
 
     with page.expect_download() as info:

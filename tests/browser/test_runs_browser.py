@@ -190,7 +190,10 @@ def test_pick_two_runs_and_compare_them(browser, server, scheme):
     page.goto(f"{server.url}/compare?ids={base},{fast}")
     if scheme == "light":
         page.set_viewport_size({"width": 800, "height": 1000})  # a tablet
-        page.wait_for_timeout(300)
+        # drawn, and fitted by the ResizeObserver to the narrower card
+        wait_js(page, "() => { const el = document.getElementById('compare-chart'); "
+                      "const p = window.prospectCompare && window.prospectCompare.plot; "
+                      "return !!p && p.width === Math.max(240, el.clientWidth) }")
         shot(page, "runs-05-compare-tablet-light")
         page.goto(server.url + "/")
         shot(page, "runs-06-jobs-tablet-light")

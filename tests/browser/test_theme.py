@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.helpers.browser import open_page, shot
+from tests.helpers.browser import open_page, painted, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -44,7 +44,7 @@ def test_every_page_same_origin_no_errors_no_sideways_scroll(browser, live_serve
         resp = page.goto(live_server.url + path)
         assert resp.status == 200, (path, resp.status)
         page.wait_for_load_state("networkidle")
-        page.wait_for_timeout(250)
+        painted(page)
         name = path.strip("/").replace("/", "-").replace("?", "-").replace("=", "") or "jobs"
         shot(page, f"theme-{scheme}-{width}-{name}", full_page=False)
         scroll = page.evaluate("document.documentElement.scrollWidth")

@@ -83,8 +83,24 @@ def wait_js(page, expression: str, timeout: float = 30_000) -> None:
         time.sleep(0.1)
 
 
+def painted(page) -> None:
+    """Return once the page has painted twice more: what the last answers changed is drawn."""
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
 def shot(page, name: str, full_page: bool = True) -> None:
     """A screenshot in tests/artifacts/. Playwright hides the caret by giving the focused input
     a style attribute; htmx's history snapshot would then carry it and restoring it breaks the
     CSP. caret="initial" leaves the page as the person has it."""
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page, caret="initial")
+
+
+def wait_log_end(page, server, job_id: int, timeout: float = 15_000) -> None:
+    """Wait until the page's log tail shows the worker log's last line (job.js reads the log
+    once more 1.5 s after `done`, for the worker's last lines)."""
+    from playwright.sync_api import expect
+
+    server.wait_job(job_id)  # the worker is gone: its log is complete
+    text = server.get(f"/api/jobs/{job_id}/logs?offset=-4096")["text"]
+    last = text.rstrip("\n").rsplit("\n", 1)[-1].strip()
+    expect(page.locator("#log-tail")).to_contain_text(last, timeout=timeout)

@@ -105,6 +105,15 @@ class LiveServer:
             time.sleep(0.3)
         raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
 
+    def wait_step(self, job_id: int, step: int, timeout: float = 180) -> dict:
+        """Poll the job until it has reported `step`; return it (it may be running still)."""
+        t0 = time.monotonic()
+        while (job := self.get(f"/api/jobs/{job_id}"))["step"] < step:
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"job {job_id} never reached step {step}: {job}")
+            time.sleep(0.1)
+        return job
+
 
 def make_server(home: Path, **extra_env: str) -> LiveServer:
     return LiveServer(home=home, port=free_port(), extra_env=extra_env)

@@ -50,6 +50,17 @@ def of_type(events: list[Event], kind: str) -> list[dict]:
     return [e.data for e in events if e.type == kind]
 
 
+def wait_for_event(run_dir: Path, predicate, timeout: float = 90) -> Event:
+    """Poll the run's events file until an event satisfies `predicate`; return that event."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in events_of(run_dir):
+            if predicate(event):
+                return event
+        time.sleep(0.05)
+    raise AssertionError(f"timed out; log:\n{(run_dir / LOG_FILE).read_text()[-3000:]}")
+
+
 def _config(run_dir: Path, config: dict) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CONFIG_FILE

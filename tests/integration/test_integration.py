@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -53,10 +52,7 @@ def test_a_kto_job_succeeds_with_metrics_for_every_step_and_a_peft_adapter(live_
 
 def test_a_cancelled_job_ends_cancelled_with_a_checkpoint(live_server):
     job = submit(live_server, "to-cancel", max_steps=5000, save_steps=5000)
-    t0 = time.monotonic()
-    while live_server.get(f"/api/jobs/{job['id']}")["step"] < 3:
-        assert time.monotonic() - t0 < 180, "the job never reached step 3"
-        time.sleep(0.2)
+    live_server.wait_step(job["id"], 3)
     status, body = live_server.post(f"/api/jobs/{job['id']}/cancel")
     assert status == 200, body
     job = live_server.wait_job(job["id"])
@@ -69,10 +65,7 @@ def test_a_cancelled_job_ends_cancelled_with_a_checkpoint(live_server):
 
 def test_a_crashed_worker_fails_the_job_with_the_log_tail(live_server):
     job = submit(live_server, "to-crash", max_steps=5000, save_steps=5000)
-    t0 = time.monotonic()
-    while (j := live_server.get(f"/api/jobs/{job['id']}"))["step"] < 2:
-        assert time.monotonic() - t0 < 180
-        time.sleep(0.2)
+    j = live_server.wait_step(job["id"], 2)
     os.kill(j["pid"], signal.SIGKILL)  # no chance to say goodbye
     job = live_server.wait_job(job["id"])
     assert job["status"] == "failed"

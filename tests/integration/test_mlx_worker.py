@@ -4,7 +4,6 @@ alone as the server starts it, and through a live server (create, cancel, resume
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -180,10 +179,7 @@ def test_a_cancelled_mlx_job_resumes_where_it_stopped(live_server):
     params = {**SFT_FAST, "iters": 100, "batch_size": 2, "steps_per_report": 10,
               "steps_per_eval": 1000, "steps_per_save": 1000, "val_batches": 1}
     job = submit(live_server, "sft", params)
-    deadline = time.monotonic() + 60
-    while live_server.get(f"/api/jobs/{job['id']}")["step"] < 5:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    live_server.wait_step(job["id"], 5, timeout=60)
     assert live_server.post(f"/api/jobs/{job['id']}/cancel")[0] == 200
     job = live_server.wait_job(job["id"])
     assert job["status"] == "cancelled", job

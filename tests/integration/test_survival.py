@@ -22,7 +22,7 @@ from app.models import Job, JobStatus
 from contract.events import EVENTS_FILE, Event, read_events
 from tests.helpers.browser import LOSS_POINTS, wait_js
 from tests.helpers.server import LiveServer, kill_workers, make_server, sse_events, submit
-from tests.helpers.workers import fake_world, run_until
+from tests.helpers.workers import fake_world, run_until, wait_for_event
 from workers.keep_awake import keep_awake
 
 SURVIVE = {"max_steps": 40, "logging_steps": 1, "gradient_accumulation_steps": 1,
@@ -69,10 +69,7 @@ def test_server_sigkill_mid_training_loses_and_repeats_nothing(demo_home, tmp_pa
     try:
         job = submit(first, "survivor", **SURVIVE)
         with live_page(browser_or_none, f"{first.url}/jobs/{job['id']}") as page:
-            t0 = time.monotonic()
-            while (seen := first.get(f"/api/jobs/{job['id']}"))["step"] < 3:
-                assert time.monotonic() - t0 < 120, seen
-                time.sleep(0.2)
+            seen = first.wait_step(job["id"], 3, timeout=120)
             if page:
                 wait_js(page, f"({LOSS_POINTS})() >= 3", timeout=60_000)
             before_kill = seen["last_seq"]
@@ -80,7 +77,8 @@ def test_server_sigkill_mid_training_loses_and_repeats_nothing(demo_home, tmp_pa
             first.stop(signal.SIGKILL)
             assert first.proc.returncode == -signal.SIGKILL
             step_at_kill = seen["step"]
-            time.sleep(1.0)  # the worker goes on alone for a while
+            # The worker goes on alone: it writes events the dead server never read.
+            wait_for_event(Path(seen["run_dir"]), lambda e: e.seq > before_kill + 2, timeout=60)
             assert psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
 
             second = LiveServer(home=home, port=first.port)  # same address: the page reconnects
@@ -181,7 +179,9 @@ def test_an_adopted_worker_that_dies_without_done_is_interrupted(world):
     settings, engine, first = world
     job_id = add_fake_job(engine, settings, "slow")
     first.tick()
-    time.sleep(0.6)
+    with Session(engine) as s:
+        run_dir = Path(s.get(Job, job_id).run_dir)
+    wait_for_event(run_dir, lambda e: e.type == "progress", timeout=20)  # it has trained a step
     second = Supervisor(engine, settings)  # the restarted server
     second.recover()
     assert second.adopted == {job_id}

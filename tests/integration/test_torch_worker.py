@@ -5,27 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from contract.events import LOG_FILE
 from contract.knobs import TORCH_KTO
-from tests.helpers.workers import FAST, events_of, of_type
+from tests.helpers.workers import FAST, events_of, of_type, wait_for_event
 from tests.helpers.workers import run_torch as run
 from tests.helpers.workers import start_torch as start
 from tests.helpers.workers import write_torch_config as write_config
 from workers.torch.errors import describe_error
-
-
-def wait_for(run_dir: Path, predicate, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(predicate(e) for e in events_of(run_dir)):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out; log:\n{(run_dir / LOG_FILE).read_text()[-3000:]}")
 
 
 @pytest.mark.slow
@@ -81,7 +71,7 @@ def test_sigterm_saves_a_checkpoint_then_resume_finishes(tmp_path, demo):
     write_config(tmp_path, demo, params=params)
     proc = start(tmp_path)
     try:
-        wait_for(tmp_path, lambda e: e.type == "progress" and e.data["step"] >= 2)
+        wait_for_event(tmp_path, lambda e: e.type == "progress" and e.data["step"] >= 2)
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=60)
     finally:
@@ -113,7 +103,7 @@ def test_sigterm_while_loading_ends_cancelled(tmp_path, demo):
     proc = start(tmp_path)
     try:
         # The first memory event comes right before torch, transformers and TRL are imported.
-        wait_for(tmp_path, lambda e: e.type == "memory", timeout=30)
+        wait_for_event(tmp_path, lambda e: e.type == "memory", timeout=30)
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)
     finally:
