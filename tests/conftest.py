@@ -67,6 +67,21 @@ def browser_or_none(request):
 
 
 @pytest.fixture(scope="session")
+def finished_job(live_server) -> dict:
+    """A tiny torch KTO run that succeeded on the live server: 6 steps, a checkpoint every 3.
+    Shared by the job page's tests and the theme's (they only read it): a torch worker
+    takes ~10 s to start on a 2-core machine."""
+    status, job = live_server.post("/api/jobs", {
+        "name": "page run", "model": "tiny-demo", "dataset": "demo-kto",
+        "params": {"max_steps": 6, "logging_steps": 1, "save_steps": 3,
+                   "gradient_accumulation_steps": 1, "max_length": 96, "learning_rate": 1e-4}})
+    assert status == 201, job
+    job = live_server.wait_job(job["id"])
+    assert job["status"] == "succeeded", job
+    return job
+
+
+@pytest.fixture(scope="session")
 def plan_server(demo_home, tmp_path_factory):
     """A server over a copy of the demo home with `huge`: a 70 B model's config only (the
     planner's tests, API and browser)."""

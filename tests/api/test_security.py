@@ -98,8 +98,11 @@ def test_the_token_login_redirects_only_to_a_path_on_this_server(tmp_path, path)
             return await client.get(httpx.URL(f"http://127.0.0.1:8000{path}?token=s3cret"))
 
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
-    r = asyncio.run(get())
+    # A thread of its own: where the session's Playwright is open, this thread has its loop.
+    with ThreadPoolExecutor(1) as pool:
+        r = pool.submit(asyncio.run, get()).result()
     assert r.status_code == 303, r.text
     location = r.headers["location"]
     assert location.startswith("/") and not location.startswith(("//", "/\\", "/%5C", "/%5c"))

@@ -16,18 +16,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 
-@pytest.fixture(scope="module")
-def done_job(live_server) -> dict:
-    status, job = live_server.post("/api/jobs", {
-        "name": "theme run", "model": "tiny-demo", "dataset": "demo-kto",
-        "params": {"max_steps": 8, "logging_steps": 1, "save_steps": 4,
-                   "gradient_accumulation_steps": 1, "max_length": 96}})
-    assert status == 201, job
-    job = live_server.wait_job(job["id"])
-    assert job["status"] == "succeeded", job
-    return job
-
-
 def pages(job_id: int) -> list[str]:
     return ["/", "/jobs/new", f"/jobs/{job_id}", f"/jobs/new?from={job_id}", "/compare",
             "/datasets", "/datasets/demo-kto", "/adapters", "/models"]
@@ -35,12 +23,12 @@ def pages(job_id: int) -> list[str]:
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("width", [1366, 768])
-def test_every_page_same_origin_no_errors_no_sideways_scroll(browser, live_server, done_job,
+def test_every_page_same_origin_no_errors_no_sideways_scroll(browser, live_server, finished_job,
                                                              scheme, width):
     context, page, watch = open_page(browser, scheme, width=width, height=900)
     origin = urlsplit(live_server.url)
     backgrounds = set()
-    for path in pages(done_job["id"]):
+    for path in pages(finished_job["id"]):
         resp = page.goto(live_server.url + path)
         assert resp.status == 200, (path, resp.status)
         page.wait_for_load_state("networkidle")
@@ -64,9 +52,9 @@ def test_every_page_same_origin_no_errors_no_sideways_scroll(browser, live_serve
     context.close()
 
 
-def test_job_page_keyboard_reachable_with_visible_focus(browser, live_server, done_job):
+def test_job_page_keyboard_reachable_with_visible_focus(browser, live_server, finished_job):
     context, page, watch = open_page(browser, "light", width=1366)
-    page.goto(f"{live_server.url}/jobs/{done_job['id']}")
+    page.goto(f"{live_server.url}/jobs/{finished_job['id']}")
     page.wait_for_load_state("networkidle")
     reached, outlines = [], {}
     for _ in range(40):

@@ -40,6 +40,7 @@ class LiveServer:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    any_port: bool = False  # True: another free port will do where this one was taken
 
     @property
     def url(self) -> str:
@@ -57,7 +58,13 @@ class LiveServer:
         )
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+                log = self.log_path.read_text()
+                if self.any_port and "address already in use" in log.lower():
+                    # free_port's port was taken before the server bound it (another
+                    # process on this machine): take another one.
+                    self.port = free_port()
+                    return self.start(timeout)
+                raise RuntimeError(f"server exited: {log[-2000:]}")
             try:
                 self.get("/api/jobs")
                 return time.monotonic() - t0
@@ -116,7 +123,7 @@ class LiveServer:
 
 
 def make_server(home: Path, **extra_env: str) -> LiveServer:
-    return LiveServer(home=home, port=free_port(), extra_env=extra_env)
+    return LiveServer(home=home, port=free_port(), extra_env=extra_env, any_port=True)
 
 
 def kill_workers(server: LiveServer) -> None:

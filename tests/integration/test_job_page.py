@@ -19,9 +19,6 @@ from app.db import make_engine, migrate
 from app.models import Event, Job, JobStatus
 from app.web.api.series import series
 
-TINY = {"max_steps": 6, "logging_steps": 1, "save_steps": 3, "gradient_accumulation_steps": 1,
-        "max_length": 96, "learning_rate": 1e-4}
-
 
 def fetch(server, path: str) -> tuple[int, bytes, dict]:
     try:
@@ -29,16 +26,6 @@ def fetch(server, path: str) -> tuple[int, bytes, dict]:
             return resp.status, resp.read(), dict(resp.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), dict(exc.headers)
-
-
-@pytest.fixture(scope="module")
-def finished_job(live_server) -> dict:
-    status, job = live_server.post("/api/jobs", {"name": "page run", "model": "tiny-demo",
-                                                 "dataset": "demo-kto", "params": TINY})
-    assert status == 201, job
-    job = live_server.wait_job(job["id"])
-    assert job["status"] == "succeeded", job
-    return job
 
 
 def test_artifacts_list_and_zip_download(live_server, finished_job):
