@@ -3,6 +3,7 @@ before and say so (the checkpoint checks themselves: tests/unit/test_checkpoints
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,28 +41,29 @@ def check_fell_back(run_dir: Path, rc: int, latest: int, previous: int, total: i
 
 
 @pytest.mark.slow
-def test_the_torch_worker_resumes_from_the_checkpoint_before_a_damaged_one(tmp_path, demo):
-    write_torch_config(tmp_path, demo)  # 6 steps, a checkpoint every 3
-    rc, _ = run_torch(tmp_path)
-    assert rc == 0, (tmp_path / LOG_FILE).read_text()[-3000:]
+def test_the_torch_worker_resumes_from_the_checkpoint_before_a_damaged_one(tmp_path, demo,
+                                                                          torch_run):
+    source, rc, _ = torch_run  # 6 steps, a checkpoint every 3
+    assert rc == 0, (source / LOG_FILE).read_text()[-3000:]
+    shutil.copytree(source, tmp_path, dirs_exist_ok=True)
     latest = tmp_path / "checkpoints" / "checkpoint-6"
     truncate(latest / "adapter_model.safetensors")
     write_torch_config(tmp_path, demo, params=TORCH_KTO.validate({**FAST, "max_steps": 8}),
-                 resume_from_checkpoint=str(latest))
+                       resume_from_checkpoint=str(latest))
     rc, _ = run_torch(tmp_path)
     check_fell_back(tmp_path, rc, 6, 3, 8)
 
 
 @pytest.mark.slow
-def test_the_mlx_worker_resumes_from_the_checkpoint_before_a_damaged_one(tmp_path, demo):
-    pytest.importorskip("mlx_lm")
-    write_mlx_config(tmp_path, demo, "kto", KTO_FAST)  # 8 steps, a checkpoint every 4
-    rc, _ = run_mlx(tmp_path)
-    assert rc == 0, (tmp_path / LOG_FILE).read_text()[-3000:]
+def test_the_mlx_worker_resumes_from_the_checkpoint_before_a_damaged_one(tmp_path, demo,
+                                                                        mlx_kto_run):
+    source, rc, _ = mlx_kto_run  # 8 steps, a checkpoint every 4
+    assert rc == 0, (source / LOG_FILE).read_text()[-3000:]
+    shutil.copytree(source, tmp_path, dirs_exist_ok=True)
     latest = tmp_path / "checkpoints" / "checkpoint-8"
     assert damage(latest, MLX_FILES) is None
     truncate(latest / "optimizer.safetensors")
     write_mlx_config(tmp_path, demo, "kto", {**KTO_FAST, "iters": 10},
-                 resume_from_checkpoint=str(latest))
+                     resume_from_checkpoint=str(latest))
     rc, _ = run_mlx(tmp_path)
     check_fell_back(tmp_path, rc, 8, 4, 10)

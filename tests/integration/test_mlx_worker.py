@@ -102,10 +102,9 @@ def test_sft_job_events_checkpoints_and_an_adapter_mlx_lm_loads(tmp_path, demo):
 
 
 @pytest.mark.slow
-def test_kto_job_reports_trl_metric_names(tmp_path, demo):
-    write_config(tmp_path, demo, "kto", KTO_FAST)
-    rc, events = run(tmp_path)
-    assert rc == 0, (tmp_path / LOG_FILE).read_text()[-3000:]
+def test_kto_job_reports_trl_metric_names(tmp_path, demo, mlx_kto_run):
+    run_dir, rc, events = mlx_kto_run  # KTO_FAST: 8 steps, a checkpoint every 4
+    assert rc == 0, (run_dir / LOG_FILE).read_text()[-3000:]
     metrics = of_type(events, "metric")
     assert [m["step"] for m in metrics] == [2, 4, 6, 8]
     for m in metrics:
@@ -115,12 +114,12 @@ def test_kto_job_reports_trl_metric_names(tmp_path, demo):
             "logps/rejected"} <= names
     assert [c["step"] for c in of_type(events, "checkpoint")] == [4, 8]
     assert events[-1].data["status"] == "succeeded"
-    assert (tmp_path / "adapter" / "adapters.safetensors").is_file()
+    assert (run_dir / "adapter" / "adapters.safetensors").is_file()
 
     # Resumed from checkpoint-4 (adapter, Adam state, step), the run retraces the same steps.
     again = tmp_path / "resumed"
     write_config(again, demo, "kto", KTO_FAST,
-                 resume_from_checkpoint=str(tmp_path / "checkpoints" / "checkpoint-4"))
+                 resume_from_checkpoint=str(run_dir / "checkpoints" / "checkpoint-4"))
     rc, resumed = run(again)
     assert rc == 0, (again / LOG_FILE).read_text()[-3000:]
     assert [p["step"] for p in of_type(resumed, "progress")] == [5, 6, 7, 8]

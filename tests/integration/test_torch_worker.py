@@ -19,10 +19,9 @@ from workers.torch.errors import describe_error
 
 
 @pytest.mark.slow
-def test_short_job_succeeds(tmp_path, demo):
-    write_config(tmp_path, demo)
-    rc, events = run(tmp_path)
-    assert rc == 0, (tmp_path / LOG_FILE).read_text()[-3000:]
+def test_short_job_succeeds(torch_run, demo):
+    run_dir, rc, events = torch_run  # FAST: 6 steps, a checkpoint every 3
+    assert rc == 0, (run_dir / LOG_FILE).read_text()[-3000:]
 
     phases = [s["phase"] for s in of_type(events, "status")]
     assert phases == ["preparing_data", "loading_model", "preparing_data", "training", "saving"]
@@ -46,9 +45,9 @@ def test_short_job_succeeds(tmp_path, demo):
 
     assert of_type(events, "memory")
     assert [c["step"] for c in of_type(events, "checkpoint")] == [3, 6]
-    assert (tmp_path / "checkpoints" / "checkpoint-6" / "trainer_state.json").is_file()
+    assert (run_dir / "checkpoints" / "checkpoint-6" / "trainer_state.json").is_file()
 
-    adapter = tmp_path / "adapter"
+    adapter = run_dir / "adapter"
     assert of_type(events, "artifact") == [{"kind": "adapter", "path": str(adapter)}]
     assert events[-1].type == "done" and events[-1].data["status"] == "succeeded"
     summary = events[-1].data["summary"]
