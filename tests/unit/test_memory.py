@@ -95,7 +95,10 @@ def test_failing_probe_does_not_stop_sampling():
 def test_thread_emits_valid_memory_events(tmp_path):
     writer = EventWriter(tmp_path / "events.jsonl")
     sampler = MemorySampler(writer.emit, interval=0.05, system=lambda: SYSTEM).start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while len(read_events(tmp_path / "events.jsonl")[0]) < 2:  # the start's, an interval's
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     sampler.stop()
     sampler.stop()  # twice is harmless
     writer.close()
