@@ -97,6 +97,13 @@ def logs(job: JobDep, offset: int = 0,
     return read_log(job, offset, limit)
 
 
+def event_frame(seq: int, etype: str, payload: dict) -> bytes:
+    """One event as this stream has always framed it: id, then event, then data. fastapi.sse's
+    format_sse_event writes the id last, which the SSE spec allows, but scripts that read the
+    stream line by line (bench/load.py among them) take the id first."""
+    return f"id: {seq}\nevent: {etype}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
 # Documented through `responses` with no schema, as before: response_class=EventSourceResponse
 # would add {"type": "string"} to /openapi.json. The handler returns an EventSourceResponse.
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
@@ -119,14 +126,14 @@ async def events(job: JobDep, request: Request, session: SessionDep,
         return Response(status_code=204)
 
     # Not a generator endpoint (FastAPI's `yield ServerSentEvent`): the 204 above must be
-    # answered before any stream starts. Each frame is FastAPI's own SSE encoding.
+    # answered before any stream starts.
     async def stream() -> AsyncIterator[bytes]:
         nonlocal after
         batch, done = first, finished
         yield format_sse_event(retry=RETRY_MS)
         while True:
             for seq, etype, payload in batch:
-                yield format_sse_event(id=str(seq), event=etype, data_str=json.dumps(payload))
+                yield event_frame(seq, etype, payload)
                 after = seq
             if batch:
                 batch, done = await asyncio.to_thread(events_after, engine, job_id, after)
