@@ -1,0 +1,178 @@
+"""Generation through Prospect against the bare library, same model, prompt and settings.
+
+    python bench/generate.py [--backend torch|mlx|both] [--model DIR] [--tokens 256] [--repeat 3]
+
+Prospect's side is measured at the client: a real `prospect serve`, its inference worker, the
+OpenAI-compatible stream (`POST /v1/chat/completions`, stream=true), read line by line. The
+bare side is transformers `generate` with a streamer (torch) or `mlx_lm.stream_generate` (MLX)
+in this process. Both answer the same chat-templated prompt greedily; tokens/s counts the
+tokens after the first over the time after the first (decode speed), time to first token is
+its own line, and the worker's start-up (model load) is the first request's extra time.
+Without --model a randomly initialised Qwen2-0.5B-shaped model is built offline
+(bench/synthetic.py). The last line is the ratio Prospect ÷ bare (target ≥ 0.95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import Server, init_home  # noqa: E402
+
+MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+
+
+def decode_rate(stamps: list[float]) -> float:
+    """Tokens per second after the first token (stamps: when each token arrived)."""
+    if len(stamps) < 2 or stamps[-1] <= stamps[0]:
+        return float("nan")
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def through_prospect(server: Server, model: str, backend: str, tokens: int) -> dict:
+    body = {"model": model, "backend": backend, "messages": MESSAGES, "max_tokens": tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    req = urllib.request.Request(server.url + "/v1/chat/completions", method="POST",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    stamps, usage, text = [], None, []
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if "error" in chunk:
+                raise SystemExit(f"Prospect answered an error: {chunk['error']}")
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices", []):
+                piece = choice.get("delta", {}).get("content")
+                if piece:
+                    stamps.append(time.perf_counter())
+                    text.append(piece)
+    # A chunk may carry several tokens: spread the count over the chunks' times.
+    n = (usage or {}).get("completion_tokens", len(stamps))
+    return {"ttft_s": stamps[0] - t0 if stamps else float("nan"), "tokens": n,
+            "tokens_per_s": decode_rate(stamps) * (n - 1) / max(len(stamps) - 1, 1),
+            "seconds": time.perf_counter() - t0, "text": "".join(text)}
+
+
+def bare_torch(model_dir: str, dtype: str, device: str, tokens: int, repeat: int) -> list[dict]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    model.to(device).eval()
+    ids = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)["input_ids"].to(device)
+
+    class Stamps(BaseStreamer):
+        def __init__(self):
+            self.t, self.first = [], True
+
+        def put(self, value):
+            if self.first:  # generate() puts the prompt first
+                self.first = False
+                return
+            self.t.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    out = []
+    for _ in range(repeat):
+        s = Stamps()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                           do_sample=False, streamer=s)
+        out.append({"ttft_s": s.t[0] - t0, "tokens": len(s.t), "tokens_per_s": decode_rate(s.t)})
+    return out
+
+
+def bare_mlx(model_dir: str, tokens: int, repeat: int) -> list[dict]:
+    from mlx_lm import load, stream_generate
+
+    model, tok = load(model_dir)
+    prompt = tok.apply_chat_template(MESSAGES, add_generation_prompt=True)
+    out = []
+    for _ in range(repeat):
+        t0, stamps = time.perf_counter(), []
+        for _r in stream_generate(model, tok, prompt, max_tokens=tokens):
+            stamps.append(time.perf_counter())
+        out.append({"ttft_s": stamps[0] - t0, "tokens": len(stamps),
+                    "tokens_per_s": decode_rate(stamps)})
+    return out
+
+
+def median(rows: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def run_backend(backend: str, model: str, home: Path, tokens: int, repeat: int) -> float:
+    with Server(home) as server:
+        t0 = time.perf_counter()
+        through_prospect(server, model, backend, 1)  # starts the worker: the model loads
+        startup = time.perf_counter() - t0
+        ours = [through_prospect(server, model, backend, tokens) for _ in range(repeat)]
+        state = server.call("/api/inference")
+        worker = next(w for w in state["workers"] if w["backend"] == backend)
+        rss = psutil.Process(server.proc.pid).memory_info().rss
+        server.call("/api/inference/unload", {"model": None, "backend": None})
+    if backend == "torch":
+        bare = bare_torch(model, worker["dtype"], worker["device"], tokens, repeat)
+    else:
+        bare = bare_mlx(model, tokens, repeat)
+    p, b = median(ours, "tokens_per_s"), median(bare, "tokens_per_s")
+    print(f"{backend}: device {worker['device']}, dtype {worker['dtype']}, worker start-up "
+          f"(first answer, model load) {startup:.2f} s, worker memory "
+          f"{worker['memory_bytes'] / 2**20:.0f} MiB, server RSS {rss / 2**20:.0f} MiB")
+    print(f"{backend}: tokens {median(ours, 'tokens'):.0f} (Prospect) / "
+          f"{median(bare, 'tokens'):.0f} (bare)")
+    print(f"{backend}: time to first token {median(ours, 'ttft_s') * 1000:.0f} ms (Prospect, at "
+          f"the client) / {median(bare, 'ttft_s') * 1000:.0f} ms (bare)")
+    print(f"{backend}: tokens/s {p:.1f} (Prospect) / {b:.1f} (bare) = {p / b:.3f}", flush=True)
+    return p / b
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", default="both", choices=["torch", "mlx", "both"])
+    ap.add_argument("--model", help="a model folder (default: a synthetic Qwen2-0.5B shape)")
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    backends = ["torch", "mlx"] if a.backend == "both" else [a.backend]
+    with tempfile.TemporaryDirectory(prefix="prospect-gen-bench-") as tmp:
+        home = Path(tmp) / "home"
+        init_home(home)
+        model = a.model
+        if not model:
+            from bench.synthetic import build
+
+            build(Path(tmp) / "synthetic", "qwen2-0.5b", rows=1, tokens=16)
+            model = str(Path(tmp) / "synthetic" / "model")
+        print(f"model {model}; {a.tokens}-token greedy answers, median of {a.repeat}", flush=True)
+        ratios = {b: run_backend(b, model, home, a.tokens, a.repeat) for b in backends}
+    print("ratio Prospect/bare tokens/s: " + ", ".join(f"{b} {r:.3f}" for b, r in ratios.items()))
+
+
+if __name__ == "__main__":
+    main()
