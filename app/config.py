@@ -43,6 +43,15 @@ class Settings(BaseSettings):
                                    "reads new events.")
     allow_downloads: bool = Field(default=False, description="Let workers download a hub "
                                   "model that is not in the local cache (off: fully offline).")
+    inference_idle_s: float = Field(default=600.0, gt=0, description="A loaded model "
+                                    "(an inference worker) idle this long is unloaded.")
+    memory_budget_gb: float | None = Field(default=None, gt=0, description="The most memory "
+                                           "Prospect plans with, in GiB: jobs and loaded "
+                                           "models together (default: what is free).")
+    inference_worker_cmd: str | None = Field(default=None, description="Command that runs "
+                                             "an inference worker in place of the "
+                                             "interpreter (tests use a fake); `-m workers."
+                                             "<backend>.serve --model PATH` is appended.")
     python: str | None = Field(default=None, description="Interpreter that runs workers "
                                "(default: the server's).")
 

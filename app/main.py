@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.config import Settings, get_settings
 from app.datasets.registry import sweep_leftovers
 from app.db import ROOT, make_engine, migrate
 from app.errors import JobInputError
+from app.inference.errors import InferenceError
+from app.inference.manager import InferenceManager
+from app.inference.openai_shapes import error_body, validation_error
 from app.jobs.supervisor import Supervisor
 from app.security import LocalOnlyMiddleware, new_csrf_token
 from app.server_lock import hold_home
-from app.web.api import adapters, artifacts, datasets, jobs, plan, runs, series, system
+from app.web.api import (
+    adapters,
+    artifacts,
+    datasets,
+    inference,
+    jobs,
+    openai,
+    plan,
+    runs,
+    series,
+    system,
+)
 from app.web.deps import FormRefused
 from app.web.pages import datasets as dataset_pages
 from app.web.pages import job, library, new_job
@@ -45,8 +63,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         migrate(engine)
         sweep_leftovers(engine, settings)  # what a killed server left in datasets/
         await app.state.supervisor.start()
+        reaper = asyncio.create_task(app.state.inference.run_reaper(), name="inference-idle")
         log.info("Prospect home %s", settings.home_dir)
         yield
+        reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reaper
+        await asyncio.to_thread(app.state.inference.stop_all)  # workers never outlive us
         await app.state.supervisor.stop()
         engine.dispose()
         lock.release()
@@ -57,6 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.home_lock = None  # `prospect serve` takes it before uvicorn starts
     app.state.supervisor = Supervisor(engine, settings)
+    app.state.inference = InferenceManager(engine, settings)
+    # A job about to start unloads the loaded models when it would not fit beside them.
+    app.state.supervisor.make_room = app.state.inference.make_room
     app.state.csrf_token = new_csrf_token()  # per process: pages embed it, forms return it
     app.add_middleware(LocalOnlyMiddleware, settings=settings, csrf_token=app.state.csrf_token)
 
@@ -71,8 +97,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _form_refused(request: Request, exc: FormRefused) -> HTMLResponse:
         return page(request, "not_found.html", 403, title="Form refused", message=exc.message)
 
+    @app.exception_handler(InferenceError)
+    async def _inference_error(request: Request, exc: InferenceError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content=error_body(
+            exc.message, exc.status, exc.code, exc.param, **(exc.extra or {})))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if request.url.path.startswith("/v1/"):  # OpenAI clients read OpenAI's shape
+            return JSONResponse(status_code=exc.status_code, headers=exc.headers, content=
+                                error_body(str(exc.detail), exc.status_code))
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception):
+        if request.url.path.startswith("/v1/"):
+            return JSONResponse(status_code=500, content=error_body(
+                f"internal error: {type(exc).__name__}; see the server's log", 500))
+        return PlainTextResponse("Internal Server Error", status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if request.url.path.startswith("/v1/"):
+            return JSONResponse(status_code=422, content=validation_error(exc.errors()))
         detail = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ())]
@@ -92,7 +139,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (jobs.router, runs.api, run_pages.router, adapters.router, datasets.router,
                    dataset_pages.router, system.router, system_pages.router, plan.router,
                    plan_pages.router, jobs_pages.router, new_job.router, job.router,
-                   artifacts.router, series.router, library.router, library.api):
+                   artifacts.router, series.router, library.router, library.api,
+                   openai.router, inference.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app

@@ -25,6 +25,11 @@ from app.models import TRANSITIONS, Job, JobStatus, utcnow
 
 log = logging.getLogger("prospect.jobs")
 ACTIVE = (JobStatus.starting, JobStatus.running)
+HANG_HINT = ("The worker stopped making progress, so it was stopped. Resume the job from its "
+             "last checkpoint; if it hangs again, look at the end of worker.log (a stuck data "
+             "loader, a deadlocked device, a machine swapping hard). A step that is simply "
+             "slow needs a larger PROSPECT_STALL_TIMEOUT_S (no finished step) or "
+             "PROSPECT_HANG_TIMEOUT_S (no event at all).")
 
 
 class JobGone(JobInputError):

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from sqlmodel import Session, select
 
 from app.config import Settings
 from app.jobs.ingest import ingest, log_tail
-from app.jobs.lifecycle import JobGone, queued_jobs, set_status
+from app.jobs.lifecycle import HANG_HINT, JobGone, queued_jobs, set_status
 from app.jobs.worker_proc import RUN_FOLDER_HINT, run_folder_lost, same_process, start_worker
 from app.models import Job, JobStatus, utcnow
 from contract.events import EVENTS_FILE
@@ -35,13 +36,6 @@ log = logging.getLogger("prospect.supervisor")
 
 def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
-HANG_HINT = ("The worker stopped making progress, so it was stopped. Resume the job from its "
-             "last checkpoint; if it hangs again, look at the end of worker.log (a stuck data "
-             "loader, a deadlocked device, a machine swapping hard). A step that is simply "
-             "slow needs a larger PROSPECT_STALL_TIMEOUT_S (no finished step) or "
-             "PROSPECT_HANG_TIMEOUT_S (no event at all).")
 
 
 class Supervisor:
@@ -66,6 +60,8 @@ class Supervisor:
         # Silence is not counted across a sleep of the machine (or a paused server): both the
         # worker and the server were frozen, and the wall clock jumped on waking.
         self._awake_since = self._last_tick = time.time()
+        # Called with a job about to start (the inference manager unloads models for it).
+        self.make_room: Callable[[Job], None] | None = None
 
     # --- the loop -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -142,6 +138,8 @@ class Supervisor:
                     break
                 job_id = job.id
                 try:
+                    if self.make_room is not None:
+                        self.make_room(job)
                     n_active += self._launch(session, job)
                 except Exception:
                     log.exception("job %s: not started after an unexpected error", job_id)

@@ -9,11 +9,14 @@ model is in the local cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from app.config import get_settings
 from app.hub.cache import missing_model
 from app.hub.inspect import ModelInfoError, _sizes, inspect_model, params_from_config
-from app.planner.estimate import NO_FIT, plan
+from app.planner.estimate import FIT_RATIO, FITS, NO_FIT, TIGHT, budget_for, plan, target_device
+from app.units import fmt_bytes
 from contract.model_ref import hub_id_problem, is_folder_path
 
 SEED_KTO = dict(per_device_train_batch_size=2, gradient_accumulation_steps=8,
@@ -127,9 +130,7 @@ def plan_job(model: str, backend: str, method: str, params: dict[str, Any],
         return {"verdict": "unknown", "message": f"no memory check: {note}", "note": note,
                 "suggestion": None, "model_missing": missing}
     if system is None:
-        from app.system.machine import system_info
-
-        system = system_info()
+        system = machine()
     out = plan(facts, backend, method, params, system)
     out["model"] = {k: facts.get(k) for k in (
         "params", "num_hidden_layers", "hidden_size", "vocab_size", "dtype", "quantization",
@@ -155,3 +156,73 @@ def check_fits(model: str, backend: str, method: str, params: dict[str, Any],
     if result["verdict"] == NO_FIT:
         raise DoesNotFit(result)
     return result
+
+
+# --- what Prospect itself holds ------------------------------------------------------------
+# Loaded inference models are Prospect's to stop: a job about to start unloads them when it
+# needs the room (app/inference/manager.py registers how much they hold). So the memory the
+# machine reports free, which excludes them, is planned with their memory counted back in.
+_reclaimable: Callable[[], tuple[int, int]] | None = None
+
+
+def set_reclaimable(probe: Callable[[], tuple[int, int]] | None) -> None:
+    """``probe()`` -> (resident bytes, accelerator bytes) Prospect could free by unloading."""
+    global _reclaimable
+    _reclaimable = probe
+
+
+def budget_cap_bytes() -> int | None:
+    """PROSPECT_MEMORY_BUDGET_GB: the most memory Prospect plans with (None: no cap)."""
+    gb = get_settings().memory_budget_gb
+    return int(gb * 2**30) if gb else None
+
+
+def machine(held: tuple[int, int] = (0, 0), cap: int | None = None,
+            system: dict[str, Any] | None = None, reclaim: bool = True) -> dict[str, Any]:
+    """system_info() as the planner sees it: memory our own processes hold (``held``, and
+    with ``reclaim`` what loaded models hold) counted as free, no more than the budget cap."""
+    if system is None:
+        from app.system.machine import system_info
+
+        system = system_info()
+    rss, device = held
+    if reclaim and _reclaimable is not None:
+        more = _reclaimable()
+        rss, device = rss + more[0], device + more[1]
+    cap = budget_cap_bytes() if cap is None else cap
+    out = dict(system)
+    avail = int(out.get("memory_available_bytes") or 0) + rss
+    out["memory_available_bytes"] = min(avail, cap) if cap else avail
+    if out.get("cuda_devices"):
+        out["cuda_devices"] = [
+            {**d, "memory_free_bytes": min((d.get("memory_free_bytes") or 0) + device, cap)
+             if cap else (d.get("memory_free_bytes") or 0) + device}
+            for d in out["cuda_devices"]]
+    if cap:
+        out["memory_total_bytes"] = min(int(out.get("memory_total_bytes") or cap), cap)
+    return out
+
+
+def plan_beside(new: dict[str, Any], others: list[dict[str, Any]], device: str,
+                system: dict[str, Any]) -> dict[str, Any]:
+    """Does ``new`` ({name, bytes}) fit beside ``others`` (running jobs at their planned peak,
+    loaded models at what they hold)? ``system`` is machine() with what they hold now counted
+    back in, so nothing is counted twice. Returns verdict, ratio, need/budget bytes, items
+    and a message that names the biggest holders."""
+    budget = budget_for(device, system)
+    limit = min(b for b in (budget["available"], budget.get("device_limit")) if b) \
+        if budget["available"] or budget.get("device_limit") else 0
+    need = new["bytes"] + sum(o["bytes"] for o in others)
+    ratio = need / max(limit, 1)
+    word = FITS if ratio <= FIT_RATIO else TIGHT if ratio <= 1.0 else NO_FIT
+    items = [new, *others]
+    beside = "; ".join(f"{o['name']} {fmt_bytes(o['bytes'])}" for o in others)
+    message = (f"{new['name']} needs about {fmt_bytes(new['bytes'])}"
+               + (f" beside {beside}" if others else "")
+               + f": {fmt_bytes(need)} of {fmt_bytes(limit)} ({budget['note']})")
+    return {"verdict": word, "ratio": round(ratio, 3), "need_bytes": int(need),
+            "budget_bytes": int(limit), "device": device, "items": items, "message": message}
+
+
+def device_for(backend: str, system: dict[str, Any]) -> str:
+    return target_device(backend, {}, system)
