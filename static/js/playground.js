@@ -54,6 +54,11 @@
 
   function num(n, digits) { return typeof n === 'number' && isFinite(n) ? n.toFixed(digits) : '—'; }
 
+  function secs(s) {
+    if (typeof s !== 'number' || !isFinite(s)) return '—';
+    return s < 1 ? Math.max(1, Math.round(s * 1000)) + ' ms' : s.toFixed(2) + ' s';
+  }
+
   // --- the columns' models -------------------------------------------------------------
   function modelOf(col) { return $('pg-model-' + col).value; }
 
@@ -155,7 +160,7 @@
     const tokens = usage && typeof usage.completion_tokens === 'number' ? usage.completion_tokens : null;
     box.meta.textContent = '';
     [['tokens', tokens === null ? '—' : String(tokens)],
-      ['TTFT', num(stats.ttft_s, 2) + ' s'],
+      ['TTFT', secs(stats.ttft_s)],
       ['tokens/s', num(stats.tokens_per_s, 1)],
       ['finish', finish || stats.finish_reason || '—']].forEach(function (pair) {
       const s = el('span', 'pg-stat');
@@ -218,6 +223,12 @@
       if (failed) { showError(col, box, failed); return; }
       if (!finish) { showError(col, box, 'the answer ended without finishing (the connection closed)'); return; }
       showStats(box, stats, usage, finish);
+      if (record.text && !record.text.trim()) {  // a model that only says newlines
+        box.text.textContent = '';
+        box.text.appendChild(el('span', 'pg-blank muted',
+          '(only whitespace: ' + JSON.stringify(record.text.slice(0, 12)).slice(1, -1) +
+          (record.text.length > 12 ? '…' : '') + ')'));
+      }
       setState(col, box, 'done');
     } catch (e) {
       record.text = box.text.textContent;
@@ -338,7 +349,8 @@
       button.setAttribute('aria-label', 'Unload ' + w.model + ' (' + w.backend + ')');
       const act = td('', 'row-actions');
       act.appendChild(button);
-      const state = w.busy ? 'answering' + (w.waiting ? ', ' + w.waiting + ' waiting' : '') : 'idle';
+      const state = w.state === 'loading' ? 'loading…' : w.busy
+        ? 'answering' + (w.waiting ? ', ' + w.waiting + ' waiting' : '') : 'idle';
       const tr = row([td(w.model, 'mono'), td(w.backend, 'mono'),
         td((w.device || '—') + (w.dtype ? ' · ' + w.dtype : ''), 'mono'),
         td(bytes(w.memory_bytes), 'num mono'), td(String((w.adapters || []).length), 'num'),
