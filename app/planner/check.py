@@ -200,6 +200,7 @@ def machine(held: tuple[int, int] = (0, 0), cap: int | None = None,
             for d in out["cuda_devices"]]
     if cap:
         out["memory_total_bytes"] = min(int(out.get("memory_total_bytes") or cap), cap)
+        out["memory_budget_cap_bytes"] = cap
     return out
 
 
@@ -216,10 +217,13 @@ def plan_beside(new: dict[str, Any], others: list[dict[str, Any]], device: str,
     ratio = need / max(limit, 1)
     word = FITS if ratio <= FIT_RATIO else TIGHT if ratio <= 1.0 else NO_FIT
     items = [new, *others]
-    beside = "; ".join(f"{o['name']} {fmt_bytes(o['bytes'])}" for o in others)
+    beside = "; ".join(f"{o['name']} at {fmt_bytes(o['bytes'])}" for o in others)
+    cap = system.get("memory_budget_cap_bytes")
+    note = f"PROSPECT_MEMORY_BUDGET_GB allows {fmt_bytes(cap)}" if cap and limit >= cap \
+        else budget["note"]
     message = (f"{new['name']} needs about {fmt_bytes(new['bytes'])}"
                + (f" beside {beside}" if others else "")
-               + f": {fmt_bytes(need)} of {fmt_bytes(limit)} ({budget['note']})")
+               + f": {fmt_bytes(need)} of {fmt_bytes(limit)} ({note})")
     return {"verdict": word, "ratio": round(ratio, 3), "need_bytes": int(need),
             "budget_bytes": int(limit), "device": device, "items": items, "message": message}
 

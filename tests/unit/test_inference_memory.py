@@ -55,7 +55,7 @@ def test_plan_beside(others, verdict):
     assert result["budget_bytes"] == 40 * GiB
     assert result["message"].startswith("model needs about 10.0 GiB")
     if others:
-        assert "beside job 1 23.0 GiB" in result["message"]
+        assert "beside job 1 at 23.0 GiB" in result["message"]
 
 
 def test_machine_counts_what_prospect_holds_back_in_and_caps():
