@@ -296,6 +296,10 @@ MLX_KTO = Method(
         *_kto_loss_knobs(),
         Knob("grad_checkpoint", bool, False, "Recompute activations in the backward pass: "
              "less memory, slower.", group="memory"),
+        Knob("compile", bool, True, "Compile the training step with mx.compile, as SFT's: "
+             "fused kernels, faster steps. On a CPU the first run builds its kernels with the "
+             "system C++ compiler (some 15-30 s, once: cached under <tmp>/mlx).",
+             group="hardware"),
         *_mlx_lora_knobs(),
         Knob("steps_per_report", int, 10, "Report loss and rewards every this many steps.",
              group="logging", min=1, max=1_000_000),

@@ -156,6 +156,7 @@ class MLXKTOArgs(MethodArgs):
     desirable_weight: float
     undesirable_weight: float
     grad_checkpoint: bool
+    compile: bool
     num_layers: int
     rank: int
     scale: float

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -134,24 +135,62 @@ def batch_metrics(loss, logps, ref_logps, z0, labels, beta: float) -> dict[str, 
 
 
 class KTOStep:
-    """One optimizer step of KTO; returns the step's metrics."""
+    """One optimizer step of KTO; returns the step's metrics.
+
+    With ``compile`` the step (reference terms, loss, gradient, Adam) is one ``mx.compile``d
+    function, as mlx-lm compiles SFT's: the model, optimizer and random state go in and out
+    as captured state, the batch goes in as arrays, and nothing in it reads a value back
+    (the metrics are read afterwards). The LoRA scale the reference passes set to 0 is a
+    Python number, so it is traced as a constant, as the policy's is. A compiled function is
+    traced again for each new input shape: the batch is padded on the right to a multiple of
+    ``pad_to`` tokens (+1, as mlx-lm pads SFT's batches), so a few widths cover a run.
+    Padding adds tokens outside every completion mask at the end of causal sequences: the
+    log-probs are the same. LoRA dropout, if on, then draws its masks over the padded shape:
+    other masks than the eager step's, from the same random state (``pad_to=None``: none).
+    """
 
     def __init__(self, model, optimizer, beta: float, desirable_weight: float,
-                 undesirable_weight: float, size: int = 1):
+                 undesirable_weight: float, size: int = 1, compile: bool = True,
+                 pad_to: int | None = 32):
         self.model, self.optimizer = model, optimizer
         self.size = size  # processes of a distributed launch, each with its part of the batch
         self.beta = beta
         self.weights = (desirable_weight, undesirable_weight)
         self.value_and_grad = nn.value_and_grad(model, kto_loss)
+        self.compile, self.pad_to = compile, pad_to
+        self.state = [model.state, optimizer.state, mx.random.state]
+        self._compiled: dict[bool, object] = {}  # update or not → its compiled step
 
-    def __call__(self, batch: dict, update: bool = True) -> dict[str, float]:
+    def _step(self, update: bool, input_ids, completion_mask, kl_input_ids, kl_completion_mask,
+              labels):
+        """(loss, policy log-probs, reference log-probs, z0), the update applied if asked."""
+        batch = {"input_ids": input_ids, "completion_mask": completion_mask,
+                 "KL_input_ids": kl_input_ids, "KL_completion_mask": kl_completion_mask}
         ref_logps, z0 = reference_terms(self.model, batch, self.size)
         (loss, logps), grads = self.value_and_grad(
-            self.model, batch["input_ids"], batch["completion_mask"], batch["label"],
-            ref_logps, z0, self.beta, *self.weights)
+            self.model, input_ids, completion_mask, labels, ref_logps, z0, self.beta,
+            *self.weights)
         if update:
             self.optimizer.update(self.model, average_gradients(grads))  # no-op in 1 process
-        mx.eval(self.model.parameters(), self.optimizer.state, loss, logps)
+        return loss, logps, ref_logps, z0
+
+    def _compiled_step(self, update: bool):
+        if update not in self._compiled:
+            self._compiled[update] = mx.compile(partial(self._step, update),
+                                                inputs=self.state, outputs=self.state)
+        return self._compiled[update]
+
+    def __call__(self, batch: dict, update: bool = True) -> dict[str, float]:
+        arrays = [batch[k] for k in ("input_ids", "completion_mask", "KL_input_ids",
+                                     "KL_completion_mask")]
+        if self.compile:
+            if self.pad_to:
+                arrays = pad_width(arrays, self.pad_to)
+            loss, logps, ref_logps, z0 = self._compiled_step(update)(*arrays, batch["label"])
+            mx.eval(self.state, loss, logps, ref_logps, z0)
+        else:
+            loss, logps, ref_logps, z0 = self._step(update, *arrays, batch["label"])
+            mx.eval(self.model.parameters(), self.optimizer.state, loss, logps)
         labels = batch["label"]
         if self.size > 1:  # the metrics of the whole batch, from every process
             loss = mx.distributed.all_sum(loss, stream=mx.cpu) / self.size
@@ -160,6 +199,15 @@ class KTOStep:
                 for x in (logps, ref_logps, labels.astype(mx.int32)))
             labels = labels.astype(mx.bool_)
         return batch_metrics(loss, logps, ref_logps, z0, labels, self.beta)
+
+
+def pad_width(arrays: list[mx.array], pad_to: int) -> list[mx.array]:
+    """The (ids, mask, KL ids, KL mask) arrays right-padded with zeros to one common width,
+    1 + a multiple of ``pad_to`` (the model reads width - 1 tokens): a compiled step meets few
+    shapes. Zeros: a pad id that no mask counts (any id would do) and mask 0."""
+    width = max(a.shape[1] for a in arrays)
+    target = 1 + pad_to * -(-(width - 1) // pad_to)
+    return [mx.pad(a, [(0, 0), (0, target - a.shape[1])]) for a in arrays]
 
 
 def batch_order(n_rows: int, batch_size: int, seed: int):
@@ -197,7 +245,7 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
 
     optimizer, start, tokens = prepare_training(job, model)
     step = KTOStep(model, optimizer, args.beta, args.desirable_weight, args.undesirable_weight,
-                   size)
+                   size, compile=args.compile)
 
     iters = args.iters
     order = batch_order(len(examples), args.batch_size, args.seed)
