@@ -149,3 +149,32 @@ def test_idle_unload(demo_home, tmp_path_factory):
     # The server's shutdown stops its workers: none outlives it.
     assert wait_for(lambda: not psutil.pid_exists(pid), timeout=30,
                     what="no worker after the server")
+
+
+def test_mlx_adapter_and_base_through_one_mlx_worker(live_server):
+    pytest.importorskip("mlx_lm")
+    status, job = live_server.post("/api/jobs", {
+        "name": "mlx run", "backend": "mlx", "method": "sft", "model": "tiny-demo",
+        "dataset": "demo-kto", "params": {"iters": 8, "batch_size": 4, "learning_rate": 1e-3,
+                                          "steps_per_report": 4, "steps_per_eval": 8,
+                                          "steps_per_save": 8, "val_batches": 1}})
+    assert status == 201, job
+    job = live_server.wait_job(job["id"])
+    assert job["status"] == "succeeded", job
+    c = client(live_server)
+    adapter = f"tiny-demo@job-{job['id']}"
+    tuned = c.chat.completions.create(model=adapter, messages=MESSAGES, max_tokens=16,
+                                      temperature=0)
+    assert tuned.model_extra["prospect"]["backend"] == "mlx"
+    assert tuned.usage.completion_tokens > 0
+    base = c.chat.completions.create(model="tiny-demo", messages=MESSAGES, max_tokens=16,
+                                     temperature=0, extra_body={"backend": "mlx"})
+    assert base.model_extra["prospect"]["backend"] == "mlx"
+    workers = [w for w in live_server.get("/api/inference")["workers"] if w["backend"] == "mlx"]
+    assert len(workers) == 1 and workers[0]["adapters"] == [adapter]
+    # An adapter is served by its job's backend only.
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        c.chat.completions.create(model=adapter, messages=MESSAGES,
+                                  extra_body={"backend": "torch"})
+    assert "trained with the mlx backend" in caught.value.body["message"]
+    live_server.post("/api/inference/unload", {"model": None})
