@@ -128,6 +128,8 @@ class InferenceManager:
                      ) -> tuple[InferenceWorker, Request]:
         """Queue a generate message on the target's worker; replies come on the request's
         queue (start, tokens, then done or error)."""
+        # asyncio's executor, not anyio's: the worker dies with the thread that started it
+        # (PR_SET_PDEATHSIG), and anyio ends idle threads; these live as long as the loop.
         worker = await asyncio.to_thread(self.open, target)
         req = Request(message["id"], message, asyncio.get_running_loop())
         worker.submit(req, target.id if target.adapter else None)
@@ -190,8 +192,7 @@ class InferenceManager:
 
     def _models_beside(self, exclude: tuple[str, str] | None = None) -> list[dict[str, Any]]:
         return [{"name": f"{w.model} loaded ({w.backend})",
-                 "bytes": int(w.memory_bytes or w.rss_bytes()), "worker": (w.backend,
-                                                                          w.model_path)}
+                 "bytes": int(w.memory_bytes or w.rss_bytes())}
                 for w in self._alive() if (w.backend, w.model_path) != exclude]
 
     def _check_fits(self, target: Target) -> None:
