@@ -316,3 +316,12 @@ def test_server_shutdown_stops_the_workers(tmp_path):
     thread.join(30)
     assert worker.proc.poll() is not None
     assert app.state.inference.workers == {}
+
+
+def test_an_unexpected_error_is_a_500_in_openai_shape(served, monkeypatch):
+    def broken():
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(served.manager, "models", broken)
+    err = error_of(served.http.get("/v1/models"), 500)
+    assert err["type"] == "server_error" and "RuntimeError" in err["message"]
