@@ -133,3 +133,28 @@ def test_the_worker_exits_when_its_parent_dies(demo, tmp_path):
         wait_gone(pid)
     finally:
         w.proc.stdin.close()
+
+
+def test_adapters_wrap_the_base_layers_without_copies(demo, adapters):
+    """In process: each adapter's LoRA layers wrap the very layers the base model loaded, and
+    between requests the base model holds its own layers again."""
+    from workers.mlx.serve import MLXBackend
+
+    backend = MLXBackend()
+    backend.load(str(demo["model"]))
+    originals = dict(backend.model.named_modules())
+
+    def as_loaded() -> bool:
+        now = dict(backend.model.named_modules())
+        return now.keys() == originals.keys() and all(now[k] is originals[k] for k in now)
+
+    backend.attach(str(adapters["one"]))
+    backend.attach(str(adapters["two"]))
+    assert as_loaded()  # the base side is the model as loaded
+    for name in ("one", "two"):
+        layers = backend.adapters[str(adapters[name])]
+        assert layers and all(layer.linear is originals[path] for path, layer in layers.items())
+    backend._use(str(adapters["two"]))
+    assert not as_loaded()
+    backend._use(None)
+    assert as_loaded()

@@ -130,3 +130,27 @@ def test_the_worker_exits_when_its_parent_dies(demo, tmp_path):
         wait_gone(pid)
     finally:
         w.proc.stdin.close()
+
+
+def test_adapters_share_the_base_weights(demo, adapters):
+    """In process: two adapters attached, the base's weights are the same tensors as loaded."""
+    from workers.torch.serve import TorchBackend
+
+    backend = TorchBackend()
+    backend.load(str(demo["model"]))
+    before = {n: p.data_ptr() for n, p in backend.model.named_parameters()}
+    backend.attach(str(adapters["one"]))
+    backend.attach(str(adapters["two"]))
+    after = {n.replace(".base_layer", ""): p.data_ptr()
+             for n, p in backend.peft.get_base_model().named_parameters() if "lora_" not in n}
+    assert after == before
+    assert sorted(backend.adapters.values()) == ["adapter0", "adapter1"]
+
+
+def test_an_mlx_adapter_is_422_on_the_torch_worker(worker, demo, tmp_path):
+    pytest.importorskip("mlx_lm")
+    from tests.helpers.inference_worker import make_mlx_adapter
+
+    folder = make_mlx_adapter(demo["model"], tmp_path / "mlx")
+    answer = worker.generate("mlx-adapter", adapter=folder)
+    assert answer.end["status"] == 422 and "not a PEFT adapter" in answer.end["message"]
