@@ -8,11 +8,12 @@ contract/inference.py: JSON lines on stdin, JSON lines on stdout, free text on s
 
 A backend (workers/torch/serve.py, workers/mlx/serve.py) only loads the model, renders the
 chat template, attaches adapters and yields ``(text, token ids)``; this loop applies stop
-strings (text that may be the start of one is held back; nothing after one is sent), clamps
-``max_tokens`` to the context, times the answer and turns every failure into an ``error``
-reply. Only a failed model load ends the worker; a failed request answers ``error`` and the
-next one is served. Stdout carries protocol lines only: file descriptor 1 is pointed at
-stderr once the real stdout is taken, so a library's print cannot corrupt the stream.
+strings (text that may be the start of one is held back; nothing after one is sent:
+workers/serve_text.py), clamps ``max_tokens`` to the context, times the answer and turns
+every failure into an ``error`` reply. Only a failed model load ends the worker; a failed
+request answers ``error`` and the next one is served. Stdout carries protocol lines only:
+file descriptor 1 is pointed at stderr once the real stdout is taken, so a library's print
+cannot corrupt the stream.
 
 The worker never outlives its parent (the server): on Linux the kernel signals it when the
 parent dies (``prctl(PR_SET_PDEATHSIG)``), elsewhere a thread checks ``os.getppid()`` every
@@ -38,6 +39,7 @@ from typing import IO, Any, Protocol
 
 from contract import inference as proto
 from workers.runtime import OFFLINE_ENVIRONMENT, ModelNotFound
+from workers.serve_text import StopScanner
 
 PR_SET_PDEATHSIG = 1
 PARENT_SIGNAL = signal.SIGUSR2  # what the kernel sends when the parent dies (Linux)
@@ -95,70 +97,6 @@ def context_length(max_positions: int | None, model_max_length: int | None) -> i
     limits = [n for n in (max_positions, model_max_length)
               if isinstance(n, int) and 0 < n < SANE_MAX_LENGTH]
     return min(limits) if limits else 2048
-
-
-def held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters of ``text`` may be the start of a stop string."""
-    best = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:k]):
-                best = k
-                break
-    return best
-
-
-class StopScanner:
-    """Text in, text safe to send out: never a stop string, nor anything after one."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-        self.hit = False
-
-    def push(self, text: str) -> str:
-        if self.hit:
-            return ""
-        self.pending += text
-        found = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if found:
-            out, self.pending, self.hit = self.pending[:min(found)], "", True
-            return out
-        keep = held_back(self.pending, self.stops)
-        out = self.pending[:len(self.pending) - keep]
-        self.pending = self.pending[len(out):]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = ("" if self.hit else self.pending), ""
-        return out
-
-
-class IncrementalDecoder:
-    """Token ids in, new text out, never half a character: text is sent once the decoded
-    tail no longer ends in U+FFFD (a UTF-8 sequence cut between tokens). Decodes a short
-    window (from the previous emission) so a tokenizer that drops a leading space stays right."""
-
-    def __init__(self, decode: Callable[[list[int]], str]):
-        self.decode = decode
-        self.ids: list[int] = []
-        self.prefix = 0  # start of the window
-        self.read = 0  # ids up to here have been turned into text
-
-    def push(self, ids: list[int]) -> str:
-        self.ids.extend(ids)
-        return self._advance(final=False)
-
-    def flush(self) -> str:
-        return self._advance(final=True)
-
-    def _advance(self, final: bool) -> str:
-        before = self.decode(self.ids[self.prefix:self.read])
-        after = self.decode(self.ids[self.prefix:])
-        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
-            return ""
-        self.prefix, self.read = self.read, len(self.ids)
-        return after[len(before):]
 
 
 def parent_watch_mode(system: str, has_prctl: bool) -> str:

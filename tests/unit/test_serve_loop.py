@@ -13,16 +13,14 @@ import pytest
 from contract import inference as proto
 from tests.helpers.inference_worker import FAKE, FakeBackend, InferenceWorker, wait_gone
 from workers.serve import (
-    IncrementalDecoder,
     Output,
     RequestError,
-    StopScanner,
     Worker,
     context_length,
-    held_back,
     parent_watch_mode,
     parse_request,
 )
+from workers.serve_text import IncrementalDecoder, StopScanner, held_back
 
 
 # --- stop strings ---------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from typing import Any
 from workers.memory import process_rss_bytes, torch_probe
 from workers.model_source import model_source
 from workers.runtime import loading_model
-from workers.serve import IncrementalDecoder, RequestError, Sampling, Stream, context_length, run
+from workers.serve import RequestError, Sampling, Stream, context_length, run
+from workers.serve_text import IncrementalDecoder
 
 ENVIRONMENT = {"PYTORCH_ENABLE_MPS_FALLBACK": "1"}
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -186,7 +187,8 @@ class TorchBackend:
             "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
             "max_new_tokens": sampling.max_tokens, "streamer": Streamer(),
             "stopping_criteria": StoppingCriteriaList([Cancel()]),
-            "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            "pad_token_id": self.tokenizer.pad_token_id if self.tokenizer.pad_token_id
+            is not None else self.tokenizer.eos_token_id,
         }
         if sampling.temperature == 0:
             kwargs["do_sample"] = False
