@@ -47,12 +47,18 @@ def api_app(tmp_path_factory):
     print("\nschemathesis cases:", dict(CASES), "total", sum(CASES.values()))
 
 
-def assert_well_formed(response) -> None:
-    """A 4xx is JSON with a `detail`: a sentence, or a list of {loc, msg, type}."""
+def assert_well_formed(response, path: str = "") -> None:
+    """A 4xx is JSON with a `detail`: a sentence, or a list of {loc, msg, type}; under /v1
+    (the OpenAI-compatible API) OpenAI's {"error": {message, type, param, code}}."""
     if response.status_code < 400:
         return
     assert response.status_code < 500, response.text
     assert response.headers["content-type"][0].startswith("application/json"), response.headers
+    if path.startswith("/v1/"):
+        error = json.loads(response.content)["error"]
+        assert isinstance(error["message"], str) and error["message"], error
+        assert error["type"] == "invalid_request_error" and "code" in error, error
+        return
     detail = json.loads(response.content)["detail"]
     if isinstance(detail, list):
         assert detail and all({"loc", "msg", "type"} <= set(d) for d in detail), detail
@@ -67,7 +73,7 @@ def run_operation(operation, mode: GenerationMode) -> None:
     def check(case):
         CASES[f"{operation.label} {mode.value}"] += 1
         response = case.call()
-        assert_well_formed(response)
+        assert_well_formed(response, operation.path)
         case.validate_response(response, checks=[not_a_server_error,
                                                  response_schema_conformance])
 
