@@ -116,6 +116,16 @@ def is_navigation(headers: dict[str, str]) -> bool:
         headers.get("sec-fetch-dest", "document") == "document"
 
 
+def refusal_body(path: str, status: int, message: str) -> dict:
+    """``{"detail": …}`` as everywhere else; under /v1, OpenAI's error shape, which chat
+    clients read (``openai`` raises AuthenticationError on the 401 either way)."""
+    if not path.startswith("/v1/"):
+        return {"detail": message}
+    kind = "authentication_error" if status == 401 else "invalid_request_error"
+    code = {401: "invalid_api_key", 421: "misdirected_request"}.get(status, "forbidden")
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
 class LocalOnlyMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings, csrf_token: str | None = None):
         self.app = app
@@ -151,7 +161,8 @@ class LocalOnlyMiddleware:
         problem = self.check(scope["method"], scope["path"], headers)
         if problem:
             status, message = problem
-            await JSONResponse({"detail": message}, status_code=status)(scope, receive, send)
+            await JSONResponse(refusal_body(scope["path"], status, message),
+                               status_code=status)(scope, receive, send)
             return
         receive, refused = await read_body(scope, receive, headers, self.settings)
         if refused is not None:

@@ -160,8 +160,12 @@ def test_token_rules_apply(tmp_path):
     app, server, thread, url = serve(tmp_path, token="s3cret")
     try:
         body = {"model": "tiny-demo", "messages": [{"role": "user", "content": "hi"}]}
-        assert httpx.post(f"{url}/v1/chat/completions", json=body).status_code == 401
+        refused = httpx.post(f"{url}/v1/chat/completions", json=body)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["type"] == "authentication_error"  # OpenAI's shape
+        assert "s3cret" not in refused.text
         assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert httpx.get(f"{url}/api/jobs").json()["detail"]  # the rest keeps its shape
         ok = httpx.post(f"{url}/v1/chat/completions", json=body,
                         headers={"Authorization": "Bearer s3cret"}, timeout=30)
         assert ok.status_code == 200, ok.text
