@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -47,7 +48,11 @@ def through_prospect(server: Server, model: str, backend: str, tokens: int) -> d
                                  headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
     stamps, usage, text = [], None, []
-    with urllib.request.urlopen(req, timeout=600) as resp:
+    try:
+        resp = urllib.request.urlopen(req, timeout=600)
+    except urllib.error.HTTPError as exc:
+        raise SystemExit(f"Prospect answered {exc.code}: {exc.read().decode()}") from None
+    with resp:
         for raw in resp:
             line = raw.decode().strip()
             if not line.startswith("data:"):
@@ -96,6 +101,9 @@ def bare_torch(model_dir: str, dtype: str, device: str, tokens: int, repeat: int
             pass
 
     out = []
+    with torch.inference_mode():  # warm-up, as Prospect's first (1-token) answer is
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                       do_sample=False)
     for _ in range(repeat):
         s = Stamps()
         t0 = time.perf_counter()
@@ -111,6 +119,8 @@ def bare_mlx(model_dir: str, tokens: int, repeat: int) -> list[dict]:
 
     model, tok = load(model_dir)
     prompt = tok.apply_chat_template(MESSAGES, add_generation_prompt=True)
+    for _r in stream_generate(model, tok, prompt, max_tokens=2):  # warm-up, as Prospect's
+        pass
     out = []
     for _ in range(repeat):
         t0, stamps = time.perf_counter(), []
@@ -155,20 +165,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", default="both", choices=["torch", "mlx", "both"])
-    ap.add_argument("--model", help="a model folder (default: a synthetic Qwen2-0.5B shape)")
+    ap.add_argument("--model", help="a model folder Prospect may read (in your home), or "
+                    "tiny-demo (default: a synthetic Qwen2-0.5B shape)")
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     backends = ["torch", "mlx"] if a.backend == "both" else [a.backend]
     with tempfile.TemporaryDirectory(prefix="prospect-gen-bench-") as tmp:
         home = Path(tmp) / "home"
-        init_home(home)
-        model = a.model
-        if not model:
+        demo = init_home(home)
+        model = demo["model"] if a.model == "tiny-demo" else a.model
+        if not model:  # inside the Prospect home: a folder Prospect may read
             from bench.synthetic import build
 
-            build(Path(tmp) / "synthetic", "qwen2-0.5b", rows=1, tokens=16)
-            model = str(Path(tmp) / "synthetic" / "model")
+            build(home / "models" / "synthetic", "qwen2-0.5b", rows=1, tokens=16)
+            model = str(home / "models" / "synthetic" / "model")
         print(f"model {model}; {a.tokens}-token greedy answers, median of {a.repeat}", flush=True)
         ratios = {b: run_backend(b, model, home, a.tokens, a.repeat) for b in backends}
     print("ratio Prospect/bare tokens/s: " + ", ".join(f"{b} {r:.3f}" for b, r in ratios.items()))
