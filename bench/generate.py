@@ -108,9 +108,11 @@ def bare_torch(model_dir: str, dtype: str, device: str, tokens: int, repeat: int
         s = Stamps()
         t0 = time.perf_counter()
         with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                           do_sample=False, streamer=s)
-        out.append({"ttft_s": s.t[0] - t0, "tokens": len(s.t), "tokens_per_s": decode_rate(s.t)})
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=tokens, do_sample=False, streamer=s)
+        text = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
+        out.append({"ttft_s": s.t[0] - t0, "tokens": len(s.t), "tokens_per_s": decode_rate(s.t),
+                    "text": text})
     return out
 
 
@@ -123,11 +125,12 @@ def bare_mlx(model_dir: str, tokens: int, repeat: int) -> list[dict]:
         pass
     out = []
     for _ in range(repeat):
-        t0, stamps = time.perf_counter(), []
-        for _r in stream_generate(model, tok, prompt, max_tokens=tokens):
+        t0, stamps, text = time.perf_counter(), [], []
+        for r in stream_generate(model, tok, prompt, max_tokens=tokens):
             stamps.append(time.perf_counter())
+            text.append(r.text)
         out.append({"ttft_s": stamps[0] - t0, "tokens": len(stamps),
-                    "tokens_per_s": decode_rate(stamps)})
+                    "tokens_per_s": decode_rate(stamps), "text": "".join(text)})
     return out
 
 
@@ -153,8 +156,9 @@ def run_backend(backend: str, model: str, home: Path, tokens: int, repeat: int) 
     print(f"{backend}: device {worker['device']}, dtype {worker['dtype']}, worker start-up "
           f"(first answer, model load) {startup:.2f} s, worker memory "
           f"{worker['memory_bytes'] / 2**20:.0f} MiB, server RSS {rss / 2**20:.0f} MiB")
+    same = ours[-1]["text"] == bare[-1]["text"]
     print(f"{backend}: tokens {median(ours, 'tokens'):.0f} (Prospect) / "
-          f"{median(bare, 'tokens'):.0f} (bare)")
+          f"{median(bare, 'tokens'):.0f} (bare); same greedy text: {same}")
     print(f"{backend}: time to first token {median(ours, 'ttft_s') * 1000:.0f} ms (Prospect, at "
           f"the client) / {median(bare, 'ttft_s') * 1000:.0f} ms (bare)")
     print(f"{backend}: tokens/s {p:.1f} (Prospect) / {b:.1f} (bare) = {p / b:.3f}", flush=True)
