@@ -47,7 +47,7 @@ def through_prospect(server: Server, model: str, backend: str, tokens: int) -> d
                                  data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
-    stamps, usage, text = [], None, []
+    stamps, usage, text, worker = [], None, [], {}
     try:
         resp = urllib.request.urlopen(req, timeout=600)
     except urllib.error.HTTPError as exc:
@@ -64,6 +64,7 @@ def through_prospect(server: Server, model: str, backend: str, tokens: int) -> d
             if "error" in chunk:
                 raise SystemExit(f"Prospect answered an error: {chunk['error']}")
             usage = chunk.get("usage") or usage
+            worker = chunk.get("prospect") or worker
             for choice in chunk.get("choices", []):
                 piece = choice.get("delta", {}).get("content")
                 if piece:
@@ -73,7 +74,9 @@ def through_prospect(server: Server, model: str, backend: str, tokens: int) -> d
     n = (usage or {}).get("completion_tokens", len(stamps))
     return {"ttft_s": stamps[0] - t0 if stamps else float("nan"), "tokens": n,
             "tokens_per_s": decode_rate(stamps) * (n - 1) / max(len(stamps) - 1, 1),
-            "seconds": time.perf_counter() - t0, "text": "".join(text)}
+            "seconds": time.perf_counter() - t0, "text": "".join(text),
+            "worker_tokens_per_s": worker.get("tokens_per_s", float("nan")),
+            "worker_ttft_s": worker.get("ttft_s", float("nan"))}
 
 
 def bare_torch(model_dir: str, dtype: str, device: str, tokens: int, repeat: int) -> list[dict]:
@@ -161,6 +164,9 @@ def run_backend(backend: str, model: str, home: Path, tokens: int, repeat: int) 
           f"{median(bare, 'tokens'):.0f} (bare); same greedy text: {same}")
     print(f"{backend}: time to first token {median(ours, 'ttft_s') * 1000:.0f} ms (Prospect, at "
           f"the client) / {median(bare, 'ttft_s') * 1000:.0f} ms (bare)")
+    print(f"{backend}: inside the worker: time to first token "
+          f"{median(ours, 'worker_ttft_s') * 1000:.0f} ms, tokens/s "
+          f"{median(ours, 'worker_tokens_per_s'):.1f}")
     print(f"{backend}: tokens/s {p:.1f} (Prospect) / {b:.1f} (bare) = {p / b:.3f}", flush=True)
     return p / b
 

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
@@ -64,7 +64,7 @@ class Sampling:
     seed: int | None
 
 
-Stream = Iterator[tuple[str, list[int]]]
+Emit = Callable[[str, list[int]], None]
 
 
 class Backend(Protocol):
@@ -84,9 +84,12 @@ class Backend(Protocol):
         not fit this model."""
 
     def stream(self, ids: list[int], adapter: str | None, sampling: Sampling,
-               cancelled: Callable[[], bool]) -> Stream:
-        """Yield (new text, its token ids); stop after the token in hand once ``cancelled()``;
-        return "stop" (end of sequence) or "length"."""
+               cancelled: Callable[[], bool], emit: Emit) -> str:
+        """Generate, calling ``emit(new text, its token ids)`` from the generating thread as
+        tokens come (no hand-over to another thread: with the GIL, a consumer thread waits
+        up to a switch interval per wake-up, and on CUDA the generating thread seldom lets
+        go); stop after the token in hand once ``cancelled()``; return "stop" (end of
+        sequence) or "length"."""
 
     def memory_bytes(self) -> int: ...
 
@@ -298,26 +301,24 @@ class Worker:
                             sampling.top_p, sampling.seed)
         self.out.send({"type": "start", "id": id, "prompt_tokens": n_prompt})
         scanner = StopScanner(stops)
-        produced, waiting = 0, []
-        first = last = None
-        stream = backend.stream(ids, adapter, sampling, lambda: flag.is_set() or scanner.hit)
-        reason = None
-        while True:
-            try:
-                text, new_ids = next(stream)
-            except StopIteration as end:
-                reason = end.value
-                break
+        tally: dict[str, Any] = {"produced": 0, "waiting": [], "first": None, "last": None}
+
+        def emit(text: str, new_ids: list[int]) -> None:
             if scanner.hit:
-                continue  # the token in hand after a stop string: not part of the answer
-            last = time.perf_counter()
-            first = first or last
-            produced += len(new_ids)
-            waiting += new_ids
+                return  # the token in hand after a stop string: not part of the answer
+            tally["last"] = time.perf_counter()
+            tally["first"] = tally["first"] or tally["last"]
+            tally["produced"] += len(new_ids)
+            tally["waiting"] += new_ids
             out = scanner.push(text)
             if out:
-                self.out.send({"type": "token", "id": id, "text": out, "ids": waiting})
-                waiting = []
+                self.out.send({"type": "token", "id": id, "text": out, "ids": tally["waiting"]})
+                tally["waiting"] = []
+
+        reason = backend.stream(ids, adapter, sampling, lambda: flag.is_set() or scanner.hit,
+                                emit)
+        produced, waiting, first, last = (tally[k] for k in ("produced", "waiting", "first",
+                                                              "last"))
         tail = scanner.flush()
         if tail:
             self.out.send({"type": "token", "id": id, "text": tail, "ids": waiting})

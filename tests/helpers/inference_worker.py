@@ -262,12 +262,12 @@ class FakeBackend:
         if adapter == "misfit":
             raise RequestError(422, "adapter", "the adapter misfit does not fit the model fake")
 
-    def stream(self, ids, adapter, sampling, cancelled):
+    def stream(self, ids, adapter, sampling, cancelled, emit):
         for n in range(sampling.max_tokens):
             if self.explode:
                 raise RuntimeError("the fake backend exploded")
             char = self.TEXT[n % len(self.TEXT)]
-            yield char, [ord(char)]
+            emit(char, [ord(char)])
             while self.hang and not cancelled():
                 time.sleep(0.01)
             if cancelled():

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.memory import mlx_probe, process_rss_bytes
-from workers.serve import RequestError, Sampling, Stream, context_length, run
+from workers.serve import Emit, RequestError, Sampling, context_length, run
 
 ADAPTER_FILE = "adapters.safetensors"  # workers/mlx/common.py's names, without importing mlx
 ADAPTER_CONFIG = "adapter_config.json"
@@ -130,7 +130,7 @@ class MLXBackend:
         self.active = adapter
 
     def stream(self, ids: list[int], adapter: str | None, sampling: Sampling,
-               cancelled: Callable[[], bool]) -> Stream:
+               cancelled: Callable[[], bool], emit: Emit) -> str:
         import mlx.core as mx
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
@@ -144,7 +144,7 @@ class MLXBackend:
         reason = "length"
         try:
             for response in responses:
-                yield response.text, [int(response.token)]
+                emit(response.text, [int(response.token)])
                 if response.finish_reason:
                     reason = response.finish_reason
                     break

@@ -4,17 +4,16 @@ transformers loads the base model once, on the device and in the precision train
 choose (workers/torch/device.py). Adapters are PEFT LoRA folders attached by name to one
 ``PeftModel`` (``load_adapter``) and switched per request (``set_adapter``); the base side
 runs inside ``disable_adapter()``, never on a second copy of the weights. Generation is
-``model.generate`` on a thread, its tokens handed over by a streamer; a stopping criterion
-reads the cancel flag. The protocol and the loop are workers/serve.py's.
+``model.generate`` on the serving thread, each token handed to the loop by a streamer as
+it comes (no second thread: see ``Backend.stream``); a stopping criterion reads the cancel
+flag. The protocol and the loop are workers/serve.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import re
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,12 @@ from typing import Any
 from workers.memory import process_rss_bytes, torch_probe
 from workers.model_source import model_source
 from workers.runtime import loading_model
-from workers.serve import RequestError, Sampling, Stream, context_length, run
+from workers.serve import Emit, RequestError, Sampling, context_length, run
 from workers.serve_text import IncrementalDecoder
 
 ENVIRONMENT = {"PYTORCH_ENABLE_MPS_FALLBACK": "1"}
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 LORA_KEY = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
-_END = object()
 
 
 def adapter_problems(folder: Path, base: Any) -> list[str]:
@@ -149,30 +147,35 @@ class TorchBackend:
         self.adapters[adapter] = name
 
     def stream(self, ids: list[int], adapter: str | None, sampling: Sampling,
-               cancelled: Callable[[], bool]) -> Stream:
+               cancelled: Callable[[], bool], emit: Emit) -> str:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        tokens: queue.Queue[Any] = queue.Queue()
-        abort = threading.Event()  # the consumer went away: stop generating
+        decoder = IncrementalDecoder(
+            lambda part: self.tokenizer.decode(part, skip_special_tokens=True))
+        last: list[int | None] = [None]
 
         class Streamer(BaseStreamer):
+            """Hands each new token to ``emit`` on generate's own thread (this one)."""
+
             prompt_seen = False
 
             def put(self, value):
                 if not self.prompt_seen:  # generate hands over the prompt first
                     self.prompt_seen = True
                     return
-                tokens.put([int(t) for t in value.reshape(-1).tolist()])
+                new = [int(t) for t in value.reshape(-1).tolist()]
+                if new:
+                    last[0] = new[-1]
+                emit(decoder.push(new), new)
 
             def end(self):
                 pass
 
         class Cancel(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                stop = abort.is_set() or cancelled()
-                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool,
+                return torch.full((input_ids.shape[0],), cancelled(), dtype=torch.bool,
                                   device=input_ids.device)
 
         if adapter is not None:
@@ -194,38 +197,16 @@ class TorchBackend:
             kwargs["do_sample"] = False
         else:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
-
-        def work() -> None:
-            try:
-                if sampling.seed is not None:
-                    torch.manual_seed(sampling.seed)
-                with side:
-                    model.generate(**kwargs)
-            except BaseException as exc:  # handed to the consumer, which raises it
-                tokens.put(exc)
-            finally:
-                tokens.put(_END)
-
-        thread = threading.Thread(target=work, name="generate", daemon=True)
-        thread.start()
-        decoder = IncrementalDecoder(
-            lambda part: self.tokenizer.decode(part, skip_special_tokens=True))
-        last = None
-        try:
-            while (item := tokens.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                last = item[-1] if item else last
-                yield decoder.push(item), item
-            tail = decoder.flush()
-            if tail:
-                yield tail, []
-        finally:
-            abort.set()
-            thread.join()
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        with side, torch.inference_mode():
+            model.generate(**kwargs)
+        tail = decoder.flush()
+        if tail:
+            emit(tail, [])
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos])
-        return "stop" if last in eos else "length"
+        return "stop" if last[0] in eos else "length"
 
     def memory_bytes(self) -> int:
         total = process_rss_bytes()
