@@ -50,6 +50,16 @@ def wait_answered(page, count: int) -> list[dict]:
     return answers(page)
 
 
+def why(server, found: list[dict]) -> str:
+    """Each answer's state and error, and the end of the server's and the workers' logs."""
+    lines = [f"{a['col']}: {a['state']} {a['error'] or ''}" for a in found]
+    logs = [server.log_path, *sorted((server.home / "inference").glob("*.log"))]
+    for path in logs:
+        if path and path.is_file():
+            lines.append(f"--- {path.name}\n" + path.read_text(errors="replace")[-3000:])
+    return "\n".join(lines)
+
+
 def by_column(found: list[dict]) -> dict[str, list[dict]]:
     return {col: [a for a in found if a["col"] == col] for col in ("a", "b")}
 
@@ -81,7 +91,7 @@ def test_side_by_side_stream_unload_stop(browser, live_server, finished_job):
     expect(page.locator("#pg-stop")).to_be_enabled()
     first = wait_answered(page, 1)
     for answer in first:
-        assert answer["state"] == "done", answer
+        assert answer["state"] == "done", why(live_server, first)
         assert answer["text"], answer
         assert 0 < int(answer["stats"]["tokens"]) <= MAX_TOKENS, answer
         assert re.fullmatch(r"\d+ ms|\d+\.\d\d s", answer["stats"]["TTFT"]), answer
@@ -118,9 +128,10 @@ def test_side_by_side_stream_unload_stop(browser, live_server, finished_job):
     page.click("#pg-send")
     expect(page.locator("#pg-log-a .pg-answer").nth(1)).to_have_attribute("data-state", "waiting")
     page.click("#pg-stop")
-    second = by_column(wait_answered(page, 2))
-    assert [a["state"] for a in second["a"]] == ["done", "stopped"], second
-    assert [a["state"] for a in second["b"]] == ["done", "stopped"], second
+    found = wait_answered(page, 2)
+    second = by_column(found)
+    assert [a["state"] for a in second["a"]] == ["done", "stopped"], why(live_server, found)
+    assert [a["state"] for a in second["b"]] == ["done", "stopped"], why(live_server, found)
 
     # The next prompt is answered; each column sent its own history (the stopped turn too).
     requests: list[dict] = []
@@ -128,8 +139,10 @@ def test_side_by_side_stream_unload_stop(browser, live_server, finished_job):
             if r.url.endswith("/v1/chat/completions") else None)
     page.fill("#pg-prompt", "And of Italy?")
     page.click("#pg-send")
-    third = by_column(wait_answered(page, 3))
-    assert [a["state"] for a in third["a"] + third["b"]].count("done") == 4, third
+    found = wait_answered(page, 3)
+    third = by_column(found)
+    assert [a["state"] for a in third["a"] + third["b"]].count("done") == 4, \
+        why(live_server, found)
     by_model = {r["model"]: r for r in requests}
     assert set(by_model) == {adapter, "tiny-demo"}
     for col, model in (("a", adapter), ("b", "tiny-demo")):
@@ -147,7 +160,7 @@ def test_side_by_side_stream_unload_stop(browser, live_server, finished_job):
     page.fill("#pg-prompt", "tell me more " * 800)
     page.click("#pg-send")
     errors = wait_answered(page, 1)
-    assert [a["state"] for a in errors] == ["error", "error"], errors
+    assert [a["state"] for a in errors] == ["error", "error"], why(live_server, errors)
     assert all("1024" in a["error"] for a in errors), errors
     # Chromium logs each refused request as a console error: those two are expected.
     refused = [e for e in watch.errors if "status of 422" in e and "/v1/chat/completions" in e]
