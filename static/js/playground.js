@@ -33,11 +33,7 @@
     return;
   }
 
-  function headers(json) {
-    const h = { 'X-CSRF-Token': csrf };
-    if (json) h['Content-Type'] = 'application/json';
-    return h;
-  }
+  const JSON_POST = { 'X-CSRF-Token': csrf, 'Content-Type': 'application/json' };
 
   function el(tag, cls, text) {
     const e = document.createElement(tag);
@@ -53,7 +49,6 @@
   }
 
   function num(n, digits) { return typeof n === 'number' && isFinite(n) ? n.toFixed(digits) : '—'; }
-
   function secs(s) {
     if (typeof s !== 'number' || !isFinite(s)) return '—';
     return s < 1 ? Math.max(1, Math.round(s * 1000)) + ' ms' : s.toFixed(2) + ' s';
@@ -101,16 +96,13 @@
     return msgs;
   }
 
-  function sampling() {
+  function sampling() {  // the knobs left empty (or not numbers) take the API's defaults
     const body = {};
-    const max = parseInt($('pg-max-tokens').value, 10);
-    if (!isNaN(max)) body.max_tokens = max;
-    const temp = parseFloat($('pg-temperature').value);
-    if (!isNaN(temp)) body.temperature = temp;
-    const topP = parseFloat($('pg-top-p').value);
-    if (!isNaN(topP)) body.top_p = topP;
-    const seed = parseInt($('pg-seed').value, 10);
-    if (!isNaN(seed)) body.seed = seed;
+    [['max_tokens', 'pg-max-tokens', parseInt], ['temperature', 'pg-temperature', parseFloat],
+      ['top_p', 'pg-top-p', parseFloat], ['seed', 'pg-seed', parseInt]].forEach(function (k) {
+      const value = k[2]($(k[1]).value, 10);
+      if (!isNaN(value)) body[k[0]] = value;
+    });
     return body;
   }
 
@@ -198,7 +190,7 @@
     let stats = {}; let usage = null; let finish = null; let failed = null; let got = false;
     try {
       const res = await fetch('/v1/chat/completions', {
-        method: 'POST', headers: Object.assign(headers(true), { Accept: 'text/event-stream' }),
+        method: 'POST', headers: Object.assign({ Accept: 'text/event-stream' }, JSON_POST),
         body: JSON.stringify(body), signal: controller.signal });
       if (!res.ok) throw new Error(await errorMessage(res));
       await readStream(res, function (data) {
@@ -330,12 +322,7 @@
   const loadedBody = $('pg-loaded-body');
   const unloadAll = $('pg-unload-all');
 
-  function row(cells) {
-    const tr = document.createElement('tr');
-    cells.forEach(function (c) { tr.appendChild(c); });
-    return tr;
-  }
-
+  function row(cells) { const tr = el('tr'); cells.forEach(function (c) { tr.appendChild(c); }); return tr; }
   function td(text, cls) { return el('td', cls, text); }
 
   function renderLoaded(info) {
@@ -397,7 +384,7 @@
   }
 
   async function unload(model, backend) {
-    const res = await fetch('/api/inference/unload', { method: 'POST', headers: headers(true),
+    const res = await fetch('/api/inference/unload', { method: 'POST', headers: JSON_POST,
       body: JSON.stringify({ model: model, backend: backend }) });
     status.textContent = res.ok ? (model ? 'Unloaded ' + model + '.' : 'Unloaded every model.')
       : 'Unload failed: ' + await errorMessage(res);
