@@ -38,7 +38,7 @@ from app.web.api import (
 )
 from app.web.deps import FormRefused
 from app.web.pages import datasets as dataset_pages
-from app.web.pages import job, library, new_job
+from app.web.pages import job, library, new_job, playground
 from app.web.pages import jobs as jobs_pages
 from app.web.pages import plan as plan_pages
 from app.web.pages import runs as run_pages
@@ -140,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    dataset_pages.router, system.router, system_pages.router, plan.router,
                    plan_pages.router, jobs_pages.router, new_job.router, job.router,
                    artifacts.router, series.router, library.router, library.api,
-                   openai.router, inference.router):
+                   openai.router, inference.router, playground.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app

@@ -12,12 +12,7 @@ from tests.helpers.pages import add_job, controls
 
 
 @pytest.fixture()
-def pg(app, client):
-    """The client, with the playground's router where app.main does not include it yet."""
-    if not any(getattr(r, "path", "") == "/playground" for r in app.routes):
-        from app.web.pages import playground
-
-        app.include_router(playground.router)
+def pg(client):
     return client
 
 

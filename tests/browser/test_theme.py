@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 def pages(job_id: int) -> list[str]:
     return ["/", "/jobs/new", f"/jobs/{job_id}", f"/jobs/new?from={job_id}", "/compare",
-            "/datasets", "/datasets/demo-kto", "/adapters", "/models"]
+            "/datasets", "/datasets/demo-kto", "/adapters", "/models", "/playground"]
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])

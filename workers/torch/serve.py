@@ -5,8 +5,8 @@ choose (workers/torch/device.py). Adapters are PEFT LoRA folders attached by nam
 ``PeftModel`` (``load_adapter``) and switched per request (``set_adapter``); the base side
 runs inside ``disable_adapter()``, never on a second copy of the weights. Generation is
 ``model.generate`` on the serving thread, each token handed to the loop by a streamer as
-it comes (no second thread: see ``Backend.stream``); a stopping criterion reads the cancel
-flag. The protocol and the loop are workers/serve.py's.
+it comes (no second thread: see ``Backend.stream``); the streamer ends generate once the
+request is cancelled. The protocol and the loop are workers/serve.py's.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ from workers.serve_text import IncrementalDecoder
 
 ENVIRONMENT = {"PYTORCH_ENABLE_MPS_FALLBACK": "1"}
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+class _Cancelled(Exception):
+    """Raised by the streamer to end ``generate`` once the request is cancelled: cheaper than
+    a stopping criterion, which adds a tensor op on the device to every step."""
+
+
 LORA_KEY = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
 
 
@@ -149,7 +154,6 @@ class TorchBackend:
     def stream(self, ids: list[int], adapter: str | None, sampling: Sampling,
                cancelled: Callable[[], bool], emit: Emit) -> str:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         decoder = IncrementalDecoder(
@@ -169,14 +173,11 @@ class TorchBackend:
                 if new:
                     last[0] = new[-1]
                 emit(decoder.push(new), new)
+                if cancelled():  # stop after the token in hand
+                    raise _Cancelled
 
             def end(self):
                 pass
-
-        class Cancel(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), cancelled(), dtype=torch.bool,
-                                  device=input_ids.device)
 
         if adapter is not None:
             self.peft.set_adapter(self.adapters[adapter])
@@ -189,7 +190,6 @@ class TorchBackend:
         kwargs: dict[str, Any] = {
             "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
             "max_new_tokens": sampling.max_tokens, "streamer": Streamer(),
-            "stopping_criteria": StoppingCriteriaList([Cancel()]),
             "pad_token_id": self.tokenizer.pad_token_id if self.tokenizer.pad_token_id
             is not None else self.tokenizer.eos_token_id,
         }
@@ -199,7 +199,7 @@ class TorchBackend:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
-        with side, torch.inference_mode():
+        with contextlib.suppress(_Cancelled), side, torch.inference_mode():
             model.generate(**kwargs)
         tail = decoder.flush()
         if tail:
