@@ -162,6 +162,7 @@ def test_a_fuse_job_reads_as_a_fuse(browser, server):
     assert state.get_attribute("data-state") == "working"
     assert "registered as tiny-demo-baseline" in state.inner_text()
     assert page.locator("#fuse-train").count() == 0  # nothing to train with yet
+    assert page.locator("#fuse-try").count() == 0  # nor to try
     artifacts = page.inner_text("#job-artifacts")
     assert "No fused model yet" in artifacts and "No adapter" not in artifacts
     card = page.inner_text("#job-card")
@@ -170,6 +171,8 @@ def test_a_fuse_job_reads_as_a_fuse(browser, server):
 
     page.goto(f"{server.url}/jobs/{server.ids['fuse_done']}")
     assert page.get_attribute("#fuse-train", "href") == "/jobs/new?model=tiny-demo-faster"
+    assert page.get_attribute("#fuse-try", "href") == \
+        "/playground?model=tiny-demo-faster&compare=tiny-demo"
     shot(page, "views-06-fuse-done", full_page=False)
 
     page.goto(server.url + "/")  # the list: a fuse, not "torch/fuse 2 / 2"
