@@ -43,7 +43,8 @@ from app.planner.check import (
     plan_job,
     set_reclaimable,
 )
-from app.planner.estimate import NO_FIT, inference_estimate
+from app.planner.estimate import NO_FIT
+from app.planner.inference import inference_estimate
 from contract.launch_env import worker_env
 
 log = logging.getLogger("prospect.inference")

@@ -8,7 +8,8 @@ import pytest
 from app.hub.inspect import _sizes, params_from_config
 from app.planner import check
 from app.planner.check import machine, plan_beside, shape_facts
-from app.planner.estimate import FITS, NO_FIT, TIGHT, inference_estimate
+from app.planner.estimate import FITS, NO_FIT, TIGHT
+from app.planner.inference import inference_estimate
 
 GiB = 2**30
 CPU = {"memory_total_bytes": 64 * GiB, "memory_available_bytes": 40 * GiB,
