@@ -102,6 +102,18 @@ def context_length(max_positions: int | None, model_max_length: int | None) -> i
     return min(limits) if limits else 2048
 
 
+def chat_prompt_ids(tokenizer: Any, model_id: str, messages: list[dict[str, str]]) -> list[int]:
+    """The conversation as the model's chat template renders it (as training does), ready
+    for the answer; 422 when the model has none."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise RequestError(422, "chat_template", f"the model {model_id} has no chat template",
+                           "Use an instruct/chat model, or add a chat_template to its "
+                           "tokenizer_config.json.")
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False,
+                                        add_generation_prompt=True)
+    return [int(i) for i in ids]
+
+
 def parent_watch_mode(system: str, has_prctl: bool) -> str:
     """How a worker notices its parent's death: the kernel tells it (Linux), or it polls."""
     return "prctl" if system == "Linux" and has_prctl else "poll"

@@ -13,7 +13,6 @@ Thread-safe: the supervisor's pass runs in a thread, the routes in the event loo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -24,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -33,7 +31,7 @@ from app.db import ROOT
 from app.inference import catalog
 from app.inference.catalog import Target, parse_id
 from app.inference.errors import InferenceError
-from app.inference.worker import InferenceWorker, Request, _iso
+from app.inference.worker import InferenceWorker, Request, _iso, tree_rss
 from app.models import Job, JobStatus
 from app.planner.check import (
     device_for,
@@ -48,20 +46,6 @@ from app.planner.inference import inference_estimate
 from contract.launch_env import worker_env
 
 log = logging.getLogger("prospect.inference")
-
-
-def _tree_rss(pid: int | None) -> int:
-    if not pid:
-        return 0
-    try:
-        p = psutil.Process(pid)
-        total = p.memory_info().rss
-        for child in p.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                total += child.memory_info().rss
-        return total
-    except psutil.Error:
-        return 0
 
 
 class InferenceManager:
@@ -173,7 +157,7 @@ class InferenceManager:
         for job in jobs:
             if job.id == skip:
                 continue
-            held += _tree_rss(job.pid)
+            held += tree_rss(job.pid)
             plan = plan_job(job.model_path, job.backend, job.method, job.params, system)
             est = (plan.get("estimate") or {}).get("total_bytes") or 0
             out.append({"name": f"job {job.id} ({job.name or job.method})", "bytes": int(est),

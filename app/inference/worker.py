@@ -62,6 +62,21 @@ def log_tail(path: Path, limit: int = LOG_TAIL) -> str:
         return ""
 
 
+def tree_rss(pid: int | None) -> int:
+    """Resident memory of a process and its children (0 when it is gone)."""
+    if not pid:
+        return 0
+    try:
+        p = psutil.Process(pid)
+        total = p.memory_info().rss
+        for child in p.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return total
+    except psutil.Error:
+        return 0
+
+
 class InferenceWorker:
     def __init__(self, backend: str, model_path: str, model: str, cmd: list[str],
                  log_path: Path, env: dict[str, str], cwd: Path | None = None,
@@ -116,17 +131,7 @@ class InferenceWorker:
 
     def rss_bytes(self) -> int:
         """Resident memory of the process and its children now (0 when gone)."""
-        if not self.alive:
-            return 0
-        try:
-            p = psutil.Process(self.proc.pid)
-            total = p.memory_info().rss
-            for child in p.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    total += child.memory_info().rss
-            return total
-        except psutil.Error:
-            return 0
+        return tree_rss(self.proc.pid) if self.alive else 0
 
     def stop(self, reason: str, timeout: float = 5.0) -> None:
         """Shut it down (shutdown op, close stdin, then kill); requests in hand get an error

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from workers.memory import mlx_probe, process_rss_bytes
-from workers.serve import Emit, RequestError, Sampling, context_length, run
+from workers.serve import (
+    Emit,
+    RequestError,
+    Sampling,
+    chat_prompt_ids,
+    context_length,
+    run,
+)
 
 ADAPTER_FILE = "adapters.safetensors"  # workers/mlx/common.py's names, without importing mlx
 ADAPTER_CONFIG = "adapter_config.json"
@@ -74,13 +81,7 @@ class MLXBackend:
             pass
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise RequestError(422, "chat_template", f"the model {self.model_id} has no chat "
-                               "template", "Use an instruct/chat model, or add a chat_template "
-                               "to its tokenizer_config.json.")
-        ids = self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False,
-                                                 add_generation_prompt=True)
-        return [int(i) for i in ids]
+        return chat_prompt_ids(self.tokenizer, self.model_id, messages)
 
     def attach(self, adapter: str | None) -> None:
         if adapter is None or adapter in self.adapters:

@@ -21,7 +21,14 @@ from typing import Any
 from workers.memory import process_rss_bytes, torch_probe
 from workers.model_source import model_source
 from workers.runtime import loading_model
-from workers.serve import Emit, RequestError, Sampling, context_length, run
+from workers.serve import (
+    Emit,
+    RequestError,
+    Sampling,
+    chat_prompt_ids,
+    context_length,
+    run,
+)
 from workers.serve_text import IncrementalDecoder
 
 ENVIRONMENT = {"PYTORCH_ENABLE_MPS_FALLBACK": "1"}
@@ -105,13 +112,7 @@ class TorchBackend:
         self.probe = torch_probe(choice.device)
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        if not self.tokenizer.chat_template:
-            raise RequestError(422, "chat_template", f"the model {self.model_id} has no chat "
-                               "template", "Use an instruct/chat model, or add a chat_template "
-                               "to its tokenizer_config.json.")
-        ids = self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False,
-                                                 add_generation_prompt=True)
-        return [int(i) for i in ids]
+        return chat_prompt_ids(self.tokenizer, self.model_id, messages)
 
     def attach(self, adapter: str | None) -> None:
         if adapter is None or adapter in self.adapters:
