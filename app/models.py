@@ -221,3 +221,73 @@ class DatasetEntry(SQLModel, table=True):
     original_path: str | None = None
     size_bytes: int | None = None
     stats: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class Completion(SQLModel, table=True):
+    """An answer the server gave (playground or /v1), kept so it can be rated by its id: the
+    rating then carries what really wrote it, not what a client says did."""
+
+    id: str = Field(primary_key=True, max_length=64)  # chatcmpl-…, the reply's own id
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    model: str = Field(max_length=1000)  # the catalog id asked for: <base> or <base>@job-N
+    messages: list[dict[str, Any]] = Field(default_factory=list,
+                                           sa_column=Column(JSON, nullable=False))
+    answer: str = Field(default="", sa_column=Column(Text, nullable=False))
+    sampling: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    finish_reason: str = Field(default="stop", max_length=20)
+
+
+class Feedback(SQLModel, table=True):
+    """One rated answer: the conversation up to it, the answer, 👍 (label true) or 👎, and
+    what wrote it. A correction is stored as two rows: the original 👎, the correction 👍."""
+
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    model: str = Field(max_length=1000, index=True)  # the base model's id
+    variant: str = Field(max_length=1000)  # the catalog id that answered (<base>@job-N, …)
+    adapter: str = Field(default="", max_length=4000)  # the adapter folder; "" for none
+    job_id: int | None = Field(default=None, index=True)  # the adapter's run (no cascade)
+    messages: list[dict[str, Any]] = Field(default_factory=list,
+                                           sa_column=Column(JSON, nullable=False))
+    answer: str = Field(default="", sa_column=Column(Text, nullable=False))
+    label: bool = Field(index=True)
+    sampling: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    note: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    source: str = Field(default="playground", max_length=20)  # playground|correction|arena|api
+    completion_id: str | None = Field(default=None, max_length=64, index=True)
+    arena_pair_id: int | None = Field(default=None, index=True)
+
+
+class Arena(SQLModel, table=True):
+    """A blind review of two variants on the same prompts; its answers come from a generate
+    job (``job_id``) and are copied into ArenaPair rows when that job succeeds."""
+
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    job_id: int = Field(foreign_key="job.id", ondelete="CASCADE", index=True)
+    variant_a: str = Field(max_length=1000)  # catalog ids, as /v1/models lists them
+    variant_b: str = Field(max_length=1000)
+    source: str = Field(default="", max_length=1000)  # what the prompts are, in words
+    source_job_id: int | None = Field(default=None, index=True)  # the run whose split it used
+    n: int = 0
+    seed: int = 0
+
+
+class ArenaPair(SQLModel, table=True):
+    """One prompt of an arena with both answers; ``a_on_left`` is the blind, seeded shuffle;
+    the verdict is stored in variant terms: a | b | both_good | both_bad."""
+
+    __tablename__ = "arena_pair"
+    __table_args__ = (UniqueConstraint("arena_id", "index"),)
+    id: int | None = Field(default=None, primary_key=True)
+    arena_id: int = Field(foreign_key="arena.id", ondelete="CASCADE", index=True)
+    index: int
+    messages: list[dict[str, Any]] = Field(default_factory=list,
+                                           sa_column=Column(JSON, nullable=False))
+    answer_a: str = Field(default="", sa_column=Column(Text, nullable=False))
+    answer_b: str = Field(default="", sa_column=Column(Text, nullable=False))
+    a_on_left: bool = True
+    verdict: str | None = Field(default=None, max_length=20)
+    judged_at: datetime | None = None

@@ -170,6 +170,23 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _start_and_eval_knobs(interval: str) -> list[Knob]:
+    """Where a KTO run starts (a fresh LoRA or an adapter) and its held-out split; the
+    evaluation interval under the library's own name (TRL eval_steps, mlx-lm steps_per_eval)."""
+    return [
+        Knob("init_adapter", str, "", "Start from this adapter instead of a fresh LoRA: a job "
+             "id (e.g. 12) or an adapter folder, trained on this same base model. Its LoRA "
+             "shape is kept, and the reference model is the base with this adapter, frozen: "
+             "KTO's rewards and KL are measured from where the run starts. Empty: a fresh "
+             "LoRA, the bare base as the reference.", group="start"),
+        Knob("eval_fraction", float, 0.0, "Hold out this fraction of the rows (a seeded "
+             "split, recorded in the run) and report eval_ metrics on them; 0 trains on "
+             "every row.", group="evaluation", min=0.0, max=0.5),
+        Knob(interval, int, 100, "Evaluate on the held-out rows every this many steps "
+             "(when eval_fraction > 0).", group="evaluation", min=1, max=1_000_000),
+    ]
+
+
 def _kto_loss_knobs() -> list[Knob]:
     """The KTO loss's knobs, TRL's names, that both backends' KTO share."""
     return [
@@ -226,6 +243,7 @@ TORCH_KTO = Method(
         Knob("dtype", str, "auto", "Weights and compute precision: auto is bf16 on CUDA "
              "where supported, fp32 on MPS and CPU.", group="hardware",
              choices=("auto", "float32", "bfloat16", "float16")),
+        *_start_and_eval_knobs("eval_steps"),
     ],
 )
 
@@ -307,6 +325,7 @@ MLX_KTO = Method(
              "every this many steps.", group="logging", min=1, max=1_000_000),
         Knob("seed", int, 0, "Random seed for data order and adapter init.", min=0,
              max=2**32 - 1),
+        *_start_and_eval_knobs("steps_per_eval"),
     ],
 )
 
@@ -323,8 +342,32 @@ def _fuse_knobs() -> list[Knob]:
 MLX_FUSE = Method(backend="mlx", method="fuse", knobs=_fuse_knobs())
 TORCH_FUSE = Method(backend="torch", method="fuse", knobs=_fuse_knobs())
 
+def _generate_knobs() -> list[Knob]:
+    """An arena's generation job: two variants answer the same prompts (the job's dataset, a
+    JSONL of {"messages": [...]}); variant A is the job's model with adapter_a."""
+    return [
+        Knob("adapter_a", str, "", "Variant A's adapter folder; empty: the bare model.",
+             group="variants"),
+        Knob("model_b", str, "", "Variant B's model; empty: the same model as A.",
+             group="variants"),
+        Knob("adapter_b", str, "", "Variant B's adapter folder; empty: the bare model.",
+             group="variants"),
+        Knob("max_tokens", int, 256, "Longest answer in tokens.", group="sampling", min=1,
+             max=32768),
+        Knob("temperature", float, 0.7, "Sampling temperature; 0 is greedy.",
+             group="sampling", min=0.0, max=2.0),
+        Knob("top_p", float, 1.0, "Nucleus sampling: keep the smallest set of tokens whose "
+             "probability adds up to this.", group="sampling", min=0.0, max=1.0),
+        Knob("seed", int, 0, "Random seed for sampling.", min=0, max=2**32 - 1),
+    ]
+
+
+TORCH_GENERATE = Method(backend="torch", method="generate", knobs=_generate_knobs())
+MLX_GENERATE = Method(backend="mlx", method="generate", knobs=_generate_knobs())
+
 METHODS: dict[tuple[str, str], Method] = {
-    (m.backend, m.method): m for m in (TORCH_KTO, MLX_SFT, MLX_KTO, MLX_FUSE, TORCH_FUSE)
+    (m.backend, m.method): m for m in (TORCH_KTO, MLX_SFT, MLX_KTO, MLX_FUSE, TORCH_FUSE,
+                                       TORCH_GENERATE, MLX_GENERATE)
 }
 
 

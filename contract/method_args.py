@@ -17,9 +17,11 @@ from typing import Any, ClassVar, TypeVar, dataclass_transform
 from contract.knobs import (
     METHODS,
     MLX_FUSE,
+    MLX_GENERATE,
     MLX_KTO,
     MLX_SFT,
     TORCH_FUSE,
+    TORCH_GENERATE,
     TORCH_KTO,
     Knob,
     Method,
@@ -119,6 +121,9 @@ class TorchKTOArgs(MethodArgs):
     seed: int
     device: str
     dtype: str
+    init_adapter: str
+    eval_fraction: float
+    eval_steps: int
 
 
 @knob_fields(MLX_SFT)
@@ -164,6 +169,9 @@ class MLXKTOArgs(MethodArgs):
     steps_per_report: int
     steps_per_save: int
     seed: int
+    init_adapter: str
+    eval_fraction: float
+    steps_per_eval: int
 
 
 @knob_fields(TORCH_FUSE, MLX_FUSE)
@@ -174,6 +182,18 @@ class FuseArgs(MethodArgs):
     name: str
 
 
+@knob_fields(TORCH_GENERATE, MLX_GENERATE)
+class GenerateArgs(MethodArgs):
+    """An arena's generation job: two variants answer the same prompts (both backends)."""
+    adapter_a: str
+    model_b: str
+    adapter_b: str
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+
+
 MLXTrainArgs = MLXSFTArgs | MLXKTOArgs  # what the MLX code both methods share reads
 
 ARGS: dict[tuple[str, str], type[MethodArgs]] = {
@@ -182,6 +202,8 @@ ARGS: dict[tuple[str, str], type[MethodArgs]] = {
     ("mlx", "sft"): MLXSFTArgs,
     ("mlx", "kto"): MLXKTOArgs,
     ("mlx", "fuse"): FuseArgs,
+    ("torch", "generate"): GenerateArgs,
+    ("mlx", "generate"): GenerateArgs,
 }
 if set(ARGS) != set(METHODS):  # a method added to contract/knobs.py needs its args class here
     raise TypeError(f"ARGS covers {sorted(ARGS)}, METHODS {sorted(METHODS)}")
