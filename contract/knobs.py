@@ -104,6 +104,8 @@ def _coerce(knob: Knob, value: Any) -> Any:
     if value is None:
         if knob.nullable:
             return None
+        if knob.type is str and knob.default == "":  # an optional text knob left blank
+            return ""
         raise ParamError(name, f"must not be empty (default {knob.default!r})")
     if knob.type is bool:
         if isinstance(value, bool):
