@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.eval_split import EVAL_SPLIT_FILE, split_rows, write_split
 from contract.events import EVENTS_FILE, EventWriter
 from contract.job_config import ConfigError, JobConfig, parse_config, read_config_file
 from contract.knobs import ParamError
@@ -318,6 +319,29 @@ def read_kto_rows(job: JobConfig, events: EventWriter | SilentEvents) -> list[Ro
                                  job.args.undesirable_weight)
     events.emit("log", level=level, message=line)
     return rows
+
+
+def split_for_eval(job: JobConfig, rows: list[Row],
+                   events: EventWriter | SilentEvents) -> tuple[list[Row], list[Row]]:
+    """(train rows, held-out rows) by the job's ``eval_fraction`` and ``seed``
+    (contract/eval_split.py); the held-out rows are recorded in the run folder and counted in
+    a ``log`` event. A split that leaves fewer than 2 rows on a side is an error naming the
+    fix (KTO's batches need 2)."""
+    fraction = getattr(job.args, "eval_fraction", 0.0)
+    if fraction <= 0:
+        return rows, []
+    train, held, indices = split_rows(rows, fraction, job.args.seed)
+    if len(held) < 2 or len(train) < 2:
+        raise HintedError(
+            f"eval_fraction {fraction:g} of {len(rows)} rows holds out {len(held)} and trains "
+            f"on {len(train)}: KTO needs at least 2 on each side",
+            "raise eval_fraction, add rows, or set eval_fraction to 0")
+    write_split(job.run_dir, held, indices)
+    desirable = sum(1 for r in held if r["label"])
+    events.emit("log", level="info", message=(
+        f"held out {len(held)} of {len(rows)} rows for evaluation ({desirable} desirable, "
+        f"{len(held) - desirable} undesirable), recorded in {EVAL_SPLIT_FILE}"))
+    return train, held
 
 
 def kto_stats_line(stats: dict, desirable_weight: float,
