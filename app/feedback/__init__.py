@@ -1,0 +1,1 @@
+"""Feedback: rated answers (playground, arena, REST) stored in SQLite, turned into KTO datasets."""
