@@ -1,1 +1,2 @@
-"""The review arena: two variants answer the same prompts (a generate job), a person judges them blind, each verdict becomes feedback and a Wilson-interval result."""
+"""The review arena: two variants answer the same prompts (a generate job), a person judges
+them blind, and each verdict becomes feedback rows and counts in a Wilson-interval result."""
