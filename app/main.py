@@ -26,8 +26,10 @@ from app.security import LocalOnlyMiddleware, new_csrf_token
 from app.server_lock import hold_home
 from app.web.api import (
     adapters,
+    arenas,
     artifacts,
     datasets,
+    feedback,
     inference,
     jobs,
     openai,
@@ -38,6 +40,8 @@ from app.web.api import (
 )
 from app.web.deps import FormRefused
 from app.web.pages import datasets as dataset_pages
+from app.web.pages import arenas as arena_pages
+from app.web.pages import feedback as feedback_pages
 from app.web.pages import job, library, new_job, playground
 from app.web.pages import jobs as jobs_pages
 from app.web.pages import plan as plan_pages
@@ -140,7 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    dataset_pages.router, system.router, system_pages.router, plan.router,
                    plan_pages.router, jobs_pages.router, new_job.router, job.router,
                    artifacts.router, series.router, library.router, library.api,
-                   openai.router, inference.router, playground.router):
+                   openai.router, inference.router, playground.router, feedback.router,
+                   feedback_pages.router, arenas.router, arena_pages.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     return app

@@ -25,6 +25,11 @@ def run_job(job: JobConfig, session: runtime.Session) -> runtime.RunResult:
     events, sampler = session.events, session.sampler
     session.keep_awake()
     print(f"job {job.job_id}: mlx {job.method} of {job.model} on {job.dataset}", flush=True)
+    if job.method == "generate":  # an arena's answers: two variants, the same prompts
+        sampler.start()
+        from workers.mlx import generate  # mlx and mlx-lm load here
+
+        return generate.run(job, session)
     if job.method == "fuse":  # no data: the adapter is fused into the model
         sampler.start()
         from workers.mlx import fuse  # mlx and mlx-lm load here

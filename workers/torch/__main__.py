@@ -28,6 +28,11 @@ ENVIRONMENT = {
 def run_job(job: JobConfig, session: runtime.Session) -> runtime.RunResult:
     # TRL 1.16 still calls transformers 5's gradient_checkpointing_* aliases on every step.
     warnings.filterwarnings("ignore", message=".*will be removed in v6", category=FutureWarning)
+    if job.method == "generate":  # an arena's answers: two variants, the same prompts
+        session.sampler.start()
+        from workers.torch import generate  # torch, transformers and peft load here
+
+        return generate.run(job, session)
     if job.method == "fuse":  # no data: the adapter is merged into the model
         print(f"job {job.job_id}: torch merge of {job.args.adapter_path}", flush=True)
         session.sampler.start()
