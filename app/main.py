@@ -39,8 +39,8 @@ from app.web.api import (
     system,
 )
 from app.web.deps import FormRefused
-from app.web.pages import datasets as dataset_pages
 from app.web.pages import arenas as arena_pages
+from app.web.pages import datasets as dataset_pages
 from app.web.pages import feedback as feedback_pages
 from app.web.pages import job, library, new_job, playground
 from app.web.pages import jobs as jobs_pages
