@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,11 @@ from sqlmodel import Session, select
 from app.config import Settings
 from app.errors import JobInputError
 from app.hub.cache import downloads_allowed, missing_message, missing_model
+from app.hub.inspect import resolve_model_dir
 from app.models import DatasetEntry, Job, JobCreate, JobStatus, ModelEntry
 from app.paths import local_path
 from app.planner.check import DoesNotFit, check_fits
+from contract.eval_split import split_indices
 from contract.knobs import Method, ParamError, method_for
 from contract.model_ref import HUB_ID, hub_id_problem
 from contract.rows import DatasetError, kto_stats, load_kto_dataset
@@ -133,23 +136,168 @@ def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
     model_path = resolve_model(session, data.model, settings)
     if data.method == "fuse":  # no dataset: the adapter is the input
         return _fuse_job(session, data, params, model_path, settings)
+    if data.method == "generate":  # an arena's answers: a prompts file, two variants
+        from app.jobs.generate import generate_job  # it builds on this module's checks
+
+        return generate_job(session, data, params, model_path, settings)
     dataset_path = resolve_dataset(session, data.dataset, settings)
     check_dataset_kind(session, data.dataset, data.method)
     if data.method == "kto":
-        check_kto_dataset(dataset_path)
+        check_eval_split(check_kto_dataset(dataset_path), params)
+        if params.get("init_adapter", "").strip():
+            params = {**params, "init_adapter": init_adapter_folder(
+                session, params["init_adapter"], data.backend, data.model, model_path,
+                settings)}
     elif data.method == "sft":
         check_sft_dataset(dataset_path)
-    if not data.force:  # a job the planner says won't fit is refused, unless forced
-        try:
-            check_fits(model_path, data.backend, data.method, params)
-        except DoesNotFit as exc:
-            raise JobInputError("plan", f"this job won't fit in memory: {exc.result['message']}"
-                                " Change the settings, or send force: true to start anyway.",
-                                extra={"plan": exc.result}) from None
+    if not data.force:
+        check_plan(model_path, data.backend, data.method, params)
     name = data.name.strip() or f"{data.method}-{Path(data.model.rstrip('/')).name}"
     return Job(name=name, backend=data.backend, method=data.method, model=data.model.strip(),
                dataset=data.dataset.strip(), params=params, model_path=model_path,
                dataset_path=dataset_path)
+
+
+def check_plan(model_path: str, backend: str, method: str, params: dict) -> None:
+    """A job the planner says won't fit is refused (the caller skips this when forced)."""
+    try:
+        check_fits(model_path, backend, method, params)
+    except DoesNotFit as exc:
+        raise JobInputError("plan", f"this job won't fit in memory: {exc.result['message']}"
+                            " Change the settings, or send force: true to start anyway.",
+                            extra={"plan": exc.result}) from None
+
+
+def check_eval_split(stats: dict, params: dict) -> None:
+    """The held-out split the worker will make (contract/eval_split.py), counted now: a side
+    with fewer than 2 rows is a 422 naming the numbers, not a failed job."""
+    fraction = float(params.get("eval_fraction") or 0)
+    if fraction <= 0:
+        return
+    labels = [True] * stats["desirable"] + [False] * stats["undesirable"]
+    held = len(split_indices(labels, fraction, int(params.get("seed", 0))))
+    train = len(labels) - held
+    if held < 2 or train < 2:
+        raise JobInputError("params.eval_fraction", f"eval_fraction {fraction:g} of "
+                            f"{len(labels)} rows holds out {held} and trains on {train}: KTO "
+                            "needs at least 2 on each side. Raise eval_fraction, add rows, or "
+                            "set eval_fraction to 0")
+
+
+# --- adapters a job starts from (init_adapter) or answers with (generate) -----------------
+ADAPTER_FILES = {"torch": ("adapter_config.json", "adapter_model.safetensors"),
+                 "mlx": ("adapters.safetensors", "adapter_config.json")}
+JOB_REF = re.compile(r"^(?:job[-\s#]*)?(\d{1,18})$", re.IGNORECASE)
+
+
+def adapter_kind(folder: Path) -> str | None:
+    """"torch" (a PEFT adapter), "mlx" (an mlx-lm adapter) or None (no adapter here)."""
+    for kind, files in ADAPTER_FILES.items():
+        if all((folder / f).is_file() for f in files):
+            return kind
+    return None
+
+
+def adapter_base(folder: Path) -> str | None:
+    """The base model the adapter's config records: PEFT's base_model_name_or_path, mlx-lm's
+    model; None when it records none (or the config cannot be read)."""
+    try:
+        raw = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    base = raw.get("base_model_name_or_path") or raw.get("model")
+    return base.strip() if isinstance(base, str) and base.strip() else None
+
+
+def model_names(*values: str | None) -> set[str]:
+    """The names one model goes by: as given, and the folder it resolves to (a hub id's
+    snapshot in the local cache), so a model given as an id and as a path compare equal."""
+    names: set[str] = set()
+    for value in values:
+        value = (value or "").strip().rstrip("/")
+        if not value:
+            continue
+        names.add(value)
+        try:
+            folder = resolve_model_dir(value)
+            if folder is not None:
+                names.add(str(folder.resolve()))
+        except (OSError, ValueError):
+            pass
+    return names
+
+
+def adapter_folder(value: str, backend: str, field: str, settings: Settings) -> Path:
+    """A folder inside the allowed paths holding an adapter of ``backend``, or a 422."""
+    folder = local_path(value.strip(), settings, field)
+    if not folder.is_dir():
+        raise JobInputError(field, f"{folder} is not a folder; give an adapter folder (a "
+                            "finished job's adapter/) or a job id")
+    kind = adapter_kind(folder)
+    if kind is None:
+        raise JobInputError(field, f"{folder} holds no adapter: a torch adapter has "
+                            "adapter_config.json and adapter_model.safetensors, an MLX one "
+                            "adapters.safetensors and adapter_config.json")
+    if kind != backend:
+        raise JobInputError(field, f"{folder} holds {_adapter_word(kind)}; this job runs on "
+                            f"{backend}, which loads {_adapter_word(backend)}: pick one trained "
+                            f"with {backend}, or set backend to {kind}")
+    return folder
+
+
+def _adapter_word(kind: str) -> str:
+    return "a torch (PEFT) adapter" if kind == "torch" else "an MLX adapter"
+
+
+def check_adapter_base(field: str, what: str, trained_on: str | None, other_names: set[str],
+                       model: str, model_path: str) -> None:
+    """The adapter must be trained on this job's model: else a 422 naming both."""
+    if not trained_on or other_names & model_names(model, model_path):
+        return
+    pick = "a job" if what.startswith("job") else "an adapter"
+    raise JobInputError(field, f"{what} was trained on {trained_on}, this job's model is "
+                        f"{model.strip()}: pick {pick} trained on {model.strip()}, or set "
+                        f"model to {trained_on}")
+
+
+def init_adapter_folder(session: Session, value: str, backend: str, model: str,
+                        model_path: str, settings: Settings) -> str:
+    """``init_adapter`` as the absolute adapter folder the worker loads: a job id (12,
+    job-12) whose KTO or SFT run saved an adapter, or an adapter folder; either trained with
+    this backend on this job's base model."""
+    field = "params.init_adapter"
+    value = value.strip()
+    ref = JOB_REF.match(value)
+    if ref is None:
+        folder = adapter_folder(value, backend, field, settings)
+        base = adapter_base(folder)
+        check_adapter_base(field, f"the adapter in {folder}", base, model_names(base), model,
+                           model_path)
+        return str(folder)
+    source = session.get(Job, int(ref.group(1))) if int(ref.group(1)) < 2**63 else None
+    if source is None:
+        raise JobInputError(field, f"there is no job {ref.group(1)}; give the id of a KTO or "
+                            "SFT job that saved an adapter, or an adapter folder")
+    name = f"job {source.id}"
+    if source.method not in ("kto", "sft"):
+        raise JobInputError(field, f"{name} is a {source.method} job: it trained no adapter. "
+                            "Give a KTO or SFT job's id")
+    folder = Path(source.adapter_path) if source.adapter_path else None
+    if source.status not in (JobStatus.succeeded, JobStatus.cancelled) or folder is None \
+            or not folder.is_dir() or adapter_kind(folder) is None:
+        raise JobInputError(field, f"{name} is {source.status.value} and has no adapter to "
+                            "start from; pick a job that succeeded (or was cancelled after "
+                            "saving one)")
+    if source.backend != backend:
+        raise JobInputError(field, f"{name}'s adapter is {_adapter_word(source.backend)}; "
+                            f"this job runs on {backend}, which loads "
+                            f"{_adapter_word(backend)}: pick a {backend} job, or set backend "
+                            f"to {source.backend}")
+    check_adapter_base(field, f"{name}'s adapter", source.model,
+                       model_names(source.model, source.model_path), model, model_path)
+    return str(folder.resolve())
 
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,199}$")

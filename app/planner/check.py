@@ -16,6 +16,7 @@ from app.config import get_settings
 from app.hub.cache import missing_model
 from app.hub.inspect import ModelInfoError, _sizes, inspect_model, params_from_config
 from app.planner.estimate import FIT_RATIO, FITS, NO_FIT, TIGHT, budget_for, plan, target_device
+from app.planner.inference import generate_plan
 from app.units import fmt_bytes
 from contract.model_ref import hub_id_problem, is_folder_path
 
@@ -123,7 +124,8 @@ def model_facts(model: str) -> tuple[dict[str, Any] | None, str]:
 def plan_job(model: str, backend: str, method: str, params: dict[str, Any],
              system: dict[str, Any] | None = None) -> dict[str, Any]:
     """The plan, or verdict "unknown" with a note when the model cannot be read (the job is
-    never blocked then). ``model`` is the resolved path or hub id."""
+    never blocked then). ``model`` is the resolved path or hub id; a generate job's model B
+    is ``params["model_b"]`` (resolved too), planned with inference_estimate."""
     facts, note = model_facts(model)
     missing = None if is_folder_path(model) or hub_id_problem(model) else missing_model(model)
     if facts is None:
@@ -131,7 +133,13 @@ def plan_job(model: str, backend: str, method: str, params: dict[str, Any],
                 "suggestion": None, "model_missing": missing}
     if system is None:
         system = machine()
-    out = plan(facts, backend, method, params, system)
+    if method == "generate":  # one model loaded at a time: the larger variant's
+        b = str(params.get("model_b") or "").strip()
+        facts_b = model_facts(b)[0] if b and b != model else None
+        variants = [(model, facts)] + ([(b, facts_b)] if facts_b else [])
+        out = generate_plan(variants, backend, params, system)
+    else:
+        out = plan(facts, backend, method, params, system)
     out["model"] = {k: facts.get(k) for k in (
         "params", "num_hidden_layers", "hidden_size", "vocab_size", "dtype", "quantization",
         "params_source")}
