@@ -15,9 +15,13 @@ from transformers import TrainerCallback
 
 from contract.events import EventWriter
 
+# What HF adds to an evaluation's log: timings of the evaluation itself, not of the model.
+EVAL_TIMINGS = frozenset({"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"})
+
 
 class EventCallback(TrainerCallback):
-    """metric on log, progress on step end, checkpoint on save; stops the run when asked.
+    """metric on log (an evaluation's too), progress on step end, checkpoint on save; stops
+    the run when asked.
 
     ``stop_requested`` is a callable (the SIGTERM flag). ``token_count`` returns the number of
     non-padding training tokens seen so far (TRL counts them for its ``num_tokens`` metric).
@@ -29,6 +33,8 @@ class EventCallback(TrainerCallback):
         self.token_count = token_count or (lambda: 0)
         self.cancelled = False
         self.last_loss: float | None = None
+        self.last_eval_loss: float | None = None
+        self.last_eval_step: int | None = None  # the step of the last evaluation
         self.last_checkpoint: Path | None = None  # the last one saved completely
         self._recent: deque[tuple[float, int, int]] = deque(maxlen=window)  # (time, step, tokens)
 
@@ -65,9 +71,12 @@ class EventCallback(TrainerCallback):
         logs = logs or {}
         if "train_runtime" in logs:  # HF's end-of-run speed summary: it goes to the done event
             return
-        values = {k: v for k, v in logs.items() if _is_number(v)}
+        values = {k: v for k, v in logs.items() if _is_number(v) and k not in EVAL_TIMINGS}
         if "loss" in values:
             self.last_loss = float(values["loss"])
+        if "eval_loss" in values:  # an evaluation: TRL's metric names with HF's eval_ prefix
+            self.last_eval_loss = float(values["eval_loss"])
+            self.last_eval_step = state.global_step
         self.events.emit("metric", step=state.global_step, values=values)
 
     def on_save(self, args, state, control, **kwargs):

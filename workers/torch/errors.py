@@ -14,13 +14,30 @@ from pathlib import Path
 from typing import Any
 
 from workers import runtime
-from workers.runtime import DiskFull
+from workers.runtime import DiskFull, HintedError
 
 OOM_HINT = (
     "The model ran out of {where} memory. Lower per_device_train_batch_size (keep it "
     "at least 2 and raise gradient_accumulation_steps instead), lower max_length, "
     "turn gradient_checkpointing on, or pick a smaller model."
 )
+
+
+class InitAdapterError(HintedError):
+    """``init_adapter`` names a folder that is not a PEFT adapter, or one whose shapes do not
+    fit the job's model."""
+
+    error_type = "init_adapter"
+
+    def __init__(self, folder: Path, problem: str, fits: bool = True):
+        fix = ("Pick an adapter trained on this same base model (a finished job's adapter "
+               "folder or its job id), or leave init_adapter empty for a fresh LoRA."
+               if not fits else
+               "Pick a finished job's adapter folder (it holds adapter_config.json and "
+               "adapter_model.safetensors) or its job id, or leave init_adapter empty for a "
+               "fresh LoRA.")
+        super().__init__(f"init_adapter {folder} {problem}.", fix)
+        self.folder = folder
 
 
 def memory_hint(exc: BaseException, lowered: str) -> str | None:

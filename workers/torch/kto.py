@@ -1,21 +1,28 @@
 """KTO with a LoRA adapter on torch, through TRL's KTOTrainer. Reads top to bottom:
 
-    pick device → load tokenizer and model → LoRA + KTOConfig from the knobs → trainer
-    (tokenizes; precomputes reference log-probs if asked) → train → save the adapter.
+    pick device → hold out the eval rows (if asked) → load tokenizer and model → a fresh LoRA
+    or the init adapter → KTOConfig from the knobs → trainer (tokenizes; precomputes reference
+    log-probs if asked) → train (evaluating every eval_steps) → a last evaluation → save.
 
-Events leave through ``EventCallback`` (metrics, progress, checkpoints) and the status lines here.
-With LoRA the reference model is the base model with the adapter switched off: no second copy.
+Events leave through ``EventCallback`` (metrics, eval metrics, progress, checkpoints) and the
+status lines here. The reference model is never a second copy: with a fresh LoRA it is the base
+with the adapter switched off; with ``init_adapter`` TRL adds a frozen copy of the starting
+adapter, named "ref", and switches to it for the reference log-probs (kto_trainer.py,
+compute_ref_log_probs and _compute_loss), so rewards and KL are measured from where the run
+starts. Checkpoints hold both adapters (a resume gets the same reference back); the saved
+adapter is the policy, "default", alone.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import KTOConfig, KTOTrainer
 
@@ -25,10 +32,12 @@ from contract.method_args import TorchKTOArgs
 from contract.rows import Row
 from workers.memory import MemorySampler, torch_probe
 from workers.model_source import model_source
-from workers.runtime import RunResult, StopFlag, loading_model
+from workers.runtime import RunResult, StopFlag, loading_model, split_for_eval
 from workers.torch.callback import EventCallback
 from workers.torch.device import DeviceChoice, Platform, choose_device
-from workers.torch.errors import checkpoint_disk_full
+from workers.torch.errors import InitAdapterError, checkpoint_disk_full
+
+LORA_KNOBS = ("r", "lora_alpha", "lora_dropout", "target_modules")
 
 
 def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, stop: StopFlag,
@@ -37,6 +46,7 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
     args = job.args
     choice = choose_device(Platform.detect(), args.device, args.dtype)
     sampler.backend_probe = torch_probe(choice.device)
+    rows, held = split_for_eval(job, rows, events)  # before any loading: a bad split fails fast
 
     events.emit(
         "status",
@@ -44,15 +54,8 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
         message=f"loading {job.model} on {choice.device} in {choice.dtype}",
     )
     tokenizer, model = load_model(job.model, choice)
-
-    peft_config = LoraConfig(
-        r=args.r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        target_modules=_target_modules(args.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    config = kto_config(job, choice)
+    model, peft_config = start_adapter(job, model, events)
+    config = kto_config(job, choice, evaluate=bool(held))
     callback = EventCallback(events, stop_requested=stop)
 
     if args.precompute_ref_log_probs:
@@ -68,6 +71,7 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
         model=model,
         args=config,
         train_dataset=datasets.Dataset.from_list(rows),
+        eval_dataset=datasets.Dataset.from_list(held) if held else None,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[callback],
@@ -90,9 +94,15 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
             raise
         raise mapped from exc
     runtime = time.perf_counter() - started
+    step = trainer.state.global_step
+    if held and not callback.cancelled and callback.last_eval_step != step:
+        events.emit("status", phase="evaluating",
+                    message=f"evaluating on the {len(held)} held-out rows at step {step}")
+        trainer.evaluate()  # its metrics reach the events through the callback's on_log
 
     events.emit("status", phase="saving", message=f"saving the adapter to {job.adapter_dir}")
-    trainer.model.save_pretrained(job.adapter_dir)
+    # The policy alone: with init_adapter the model also holds the frozen "ref" copy.
+    trainer.model.save_pretrained(job.adapter_dir, selected_adapters=["default"])
     tokenizer.save_pretrained(job.adapter_dir)
     events.emit("artifact", kind="adapter", path=str(job.adapter_dir))
 
@@ -110,6 +120,8 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
         "dtype": choice.dtype,
         "adapter_path": str(job.adapter_dir),
     }
+    if callback.last_eval_loss is not None:
+        summary["eval_loss"] = callback.last_eval_loss
     return RunResult("cancelled" if callback.cancelled else "succeeded", summary)
 
 
@@ -127,9 +139,62 @@ def load_model(model_id: str, choice: DeviceChoice):
     return tokenizer, model
 
 
-def kto_config(job: JobConfig[TorchKTOArgs], choice: DeviceChoice) -> KTOConfig:
-    """Every knob of contract.knobs.TORCH_KTO, under TRL's and transformers' own names."""
+def start_adapter(job: JobConfig[TorchKTOArgs], model,
+                  events: EventWriter) -> tuple[Any, LoraConfig | None]:
+    """(model, peft_config for KTOTrainer). A fresh LoRA: the bare model and the knobs' LoRA.
+    ``init_adapter``: the model wrapped in that adapter, trainable, and no peft_config, so that
+    TRL adds the frozen "ref" copy of it as the reference."""
     args = job.args
+    if not args.init_adapter:
+        return model, LoraConfig(
+            r=args.r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=_target_modules(args.target_modules),
+            task_type="CAUSAL_LM",
+        )
+    folder = Path(args.init_adapter)
+    model = load_init_adapter(model, folder, job.model)
+    config = model.peft_config["default"]
+    shape = ", ".join(f"{name} {_shape_value(getattr(config, name, None))}" for name in LORA_KNOBS
+                      if getattr(config, name, None) is not None)
+    events.emit("log", level="info", message=(
+        f"starting from the adapter in {folder} ({config.peft_type.value}: {shape}); its own "
+        f"shape is kept, the knobs {', '.join(LORA_KNOBS)} are ignored; the reference model is "
+        "this adapter, frozen"))
+    return model, None
+
+
+def load_init_adapter(model, folder: Path, model_id: str):
+    """``folder``'s PEFT adapter on ``model``, trainable; InitAdapterError naming the folder
+    and the fix when it is not an adapter or does not fit the model."""
+    if not folder.is_absolute() or not folder.is_dir():
+        raise InitAdapterError(folder, "is not a folder")
+    try:
+        config = PeftConfig.from_pretrained(str(folder))
+    except Exception as exc:  # no adapter_config.json, or not a PEFT config
+        raise InitAdapterError(folder, f"holds no PEFT adapter ({_first_line(exc)})") from exc
+    try:
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    except Exception as exc:  # shape mismatch, target modules missing, weights missing
+        trained_on = config.base_model_name_or_path
+        on = f", it was trained on {trained_on}" if trained_on else ""
+        raise InitAdapterError(
+            folder, f"does not fit {model_id}{on}: {_first_line(exc)}", fits=False) from exc
+
+
+def kto_config(job: JobConfig[TorchKTOArgs], choice: DeviceChoice,
+               evaluate: bool = False) -> KTOConfig:
+    """Every knob of contract.knobs.TORCH_KTO, under TRL's and transformers' own names.
+    ``evaluate``: there are held-out rows, evaluated every ``eval_steps``."""
+    args = job.args
+    evaluation = {}
+    if evaluate:
+        evaluation = {
+            "eval_strategy": "steps",
+            "eval_steps": args.eval_steps,
+            "per_device_eval_batch_size": args.per_device_train_batch_size,
+        }
     return KTOConfig(
         output_dir=str(job.checkpoints_dir),
         per_device_train_batch_size=args.per_device_train_batch_size,
@@ -156,6 +221,7 @@ def kto_config(job: JobConfig[TorchKTOArgs], choice: DeviceChoice) -> KTOConfig:
         use_cpu=choice.use_cpu,
         report_to=[],
         disable_tqdm=True,
+        **evaluation,
     )
 
 
@@ -173,3 +239,18 @@ def checkpointing(on: bool) -> dict[str, Any]:
 def _target_modules(names: list[str]) -> str | list[str]:
     # PEFT takes the shorthand "all-linear" only as a plain string, not inside a list.
     return "all-linear" if "all-linear" in names else names
+
+
+def _shape_value(value: Any) -> str:
+    if isinstance(value, list | set | tuple):
+        return ",".join(sorted(str(v) for v in value))
+    return str(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The telling line of a loader's message: torch's state-dict errors start with a
+    generic header, their first "size mismatch" line says what differs."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = next((x for x in lines if "size mismatch" in x), lines[0] if lines else "")
+    line = line or type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."

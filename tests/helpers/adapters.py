@@ -1,0 +1,29 @@
+"""Tiny torch LoRA adapters for the tests: built offline on a local model with PEFT and saved
+with save_pretrained, as a finished torch job leaves its adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def build_lora_adapter(model_dir: Path, out: Path, *, r: int = 4, lora_alpha: int = 8,
+                       target_modules: list[str] | None = None, scale: float = 0.05,
+                       seed: int = 0) -> Path:
+    """A LoRA adapter on ``model_dir`` whose A and B are small random values (not PEFT's
+    B = 0, which leaves the model unchanged), lora_dropout 0, saved to ``out``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=0.0,
+                        target_modules=target_modules or ["q_proj", "v_proj"],
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    model = get_peft_model(base, config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn_like(param) * scale)
+    model.save_pretrained(out)
+    return out
