@@ -301,53 +301,94 @@ class Worker:
         messages, adapter, sampling, stops = parse_request(msg)
         backend = self.backend
         ids = backend.prompt_ids(messages)
-        n_prompt, limit = len(ids), backend.context_length
-        if n_prompt >= limit:
-            raise RequestError(
-                422, "context_length",
-                f"the prompt is {n_prompt} tokens; this model's context is {limit} tokens, "
-                "which leaves no room for an answer",
-                "Shorten the conversation or the system prompt, or clear the chat.")
+        sampling = fit_context(len(ids), backend.context_length, sampling)
         backend.attach(adapter)
-        sampling = Sampling(min(sampling.max_tokens, limit - n_prompt), sampling.temperature,
-                            sampling.top_p, sampling.seed)
-        self.out.send({"type": "start", "id": id, "prompt_tokens": n_prompt})
-        scanner = StopScanner(stops)
-        tally: dict[str, Any] = {"produced": 0, "waiting": [], "first": None, "last": None}
+        self.out.send({"type": "start", "id": id, "prompt_tokens": len(ids)})
 
-        def emit(text: str, new_ids: list[int]) -> None:
-            if scanner.hit:
-                return  # the token in hand after a stop string: not part of the answer
-            tally["last"] = time.perf_counter()
-            tally["first"] = tally["first"] or tally["last"]
-            tally["produced"] += len(new_ids)
-            tally["waiting"] += new_ids
-            out = scanner.push(text)
-            if out:
-                self.out.send({"type": "token", "id": id, "text": out, "ids": tally["waiting"]})
-                tally["waiting"] = []
+        def send(text: str, new_ids: list[int]) -> None:
+            self.out.send({"type": "token", "id": id, "text": text, "ids": new_ids})
 
-        reason = backend.stream(ids, adapter, sampling, lambda: flag.is_set() or scanner.hit,
-                                emit)
-        produced, waiting, first, last = (tally[k] for k in ("produced", "waiting", "first",
-                                                              "last"))
-        tail = scanner.flush()
-        if tail:
-            self.out.send({"type": "token", "id": id, "text": tail, "ids": waiting})
-        if scanner.hit or reason == "stop":  # a stop string, or the end of the sequence
-            reason = "stop"
-        elif flag.is_set():
-            reason = "cancelled"
-        else:
-            reason = "length"
-        seconds = time.perf_counter() - t0
+        answer = produce(backend, ids, adapter, sampling, stops, flag.is_set, send, t0)
         self.out.send({
-            "type": "done", "id": id, "finish_reason": reason, "prompt_tokens": n_prompt,
-            "completion_tokens": produced,
-            "ttft_s": round((first or time.perf_counter()) - t0, 6),
-            "tokens_per_s": round(rate(produced, first, last, seconds), 3),
-            "seconds": round(seconds, 6), "memory_bytes": backend.memory_bytes(),
+            "type": "done", "id": id, "finish_reason": answer.finish_reason,
+            "prompt_tokens": len(ids), "completion_tokens": answer.completion_tokens,
+            "ttft_s": answer.ttft_s, "tokens_per_s": answer.tokens_per_s,
+            "seconds": answer.seconds, "memory_bytes": backend.memory_bytes(),
         })
+
+
+# --- one answer, for this loop and for batch jobs (workers/generate.py) ---------------------
+def fit_context(n_prompt: int, limit: int, sampling: Sampling) -> Sampling:
+    """``sampling`` with max_tokens cut to the room the context leaves after the prompt;
+    RequestError(422, "context_length") when the prompt alone fills it."""
+    if n_prompt >= limit:
+        raise RequestError(
+            422, "context_length",
+            f"the prompt is {n_prompt} tokens; this model's context is {limit} tokens, "
+            "which leaves no room for an answer",
+            "Shorten the conversation or the system prompt, or clear the chat.")
+    return Sampling(min(sampling.max_tokens, limit - n_prompt), sampling.temperature,
+                    sampling.top_p, sampling.seed)
+
+
+@dataclass(frozen=True)
+class Produced:
+    """One finished answer: finish_reason "stop" (end of sequence or a stop string),
+    "cancelled" or "length"; the tokens the model produced and the timing."""
+
+    text: str
+    finish_reason: str
+    completion_tokens: int
+    ttft_s: float
+    tokens_per_s: float
+    seconds: float
+
+
+def produce(backend: Backend, ids: list[int], adapter: str | None, sampling: Sampling,
+            stops: list[str], cancelled: Callable[[], bool],
+            send: Callable[[str, list[int]], None] | None = None,
+            t0: float | None = None) -> Produced:
+    """Generate one answer to the prompt ``ids`` (adapter attached already, ``sampling``
+    fitted to the context): stop strings held back and cut, ``send(text, token ids)`` called
+    for each piece safe to pass on, the whole text returned with the counts and timing.
+    ``t0``: when the request began (default: now)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    scanner = StopScanner(stops)
+    pieces: list[str] = []
+    tally: dict[str, Any] = {"produced": 0, "waiting": [], "first": None, "last": None}
+
+    def emit(text: str, new_ids: list[int]) -> None:
+        if scanner.hit:
+            return  # the token in hand after a stop string: not part of the answer
+        tally["last"] = time.perf_counter()
+        tally["first"] = tally["first"] or tally["last"]
+        tally["produced"] += len(new_ids)
+        tally["waiting"] += new_ids
+        out = scanner.push(text)
+        if out:
+            pieces.append(out)
+            if send is not None:
+                send(out, tally["waiting"])
+            tally["waiting"] = []
+
+    reason = backend.stream(ids, adapter, sampling, lambda: cancelled() or scanner.hit, emit)
+    produced, waiting, first, last = (tally[k] for k in ("produced", "waiting", "first",
+                                                          "last"))
+    tail = scanner.flush()
+    if tail:
+        pieces.append(tail)
+        if send is not None:
+            send(tail, waiting)
+    if scanner.hit or reason == "stop":  # a stop string, or the end of the sequence
+        reason = "stop"
+    elif cancelled():
+        reason = "cancelled"
+    else:
+        reason = "length"
+    seconds = time.perf_counter() - t0
+    return Produced("".join(pieces), reason, produced,
+                    round((first or time.perf_counter()) - t0, 6),
+                    round(rate(produced, first, last, seconds), 3), round(seconds, 6))
 
 
 def unexpected_error(id: str | None, exc: BaseException) -> dict[str, Any]:

@@ -155,6 +155,18 @@ class MLXBackend:
             responses.close()
         return reason
 
+    def close(self) -> None:
+        """Let go of the model, its adapters and the buffers MLX keeps for reuse (a batch job
+        that loads another model next: workers/generate.py)."""
+        import gc
+
+        import mlx.core as mx
+
+        self.model = self.tokenizer = None
+        self.adapters, self.originals, self.active = {}, {}, None
+        gc.collect()
+        mx.clear_cache()
+
     def memory_bytes(self) -> int:
         total = process_rss_bytes()
         if self.device == "gpu":  # on the CPU MLX's buffers are part of the RSS already

@@ -33,6 +33,8 @@ from workers.serve_text import IncrementalDecoder
 
 ENVIRONMENT = {"PYTORCH_ENABLE_MPS_FALLBACK": "1"}
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
 class _Cancelled(Exception):
     """Raised by the streamer to end ``generate`` once the request is cancelled: cheaper than
     a stopping criterion, which adds a tensor op on the device to every step."""
@@ -208,6 +210,21 @@ class TorchBackend:
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos])
         return "stop" if last[0] in eos else "length"
+
+    def close(self) -> None:
+        """Let go of the model, its adapters and the device memory they held (a batch job
+        that loads another model next: workers/generate.py)."""
+        import gc
+
+        import torch
+
+        self.model = self.peft = self.tokenizer = None
+        self.adapters = {}
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device == "mps":
+            torch.mps.empty_cache()
 
     def memory_bytes(self) -> int:
         total = process_rss_bytes()
