@@ -5,7 +5,8 @@ reference terms (no gradient) → KTO loss and its gradient → Adam → events.
 
 - Log-probs are the sums over the completion tokens only (the prompt is masked out).
 - The reference model is the same model with the adapter switched off (LoRA scale 0): no
-  second copy in memory.
+  second copy in memory. A run from an initial adapter (``init_adapter``) has that adapter,
+  frozen, as its reference instead (workers/mlx/reference.py).
 - z0, the KL reference point: each prompt x_i is paired with the completion of the example
   before it in the batch, y_{i-1} (TRL's rotation by one); z0 = max(0, mean of
   log πθ(y_{i-1}|x_i) − log πref(y_{i-1}|x_i)), not back-propagated (TRL computes it under
@@ -15,11 +16,13 @@ reference terms (no gradient) → KTO loss and its gradient → Adam → events.
 - Metrics are TRL's names and reductions: kl (= z0), rewards/chosen = mean β·r of the desirable
   examples, rewards/rejected, rewards/margins (when both are in the batch), logps/chosen,
   logps/rejected; averaged over each report interval.
+- With ``eval_fraction`` a seeded split of the rows is held out (workers/runtime.py's
+  split_for_eval) and evaluated every ``steps_per_eval`` steps, as TRL's evaluation reports
+  it: the same terms as ``eval_…`` metrics (workers/mlx/kto_eval.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from functools import partial
 
@@ -28,6 +31,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.nn.utils import average_gradients
 
+from contract.eval_split import split_rows
 from contract.events import EventWriter
 from contract.job_config import JobConfig
 from contract.method_args import MLXKTOArgs
@@ -42,7 +46,9 @@ from workers.mlx.common import (
     trainable_count,
 )
 from workers.mlx.data import tokenize_kto
-from workers.runtime import RunResult, StopFlag
+from workers.mlx.kto_eval import HeldOut
+from workers.mlx.reference import as_reference, initial_reference
+from workers.runtime import RunResult, StopFlag, split_for_eval
 
 
 # --- the loss -------------------------------------------------------------------------------
@@ -82,24 +88,12 @@ def completion_logps(model: nn.Module, input_ids: mx.array, mask: mx.array) -> m
     return (token_logps * mask[:, 1:]).sum(axis=-1)
 
 
-@contextlib.contextmanager
-def adapter_off(model: nn.Module):
-    """The reference model: every LoRA layer's scale at 0, put back afterwards."""
-    layers = [m for _, m in model.named_modules() if hasattr(m, "lora_a") and hasattr(m, "scale")]
-    scales = [m.scale for m in layers]
-    for m in layers:
-        m.scale = 0.0
-    try:
-        yield
-    finally:
-        for m, s in zip(layers, scales, strict=True):
-            m.scale = s
-
-
-def reference_terms(model: nn.Module, batch: dict, size: int = 1) -> tuple[mx.array, mx.array]:
+def reference_terms(model: nn.Module, batch: dict, size: int = 1,
+                    reference=None) -> tuple[mx.array, mx.array]:
     """(reference log-probs of the batch, z0): constants for the gradient step. With several
-    processes z0 is the mean over all of them, as TRL gathers it across devices."""
-    with adapter_off(model):
+    processes z0 is the mean over all of them, as TRL gathers it across devices. The reference
+    is the adapter switched off, or the ``reference`` arrays (an initial adapter's)."""
+    with as_reference(model, reference):
         ref_logps = completion_logps(model, batch["input_ids"], batch["completion_mask"])
         ref_kl = completion_logps(model, batch["KL_input_ids"], batch["KL_completion_mask"])
     kl_logps = completion_logps(model, batch["KL_input_ids"], batch["KL_completion_mask"])
@@ -141,7 +135,9 @@ class KTOStep:
     function, as mlx-lm compiles SFT's: the model, optimizer and random state go in and out
     as captured state, the batch goes in as arrays, and nothing in it reads a value back
     (the metrics are read afterwards). The LoRA scale the reference passes set to 0 is a
-    Python number, so it is traced as a constant, as the policy's is. A compiled function is
+    Python number, so it is traced as a constant, as the policy's is; an initial adapter's
+    reference arrays are captured inputs too (never outputs: nothing changes them). A
+    compiled function is
     traced again for each new input shape: the batch is padded on the right to a multiple of
     ``pad_to`` tokens (+1, as mlx-lm pads SFT's batches), so a few widths cover a run.
     Padding adds tokens outside every completion mask at the end of causal sequences: the
@@ -151,8 +147,9 @@ class KTOStep:
 
     def __init__(self, model, optimizer, beta: float, desirable_weight: float,
                  undesirable_weight: float, size: int = 1, compile: bool = True,
-                 pad_to: int | None = 32):
+                 pad_to: int | None = 32, reference=None):
         self.model, self.optimizer = model, optimizer
+        self.reference = reference  # None: the adapter switched off
         self.size = size  # processes of a distributed launch, each with its part of the batch
         self.beta = beta
         self.weights = (desirable_weight, undesirable_weight)
@@ -166,7 +163,7 @@ class KTOStep:
         """(loss, policy log-probs, reference log-probs, z0), the update applied if asked."""
         batch = {"input_ids": input_ids, "completion_mask": completion_mask,
                  "KL_input_ids": kl_input_ids, "KL_completion_mask": kl_completion_mask}
-        ref_logps, z0 = reference_terms(self.model, batch, self.size)
+        ref_logps, z0 = reference_terms(self.model, batch, self.size, self.reference)
         (loss, logps), grads = self.value_and_grad(
             self.model, input_ids, completion_mask, labels, ref_logps, z0, self.beta,
             *self.weights)
@@ -176,8 +173,9 @@ class KTOStep:
 
     def _compiled_step(self, update: bool):
         if update not in self._compiled:
+            inputs = self.state if self.reference is None else [*self.state, self.reference]
             self._compiled[update] = mx.compile(partial(self._step, update),
-                                                inputs=self.state, outputs=self.state)
+                                                inputs=inputs, outputs=self.state)
         return self._compiled[update]
 
     def __call__(self, batch: dict, update: bool = True) -> dict[str, float]:
@@ -199,6 +197,15 @@ class KTOStep:
                 for x in (logps, ref_logps, labels.astype(mx.int32)))
             labels = labels.astype(mx.bool_)
         return batch_metrics(loss, logps, ref_logps, z0, labels, self.beta)
+
+    def measure(self, batch: dict) -> dict[str, float]:
+        """The step's metrics on ``batch`` without a gradient or an update, eagerly, in this
+        process alone (an evaluation batch: every process evaluates all of them)."""
+        ref_logps, z0 = reference_terms(self.model, batch, 1, self.reference)
+        loss, logps = kto_loss(self.model, batch["input_ids"], batch["completion_mask"],
+                               batch["label"], ref_logps, z0, self.beta, *self.weights)
+        mx.eval(loss, logps, ref_logps, z0)
+        return batch_metrics(loss, logps, ref_logps, z0, batch["label"], self.beta)
 
 
 def pad_width(arrays: list[mx.array], pad_to: int) -> list[mx.array]:
@@ -223,21 +230,22 @@ def batch_order(n_rows: int, batch_size: int, seed: int):
 def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
           stop: StopFlag, sampler: MemorySampler) -> RunResult:
     args = job.args
-    model, tokenizer, num_layers, config = load_for_training(job, events, sampler)
-
-    events.emit("status", phase="preparing_data", message=f"tokenizing {len(rows)} rows")
-    examples, dropped = tokenize_kto(rows, tokenizer, args.max_seq_length)
-    if dropped:
-        events.emit("log", level="warning", message=f"{dropped} rows dropped: their prompt "
-                    f"alone fills max_seq_length={args.max_seq_length}")
-    if len(examples) < args.batch_size:
-        raise ValueError(f"the dataset has {len(examples)} usable examples, fewer than "
-                         f"batch_size={args.batch_size}")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # Under `mlx.launch -n N` each process takes its 1/N of every batch (TRL's per-device
     # batch, with its own KL pairs); z0 and the gradients are averaged over the processes.
     world = mx.distributed.init()
     rank, size = world.rank(), world.size()
+    rows, held_rows = held_out(job, rows, events, rank)
+    model, tokenizer, num_layers, config = load_for_training(job, events, sampler)
+    # An initial adapter is the reference: taken now, before a resume loads a checkpoint.
+    reference = initial_reference(model) if args.init_adapter else None
+
+    events.emit("status", phase="preparing_data", message=f"tokenizing {len(rows)} rows")
+    examples = tokenized(rows, tokenizer, args.max_seq_length, events)
+    held_examples = tokenized(held_rows, tokenizer, args.max_seq_length, events, "held-out ")
+    if len(examples) < args.batch_size:
+        raise ValueError(f"the dataset has {len(examples)} usable examples, fewer than "
+                         f"batch_size={args.batch_size}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     local = args.batch_size // size
     if args.batch_size % size or local < 2:
         raise ValueError(f"batch_size={args.batch_size} must split into {size} equal parts "
@@ -245,7 +253,7 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
 
     optimizer, start, tokens = prepare_training(job, model)
     step = KTOStep(model, optimizer, args.beta, args.desirable_weight, args.undesirable_weight,
-                   size, compile=args.compile)
+                   size, compile=args.compile, reference=reference)
 
     iters = args.iters
     order = batch_order(len(examples), args.batch_size, args.seed)
@@ -253,6 +261,13 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
         next(order)
     reporter = Reporter(events, iters, len(examples), args.batch_size, start_step=start,
                         tokens=tokens)
+    held = HeldOut(held_examples, args.batch_size, args.steps_per_eval, iters,
+                   partial(make_batch, max_length=args.max_seq_length, pad_id=pad_id), events)
+
+    def evaluate(it: int, cancelled: bool) -> None:
+        if held.due(it, cancelled):
+            held.evaluate(it, model, step.measure)
+            reporter.restart_clock(it)
 
     stop.interrupt = False  # from here on SIGTERM only sets the flag; the loop acts on it
     events.emit("status", phase="training",
@@ -273,9 +288,33 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
             stopping = mx.distributed.all_sum(mx.array(int(stopping)), stream=mx.cpu).item() > 0
         cancelled = stopping and it < iters
         report_and_checkpoint(job, events, reporter, model, optimizer, config, it, cancelled,
-                              rank)
+                              rank, between=partial(evaluate, cancelled=cancelled))
         if cancelled:
             break
+    extra = {"eval_loss": held.last_loss} if held_examples else {}
     return finish(job, events, reporter, model, config, start=start, it=it,
                   runtime=time.perf_counter() - started, num_layers=num_layers, size=size,
-                  rank=rank, cancelled=cancelled)
+                  rank=rank, cancelled=cancelled, **extra)
+
+
+def held_out(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
+             rank: int) -> tuple[list[Row], list[Row]]:
+    """(train rows, held-out rows) by ``eval_fraction``: rank 0 records the split in the run
+    folder; the other processes of a distributed launch take the same one, writing nothing."""
+    if rank == 0 or job.args.eval_fraction <= 0:
+        return split_for_eval(job, rows, events)
+    train_rows, held, _ = split_rows(rows, job.args.eval_fraction, job.args.seed)
+    if len(held) < 2 or len(train_rows) < 2:
+        raise ValueError("the held-out split leaves fewer than 2 rows on a side (rank 0's "
+                         "error says more)")
+    return train_rows, held
+
+
+def tokenized(rows: list[Row], tokenizer, max_length: int, events: EventWriter,
+              which: str = "") -> list[dict]:
+    """The rows tokenized as TRL does; a warning counts those dropped."""
+    examples, dropped = tokenize_kto(rows, tokenizer, max_length)
+    if dropped:
+        events.emit("log", level="warning", message=f"{dropped} {which}rows dropped: their "
+                    f"prompt alone fills max_seq_length={max_length}")
+    return examples
