@@ -31,7 +31,9 @@ DEMO_MODEL, DEMO_DATASET = "tiny-demo", "demo-kto"
 GROUP_TITLES = {
     "training": "Training", "kto": "KTO loss", "memory": "Memory", "lora": "LoRA adapter",
     "logging": "Logging and checkpoints", "hardware": "Hardware", "data": "Data",
+    "start": "Start from", "evaluation": "Held-out evaluation",
 }
+NOT_IN_FORM = ("fuse", "generate")  # fuse: from an adapter; generate: an arena's answers
 # The demo model is tiny and random: the seed guide's recipe (5e-7, a point every 10 steps)
 # moves its KTO loss by 1e-6 and draws three points. Measured on the 2-core VM over 50 steps
 # of batch 2 x 128 tokens: KTO at 1e-4 went 0.500 -> 0.495 (noise on a chart), at 1e-3 to
@@ -250,7 +252,7 @@ def form_context(session: Session, spec: Method, values: dict | None = None,
     shown = {"name", "method", "model", "dataset"} | {f"params.{k.name}" for k in spec.knobs}
     return {
         "spec": spec, "groups": knob_groups(spec), "method_help": METHOD_HELP,
-        "methods": [m for m in METHODS.values() if m.method != "fuse"],  # fuse: from adapters
+        "methods": [m for m in METHODS.values() if m.method not in NOT_IN_FORM],
         "method_key": method_key, "models": models, "datasets": datasets, "values": values,
         "demo_defaults": is_demo(chosen_model(values)),
         "demo_values": DEMO_DEFAULTS.get((spec.backend, spec.method), {})
@@ -262,7 +264,8 @@ def form_context(session: Session, spec: Method, values: dict | None = None,
 
 # --- what "clone" (/jobs/new?from=ID) and the "Train" links fill the form with -------------
 def clone_values(session: Session, job_id: int) -> tuple[Method, dict[str, Any]] | None:
-    """The new-job form's values for a copy of job ``job_id`` (None: no such job, or a fuse).
+    """The new-job form's values for a copy of job ``job_id`` (None: no such job, a fuse or
+    a generate job).
 
     The model and dataset go back into the pickers when they are still registered, else into
     the text fields; params the method no longer knows are dropped (the form shows its knobs).
@@ -274,7 +277,7 @@ def clone_values(session: Session, job_id: int) -> tuple[Method, dict[str, Any]]
         spec = method_for(job.backend, job.method)
     except ParamError:
         return None
-    if spec.method == "fuse":
+    if spec.method in NOT_IN_FORM:
         return None
     models = list(session.exec(select(ModelEntry)))
     datasets = list(session.exec(select(DatasetEntry)))
@@ -300,22 +303,31 @@ def pick_model(values: dict[str, Any], model: str, models: list[ModelEntry]) -> 
 
 
 def prefilled_form(session: Session, from_job: int | None, model: str | None,
-                   dataset: str | None = None) -> tuple[Method, dict[str, Any] | None]:
+                   dataset: str | None = None, backend: str | None = None,
+                   knobs: dict[str, str] | None = None) -> tuple[Method, dict[str, Any] | None]:
     """The new-job form's method and values: a clone of ``from_job``, or the blank form with
-    ``model`` and/or ``dataset`` picked; (torch KTO, None) means the plain blank form."""
+    ``model`` and/or ``dataset`` picked, KTO on ``backend`` (torch or mlx) and ``knobs``
+    (name -> value as typed, e.g. init_adapter, desirable_weight) filled in where the
+    method has them; (torch KTO, None) means the plain blank form."""
     spec = method_for("torch", "kto")
     cloned = clone_values(session, from_job) if from_job is not None else None
     if cloned is not None:
         return cloned
+    if (backend or "").strip() in ("torch", "mlx"):
+        spec = method_for(backend.strip(), "kto")
     model, dataset = (model or "").strip(), (dataset or "").strip()
-    if not model and not dataset:
+    knobs = {k: v for k, v in (knobs or {}).items() if spec.knob(k) is not None}
+    if not model and not dataset and not knobs and spec.backend == "torch":
         return spec, None
     models = list(session.exec(select(ModelEntry)))
     datasets = list(session.exec(select(DatasetEntry)))
     values = blank_form(spec, models, datasets)
     if model:
         pick_model(values, model, models)
+        set_knob_defaults(values, spec)  # the chosen model's defaults (demo or not)
     if dataset:  # a registered one in the picker, anything else in the text field
         values["dataset_choice"], values["dataset_text"] = (
             (dataset, "") if dataset in {d.id for d in datasets} else ("", dataset))
+    for name, value in knobs.items():  # as typed: the submit checks them
+        values[f"params.{name}"] = value.strip()
     return spec, values
