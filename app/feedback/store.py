@@ -56,6 +56,9 @@ class FeedbackFilter:
         return ", ".join(parts) or "no filter"
 
 
+ANY = FeedbackFilter()  # no filter: every row
+
+
 # --- what answered ---------------------------------------------------------------------------
 def variant_fields(session: Session, variant: str) -> dict[str, Any]:
     """model (base id), variant, adapter folder and job_id of a catalog id, read from the
@@ -180,7 +183,7 @@ def _where(query, flt: FeedbackFilter):
     return query
 
 
-def list_feedback(session: Session, flt: FeedbackFilter = FeedbackFilter(), limit: int = 50,
+def list_feedback(session: Session, flt: FeedbackFilter = ANY, limit: int = 50,
                   offset: int = 0) -> tuple[list[Feedback], int]:
     """The rows matching, newest first, and how many match in all."""
     total = session.exec(_where(select(func.count()).select_from(Feedback), flt)).one()
@@ -189,7 +192,7 @@ def list_feedback(session: Session, flt: FeedbackFilter = FeedbackFilter(), limi
     return list(rows), int(total)
 
 
-def counts(session: Session, flt: FeedbackFilter = FeedbackFilter()) -> dict[str, Any]:
+def counts(session: Session, flt: FeedbackFilter = ANY) -> dict[str, Any]:
     """{total, desirable, undesirable, by_variant: {variant: {desirable, undesirable}}}."""
     grouped = session.exec(_where(select(Feedback.variant, Feedback.label, func.count())
                                   .group_by(Feedback.variant, Feedback.label), flt)).all()
@@ -239,7 +242,7 @@ def delete(session: Session, feedback_id: int) -> None:
 
 # --- datasets ----------------------------------------------------------------------------------
 def selected(session: Session, ids: list[int] | None = None,
-             flt: FeedbackFilter = FeedbackFilter()) -> list[Feedback]:
+             flt: FeedbackFilter = ANY) -> list[Feedback]:
     """The rows a dataset is made of: ``ids`` (unknown ids are a 404), else the filter's,
     oldest first."""
     if ids is not None:
@@ -264,10 +267,10 @@ def kto_row(row: Feedback) -> dict[str, Any]:
 
 
 def rows_for_dataset(session: Session, ids: list[int] | None = None,
-                     flt: FeedbackFilter = FeedbackFilter()) -> list[dict[str, Any]]:
+                     flt: FeedbackFilter = ANY) -> list[dict[str, Any]]:
     return [kto_row(r) for r in selected(session, ids, flt)]
 
 
-__all__ = ["SOURCES", "FeedbackFilter", "add_rows", "counts", "delete", "explicit", "facets",
+__all__ = ["ANY", "SOURCES", "FeedbackFilter", "add_rows", "counts", "delete", "explicit", "facets",
            "from_completion", "get", "kto_row", "list_feedback", "resolved_fields",
            "rows_for_dataset", "selected", "update", "variant_fields"]
