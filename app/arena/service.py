@@ -18,6 +18,7 @@ from app.arena import results
 from app.arena.ingest import ensure_pairs
 from app.config import Settings
 from app.errors import JobInputError, JobStateError
+from app.feedback import store as feedback_store
 from app.inference.catalog import Target, parse_id, resolve
 from app.inference.errors import InferenceError
 from app.jobs.generate import create_generate_job
@@ -245,10 +246,10 @@ def judge(session: Session, arena: Arena, pair: ArenaPair, side: str) -> list[Fe
     session.exec(delete(Feedback).where(col(Feedback.arena_pair_id) == pair.id))
     rows = []
     for which, label in zip(("a", "b"), results.labels(verdict), strict=True):
-        rows.append(Feedback(**_side(arena, job, which), messages=pair.messages,
-                             answer=pair.answer_a if which == "a" else pair.answer_b,
-                             label=label, sampling=sampling, source="arena",
-                             arena_pair_id=pair.id))
+        base = {**_side(arena, job, which), "messages": pair.messages, "sampling": sampling,
+                "answer": pair.answer_a if which == "a" else pair.answer_b,
+                "source": "arena", "arena_pair_id": pair.id}
+        rows += feedback_store.add_rows(session, base, label, commit=False)
     pair.verdict = verdict
     pair.judged_at = datetime.now(UTC)
     session.add(pair)
