@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
 
 def build_lora_adapter(model_dir: Path, out: Path, *, r: int = 4, lora_alpha: int = 8,
                        target_modules: list[str] | None = None, scale: float = 0.05,
@@ -18,7 +20,7 @@ def build_lora_adapter(model_dir: Path, out: Path, *, r: int = 4, lora_alpha: in
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     config = LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=0.0,
-                        target_modules=target_modules or ["q_proj", "v_proj"],
+                        target_modules=target_modules or LLAMA_LINEAR,
                         init_lora_weights=False, task_type="CAUSAL_LM")
     model = get_peft_model(base, config)
     with torch.no_grad():
