@@ -62,3 +62,32 @@ def finish_generate(session: Session, job_id: int, *, skip: set[tuple[int, str]]
     session.add(job)
     session.commit()
     return path
+
+
+# --- on a live server (integration and browser tiers) -------------------------------------------
+SPLIT_RUN = {"max_steps": 4, "logging_steps": 1, "save_steps": 4, "eval_fraction": 0.05,
+             "eval_steps": 4, "gradient_accumulation_steps": 1, "max_length": 96,
+             "learning_rate": 1e-4}
+
+
+def split_run(server) -> dict:
+    """A tiny torch KTO run on the demo that held 5 % of its rows out, succeeded."""
+    status, job = server.post("/api/jobs", {"name": "arena run", "model": "tiny-demo",
+                                            "dataset": "demo-kto", "params": SPLIT_RUN})
+    assert status == 201, job
+    job = server.wait_job(job["id"])
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def arena_on(server, run: dict, n: int = 4, max_tokens: int = 12) -> dict:
+    """An arena of the run's adapter (A) against its base (B) on its held-out prompts, its
+    generate job waited for."""
+    status, arena = server.post("/api/arenas", {
+        "variant_a": f"{run['model']}@job-{run['id']}", "variant_b": run["model"],
+        "source": {"kind": "split", "job_id": run["id"]}, "n": n, "seed": 11,
+        "max_tokens": max_tokens, "temperature": 0.7})
+    assert status == 201, arena
+    job = server.wait_job(arena["job_id"])
+    assert job["status"] == "succeeded", job
+    return arena
