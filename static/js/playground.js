@@ -200,6 +200,7 @@
         if (obj.error) { failed = obj.error.message || 'the generation failed'; return true; }
         if (obj.usage) usage = obj.usage;
         if (obj.prospect) stats = obj.prospect;
+        if (obj.id) box.answer.dataset.completionId = obj.id;  // rated by it (feedback.js)
         const choice = obj.choices && obj.choices[0];
         if (!choice) return true;
         if (choice.finish_reason) finish = choice.finish_reason;
@@ -222,6 +223,7 @@
           (record.text.length > 12 ? '…' : '') + ')'));
       }
       setState(col, box, 'done');
+      box.answer.dispatchEvent(new CustomEvent('pg:answered', { bubbles: true }));
     } catch (e) {
       record.text = box.text.textContent;
       if (e.name === 'AbortError') {
