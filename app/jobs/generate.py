@@ -2,10 +2,10 @@
 prompts, one after the other, into ``<run_dir>/answers.jsonl`` (an arena's answers).
 
 ``create_generate_job`` is what the arena calls; ``POST /api/jobs`` with method generate
-comes through ``generate_job`` too (app/jobs/service.py validate_job), so both are checked
-the same way: the knobs (contract GenerateArgs), the prompts file, the models, the adapters
-(folders inside the allowed paths, of this backend, trained on their variant's model) and
-the memory plan (app/planner/inference.py generate_plan, the larger variant).
+calls ``create_generate`` (app/web/api/jobs.py), so both are checked the same way: the knobs
+(contract GenerateArgs), the prompts file, the models, the adapters (folders inside the
+allowed paths, of this backend, trained on their variant's model) and the memory plan
+(app/planner/inference.py generate_plan, the larger variant).
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from app.jobs.service import (
     adapter_folder,
     check_adapter_base,
     check_plan,
-    create_job,
+    checked_params,
+    method_spec,
     model_names,
     resolve_model,
+    save_job,
 )
 from app.models import Job, JobCreate
 from app.paths import local_path
@@ -119,6 +121,15 @@ def generate_job(session: Session, data: JobCreate, params: dict[str, Any], mode
                dataset_path=str(prompts), total_steps=2 * count)
 
 
+def create_generate(session: Session, data: JobCreate, settings: Settings) -> Job:
+    """Check a generate job's submission (as validate_job does a training job's) and queue
+    it; JobInputError (a 422, or the plan's refusal) names what is wrong."""
+    params = checked_params(method_spec(data.backend, "generate"), data.params)
+    model_path = resolve_model(session, data.model, settings)
+    return save_job(session, generate_job(session, data, params, model_path, settings),
+                    settings)
+
+
 def write_prompts(settings: Settings, prompts: list[list[dict]]) -> Path:
     """``<home>/prompts/<uuid>.jsonl``, one ``{"messages": [...]}`` a line."""
     folder = settings.home_dir / PROMPTS_DIR
@@ -149,7 +160,7 @@ def create_generate_job(session: Session, settings: Settings, *, backend: str, m
                          dataset=str(path), force=force,
                          params={**params, "adapter_a": adapter_a or "",
                                  "model_b": model_b or "", "adapter_b": adapter_b or ""})
-        return create_job(session, data, settings)
+        return create_generate(session, data, settings)
     except BaseException:
         session.rollback()
         path.unlink(missing_ok=True)

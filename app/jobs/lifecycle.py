@@ -123,6 +123,13 @@ def check_inputs_exist(job: Job) -> None:
         raise JobInputError("model", f"the model of job {job.id} ({job.model}) is gone: "
                             f"{job.model_path} holds no model any more. Put it back, or clone "
                             "the job and pick another model")
+    params = job.params or {}
+    if job.method == "generate":  # model B and the adapters are folders the worker loads
+        for key in ("model_b", "adapter_a", "adapter_b"):
+            value = str(params.get(key) or "")
+            if value.startswith("/") and not _exists(Path(value)):
+                raise JobInputError(f"params.{key}", f"{key} of job {job.id} is gone: {value} "
+                                    "no longer exists. Put it back, or start a new arena")
 
 
 def _exists(path: Path) -> bool:
@@ -139,7 +146,9 @@ def request_resume(session: Session, job: Job) -> Job:
                             "interrupted jobs can be resumed")
     if job.pid is not None:
         raise JobStateError(f"job {job.id}'s worker is still exiting; try again in a moment")
-    if not job.last_checkpoint or not _exists(Path(job.last_checkpoint)):
+    # A generate job needs no checkpoint: its worker skips the answers already written.
+    if job.method != "generate" and (not job.last_checkpoint
+                                     or not _exists(Path(job.last_checkpoint))):
         raise JobStateError(f"job {job.id} has no checkpoint to resume from; clone it instead")
     check_inputs_exist(job)
     if not set_status(session, job, JobStatus.queued, Job.pid.is_(None),
@@ -156,6 +165,8 @@ def delete_job(session: Session, job: Job, settings: Settings) -> None:
     if job.pid is not None:
         raise JobStateError(f"job {job.id}'s worker is still exiting; try again in a moment")
     job_id, run_dir = job.id, Path(job.run_dir).resolve() if job.run_dir else None
+    # A generate job's prompts file, written for it under <home>/prompts, goes with it.
+    prompts = Path(job.dataset_path) if job.method == "generate" and job.dataset_path else None
     # Conditional like a transition: a launch that claimed the job first wins, and the
     # person is told it is starting now, instead of the supervisor finding its row gone.
     stmt = delete(Job).where(Job.id == job_id, Job.status.not_in(ACTIVE), Job.pid.is_(None))
@@ -170,6 +181,8 @@ def delete_job(session: Session, job: Job, settings: Settings) -> None:
     # Only a folder under runs/ is ever removed, and only by deleting its job.
     if run_dir and run_dir.parent == settings.runs_dir and run_dir.is_dir():
         shutil.rmtree(run_dir, ignore_errors=True)
+    if prompts and prompts.parent == settings.home_dir / "prompts":
+        prompts.unlink(missing_ok=True)
 
 
 def queued_jobs(session: Session) -> list[Job]:

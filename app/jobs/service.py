@@ -136,10 +136,9 @@ def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
     model_path = resolve_model(session, data.model, settings)
     if data.method == "fuse":  # no dataset: the adapter is the input
         return _fuse_job(session, data, params, model_path, settings)
-    if data.method == "generate":  # an arena's answers: a prompts file, two variants
-        from app.jobs.generate import generate_job  # it builds on this module's checks
-
-        return generate_job(session, data, params, model_path, settings)
+    if data.method == "generate":  # app/jobs/generate.py checks and creates those
+        raise JobInputError("method", "a generate job answers an arena's prompts: start one "
+                            "from the Arena page, POST /api/arenas or POST /api/jobs")
     dataset_path = resolve_dataset(session, data.dataset, settings)
     check_dataset_kind(session, data.dataset, data.method)
     if data.method == "kto":
@@ -348,7 +347,11 @@ def fused_model_name(session: Session, model: str, run_name: str) -> str:
 
 
 def create_job(session: Session, data: JobCreate, settings: Settings) -> Job:
-    job = validate_job(session, data, settings)
+    return save_job(session, validate_job(session, data, settings), settings)
+
+
+def save_job(session: Session, job: Job, settings: Settings) -> Job:
+    """Add and commit a checked job, its run folder named after its id."""
     session.add(job)
     session.flush()  # the id, inside the same transaction: no job is ever seen without run_dir
     job.run_dir = str(settings.runs_dir / f"{job.id:06d}")

@@ -174,11 +174,25 @@
     });
   };
 
+  // Held-out metrics (TRL's eval_ prefix, mlx-lm's val_loss) read "held-out …" in a legend;
+  // beside them the training series read "train …", so the two are never confused.
+  function heldOut(name) { return name.indexOf('eval_') === 0 || name === 'val_loss'; }
+  function seriesLabel(name, names) {
+    if (name.indexOf('eval_') === 0) return 'held-out ' + name.slice(5);
+    if (name === 'val_loss') return 'held-out loss';
+    return names.some(heldOut) ? 'train ' + name : name;
+  }
+
   Chart.prototype.seriesFor = function (name, i) {
     const palette = ['--c1', '--c2', '--c3', '--c4', '--c5', '--c6'].map(css);
     if (this.source !== 'memory') {
-      return { label: name, stroke: palette[i % palette.length], width: 2, spanGaps: true,
-        points: { size: 5 }, value: pointValue };
+      const s = { label: seriesLabel(name, this.names), stroke: palette[i % palette.length],
+        width: 2, spanGaps: true, points: { size: 5 }, value: pointValue };
+      // A held-out series beside training ones is dashed: the pair reads apart at a glance.
+      if (heldOut(name) && this.names.some(function (n) { return !heldOut(n); })) {
+        s.dash = [6, 3];
+      }
+      return s;
     }
     let label = MEMORY_LABELS[name] || name;
     const backendName = this.backend();
@@ -223,6 +237,11 @@
     }, this.data(), this.el);
     this.plot.prospectMarks = this.marks;
     this.empty.hidden = true;
+    const panel = this.el.closest('[data-hide-empty]'); // shown once it has something to draw
+    if (panel && panel.hidden) {
+      panel.hidden = false;
+      this.plot.setSize({ width: Math.max(200, this.el.clientWidth), height: CHART_HEIGHT });
+    }
   };
 
   // Away from the cursor the legend shows the latest values rather than "--".

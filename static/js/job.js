@@ -72,7 +72,7 @@
   }
 
   const charts = {};
-  ['loss', 'rewards', 'lr', 'tps', 'mem'].forEach(function (k) {
+  ['loss', 'rewards', 'eval', 'lr', 'tps', 'mem'].forEach(function (k) {
     if (document.getElementById('chart-' + k)) {
       charts[k] = new PC.Chart(k, stores, function () { return backendName; });
     }

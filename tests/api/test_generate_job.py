@@ -183,3 +183,14 @@ def test_post_api_jobs_with_method_generate(client, app, tmp_path, tight):
     assert r.json()["detail"][0]["msg"].startswith('bad.jsonl line 2: no "messages" list')
     r = client.post("/api/jobs", json={**body, "dataset": ""})
     assert r.status_code == 422 and "prompts file" in r.json()["detail"][0]["msg"]
+
+
+def test_the_training_path_refuses_a_generate_job_naming_where_to_start_one(app, tmp_path):
+    from app.jobs.service import create_job
+    from app.models import JobCreate
+
+    data = JobCreate(backend="torch", method="generate", model="tiny-demo",
+                     dataset=str(tmp_path / "p.jsonl"), params={})
+    with Session(app.state.engine) as s, pytest.raises(JobInputError) as err:
+        create_job(s, data, app.state.settings)
+    assert err.value.field == "method" and "POST /api/arenas" in err.value.message

@@ -14,6 +14,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from sqlmodel import select
 
 from app.jobs import history as runs
+from app.jobs.generate import create_generate
 from app.jobs.lifecycle import delete_job, request_cancel, request_resume
 from app.jobs.metrics import columnar
 from app.jobs.service import create_job
@@ -30,7 +31,9 @@ KEEPALIVE_S = 15  # a comment this often keeps proxies from closing an idle stre
 @router.post("/jobs", status_code=201, response_model=JobPublic)
 def create(data: JobCreate, session: SessionDep, settings: SettingsDep,
            supervisor: SupervisorDep) -> Job:
-    job = create_job(session, data, settings)
+    # A generate job (an arena's answers) has its own checks: a prompts file, two variants.
+    make = create_generate if data.method == "generate" else create_job
+    job = make(session, data, settings)
     supervisor.wake()
     return job
 

@@ -100,17 +100,24 @@ def restarts(session: Session, job_id: int) -> list[dict[str, Any]]:
     return out
 
 
+NOT_TRAINING = ("fuse", "generate")  # a fuse makes a model, a generate job answers prompts
+
+
 def actions(job: Job) -> dict[str, bool]:
     """Which action buttons apply to the job as it is now (templates/_job_actions.html shows
-    only those, on the page and with every card fragment)."""
+    only those, on the page and with every card fragment). A generate job (an arena's
+    answers) resumes without a checkpoint: its worker skips the answers already written."""
     final = job.status.is_final
+    trains = job.method not in NOT_TRAINING
+    adapter = job.status == JobStatus.succeeded and trains and bool(job.adapter_path)
     return {
         "cancel": job.status.is_active and not job.cancel_requested_at,
-        "resume": final and job.status != JobStatus.succeeded and bool(job.last_checkpoint),
-        "fuse": job.status == JobStatus.succeeded and job.method != "fuse"
-        and bool(job.adapter_path) and Path(job.adapter_path).is_dir(),
+        "resume": final and job.status != JobStatus.succeeded
+        and (bool(job.last_checkpoint) or job.method == "generate"),
+        "fuse": adapter and Path(job.adapter_path).is_dir(),
         "delete": final,
-        "clone": job.method != "fuse",
+        "clone": trains,
+        "try_it": adapter,
     }
 
 
