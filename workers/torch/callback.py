@@ -49,6 +49,7 @@ class EventCallback(TrainerCallback):
             self.cancelled = True
             control.should_log = True
             control.should_save = True
+            control.should_evaluate = False  # an evaluation would only delay the stop
             control.should_training_stop = True
         now, step, tokens = time.perf_counter(), state.global_step, self.token_count()
         t0, step0, tokens0 = self._recent[0] if self._recent else (now, step, tokens)

@@ -2,7 +2,7 @@
 
     pick device → hold out the eval rows (if asked) → load tokenizer and model → a fresh LoRA
     or the init adapter → KTOConfig from the knobs → trainer (tokenizes; precomputes reference
-    log-probs if asked) → train (evaluating every eval_steps) → a last evaluation → save.
+    log-probs if asked) → train (evaluating every eval_steps and at the last step) → save.
 
 Events leave through ``EventCallback`` (metrics, eval metrics, progress, checkpoints) and the
 status lines here. The reference model is never a second copy: with a fresh LoRA it is the base
@@ -95,6 +95,8 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
         raise mapped from exc
     runtime = time.perf_counter() - started
     step = trainer.state.global_step
+    # HF Trainer evaluates at max_steps itself; a run that ended another way (resumed from
+    # its last checkpoint, say) is evaluated here. A cancelled one is not: it should stop.
     if held and not callback.cancelled and callback.last_eval_step != step:
         events.emit("status", phase="evaluating",
                     message=f"evaluating on the {len(held)} held-out rows at step {step}")
