@@ -79,13 +79,13 @@
       } else if (id) {
         await send(answer, 'PATCH', '/api/feedback/' + id, { label: label });
         answer.dataset.fbLabel = String(label);
-        note(answer, label ? 'flipped to 👍' : 'flipped to 👎');
+        note(answer, label ? 'changed to good' : 'changed to bad');
       } else {
         const out = await send(answer, 'POST', '/api/feedback',
           { completion_id: answer.dataset.completionId, label: label });
         answer.dataset.feedbackId = String(out.items[0].id);
         answer.dataset.fbLabel = String(label);
-        note(answer, label ? 'rated 👍' : 'rated 👎');
+        note(answer, label ? 'saved as good' : 'saved as bad');
       }
     } catch (e) {
       note(answer, 'Not saved: ' + e.message, true);
@@ -125,7 +125,7 @@
         answer.dataset.fbLabel = 'false';
         answer.dataset.corrected = 'true';
         show(answer);
-        note(answer, 'corrected: the answer 👎, your text 👍');
+        note(answer, 'corrected: the answer saved as bad, your text as good');
         close();
       } catch (e) {
         note(answer, 'Not saved: ' + e.message, true);
@@ -150,8 +150,8 @@
   function addBar(answer) {
     if (!answer.dataset.completionId || bar(answer)) return;
     const b = el('div', 'fb-rate');
-    const up = button('fb-up', '👍', 'Good answer (' + KEYS_UP + ')');
-    const down = button('fb-down', '👎', 'Bad answer (' + KEYS_DOWN + ')');
+    const up = button('fb-up', '👍 Good', 'Good answer (' + KEYS_UP + ')');
+    const down = button('fb-down', '👎 Bad', 'Bad answer (' + KEYS_DOWN + ')');
     const fix = button('fb-correct', 'Correct it', 'Write what it should have said (c)');
     up.setAttribute('aria-pressed', 'false');
     down.setAttribute('aria-pressed', 'false');

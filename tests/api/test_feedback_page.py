@@ -73,7 +73,7 @@ def test_list_filters_and_counts(client, rows):
 def test_flip_and_delete(app, client, rows):
     resp = client.post(f"/feedback/{rows[0]}/flip", headers=HX)
     assert resp.status_code == 200 and resp.headers["HX-Trigger"] == "feedback-changed"
-    assert 'data-label="false"' in resp.text and "Flip to 👍" in resp.text
+    assert 'data-label="false"' in resp.text and "Flip to good" in resp.text
     with Session(app.state.engine) as s:
         assert s.get(Feedback, rows[0]).label is False
     resp = client.delete(f"/feedback/{rows[1]}", headers=HX)
