@@ -5,7 +5,7 @@
   compare (page and API) and the CSV/JSON export list the eval_ names;
 - a generate job's page shows the answers written of the total, no training charts and no
   Clone/Fuse/Try it; it resumes without a checkpoint; deleting it removes its prompts file;
-- every job page asks for its arena fragment, which htmx swaps only on a 200."""
+- a run's page asks for its arena fragment only when it has an arena (no 404 to log)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import re
 from sqlmodel import Session
 
 from app.jobs.generate import write_prompts
-from app.models import Job, JobStatus
+from app.models import Arena, Job, JobStatus
 from tests.helpers.runs import add_run
 
 EVAL = {"eval_loss": [0.52, 0.49], "eval_rewards/chosen": [0.1, 0.3],
@@ -112,8 +112,8 @@ def test_deleting_a_generate_job_removes_its_prompts_file(app, client):
     assert not (app.state.settings.home_dir / "prompts" / prompts.rsplit("/", 1)[1]).exists()
 
 
-def test_a_trained_job_keeps_its_actions_and_every_page_asks_for_its_arena(app, client,
-                                                                           tmp_path):
+def test_a_trained_job_keeps_its_actions_and_asks_for_its_arena_when_it_has_one(
+        app, client, tmp_path):
     adapter = tmp_path / "runs" / "000001" / "adapter"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
@@ -125,7 +125,12 @@ def test_a_trained_job_keeps_its_actions_and_every_page_asks_for_its_arena(app, 
         s.commit()
     html = client.get(f"/jobs/{job_id}").text
     assert action_bar(html) == {"clone", "try", "fuse", "delete"}
-    assert (f'<div id="job-arena" hx-get="/jobs/{job_id}/arena" hx-trigger="load" '
-            'hx-swap="innerHTML"></div>') in html
+    assert 'id="job-arena"' not in html  # no arena yet: nothing to ask for (no 404)
     gen = generate_job(app)
-    assert f'hx-get="/jobs/{gen}/arena"' in client.get(f"/jobs/{gen}").text
+    with Session(app.state.engine) as s:
+        s.add(Arena(job_id=gen, variant_a=f"tiny-demo@job-{job_id}", variant_b="tiny-demo",
+                    n=4))
+        s.commit()
+    assert (f'<div id="job-arena" hx-get="/jobs/{job_id}/arena" hx-trigger="load" '
+            'hx-swap="innerHTML"></div>') in client.get(f"/jobs/{job_id}").text
+    assert client.get(f"/jobs/{job_id}/arena").status_code == 200

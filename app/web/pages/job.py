@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from app.arena.service import latest_for_run
 from app.errors import JobInputError
 from app.jobs.adapters import fuse_adapter
 from app.jobs.artifacts import list_artifacts
@@ -131,7 +132,9 @@ def job_page(job_id: JobId, request: Request, session: SessionDep) -> HTMLRespon
     return page(request, "job.html", job=job, live=live, events_url=events_url,
                 params=params_rows(job), config_text=worker_config(job), can=actions(job),
                 artifacts=list_artifacts(session, job), started_ts=started_ts(session, job),
-                restarts=restarts(session, job.id))
+                restarts=restarts(session, job.id),
+                # Asked for only when there is one: a 404 would be a console error.
+                has_arena=latest_for_run(session, job) is not None)
 
 
 @router.get("/jobs/{job_id}/card", response_class=HTMLResponse)
