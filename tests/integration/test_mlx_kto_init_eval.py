@@ -7,8 +7,8 @@ adapter's, not the bare base's (a fresh LoRA's). That holds compiled and eager (
 checkpointing), and a resumed run keeps the initial adapter as its reference, not the
 checkpoint's weights: it reports what the uninterrupted run reports. The held-out rows are
 recorded in the run and evaluated every ``steps_per_eval`` steps and at the end, with TRL's
-``eval_`` names; folders that are no MLX adapter, or do not fit, and splits too small fail
-with a hint.
+``eval_`` names and numbers (TRL's evaluate on the same adapter and rows). Folders that are
+no MLX adapter, or do not fit, and splits too small fail with a hint.
 """
 
 from __future__ import annotations
@@ -225,3 +225,51 @@ def test_folders_that_are_no_mlx_adapter_fail_with_a_hint(demo, adapter, tmp_pat
     assert error["error_type"] == "init_adapter", error
     assert f"{other} does not fit" in error["message"] and "shape" in error["message"]
     assert "some-other-model" in error["hint"] and "trained on" in error["hint"]
+
+
+@pytest.mark.slow
+def test_the_evaluation_matches_trls(demo, fresh, tmp_path):
+    """The last evaluation (the saved adapter on the recorded held-out rows) against TRL's
+    KTOTrainer.evaluate on torch, the same LoRA weights in a PEFT adapter: the same numbers,
+    TRL's reductions over batches of 4 (the last one of 2)."""
+    pytest.importorskip("trl")
+    import datasets
+    import mlx.core as mx
+    import numpy as np
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import KTOConfig, KTOTrainer
+
+    from workers.torch.kto import checkpointing
+
+    run_dir, events = fresh
+    held = [{k: v for k, v in r.items() if k != "index"} for r in read_split(run_dir)]
+    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    rank, scale = config["lora_parameters"]["rank"], config["lora_parameters"]["scale"]
+    datasets.disable_progress_bars()
+    args = KTOConfig(
+        output_dir=str(tmp_path / "trl"), per_device_train_batch_size=RUN["batch_size"],
+        per_device_eval_batch_size=RUN["batch_size"], max_length=512, beta=0.1, bf16=False,
+        use_cpu=True, report_to=[], disable_tqdm=True, **checkpointing(False))
+    trainer = KTOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(demo["model"], dtype=torch.float32),
+        args=args, train_dataset=datasets.Dataset.from_list(held),
+        eval_dataset=datasets.Dataset.from_list(held),
+        processing_class=AutoTokenizer.from_pretrained(demo["model"]),
+        peft_config=LoraConfig(r=rank, lora_alpha=scale * rank, lora_dropout=0.0,
+                               target_modules="all-linear", task_type="CAUSAL_LM"))
+    saved = mx.load(str(run_dir / "adapter" / "adapters.safetensors"))
+    params = dict(trainer.model.named_parameters())
+    with torch.no_grad():
+        for name, value in saved.items():  # model.layers.0.self_attn.q_proj.lora_a
+            module, leaf = name.rsplit(".", 1)
+            theirs = params[f"base_model.model.{module}.lora_{leaf[-1].upper()}.default.weight"]
+            theirs.copy_(torch.from_numpy(np.array(value).T.copy()))
+    assert len(saved) == 7 * 2 * 2
+    theirs = trainer.evaluate()
+    ours = _evals(events)[RUN["iters"]]
+    for name in sorted(EVAL_NAMES):
+        assert ours[name] == pytest.approx(theirs[name], rel=1e-5, abs=1e-5), (name, ours,
+                                                                              theirs)
+    print(f"\nTRL {theirs}\nMLX {ours}")
