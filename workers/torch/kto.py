@@ -170,7 +170,9 @@ def start_adapter(job: JobConfig[TorchKTOArgs], model,
 def load_init_adapter(model, folder: Path, model_id: str):
     """``folder``'s PEFT adapter on ``model``, trainable; InitAdapterError naming the folder
     and the fix when it is not an adapter or does not fit the model."""
-    if not folder.is_absolute() or not folder.is_dir():
+    if not folder.is_absolute():  # the server resolves job ids and paths before this
+        raise InitAdapterError(folder, "is not an absolute folder path")
+    if not folder.is_dir():
         raise InitAdapterError(folder, "is not a folder")
     try:
         config = PeftConfig.from_pretrained(str(folder))
