@@ -138,10 +138,15 @@ def create_arena(session: Session, settings: Settings, *, variant_a: str, varian
         params["max_tokens"] = max_tokens
     if temperature is not None:
         params["temperature"] = temperature
-    job = create_generate_job(
-        session, settings, backend=a.backend, model_a=a.base, adapter_a=a.adapter or "",
-        model_b=b.base, adapter_b=b.adapter or "", prompts=prompts, params=params,
-        name=f"arena: {a.id} vs {b.id}"[:200], force=force)
+    try:
+        job = create_generate_job(
+            session, settings, backend=a.backend, model_a=a.base, adapter_a=a.adapter or "",
+            model_b=b.base, adapter_b=b.adapter or "", prompts=prompts, params=params,
+            name=f"arena: {a.id} vs {b.id}"[:200], force=force)
+    except JobInputError as exc:
+        if exc.field == "plan":  # won't fit in memory: a conflict with this machine, 409
+            raise JobInputError("plan", exc.message, 409, exc.extra) from None
+        raise
     arena = Arena(job_id=job.id, variant_a=a.id, variant_b=b.id, source=words,
                   source_job_id=source_job, n=len(prompts), seed=seed)
     session.add(arena)

@@ -258,3 +258,18 @@ def test_deleting_the_job_deletes_the_arena(client, app):
     assert client.delete(f"/api/jobs/{arena['job_id']}").status_code == 204
     with Session(app.state.engine) as s:
         assert s.get(Arena, arena["id"]) is None
+
+
+def test_a_generate_job_that_wont_fit_is_a_409_with_the_numbers(client, app, home):
+    (home / "models" / "tiny-demo" / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 16384,
+        "intermediate_size": 53248, "num_hidden_layers": 126, "num_attention_heads": 128,
+        "num_key_value_heads": 8, "vocab_size": 128256, "torch_dtype": "bfloat16"}))
+    r = create(client, force=False)
+    assert r.status_code == 409, r.text
+    detail = r.json()["detail"][0]
+    assert detail["field"] == "plan" and "won't fit in memory" in detail["msg"]
+    assert "force" in detail["msg"] and detail["plan"]["estimate"]["total_bytes"] > 2**40
+    with Session(app.state.engine) as s:
+        assert s.exec(select(Arena)).first() is None and s.exec(select(Job)).first() is None
+    assert create(client, force=True).status_code == 201

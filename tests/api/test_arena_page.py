@@ -124,3 +124,30 @@ def test_a_form_post_without_the_token_is_refused(app, run):
 
     bare = TestClient(app, base_url="http://127.0.0.1")
     assert bare.post("/arenas", data=form(run)).status_code == 403
+
+
+def test_a_failed_job_says_so_on_the_page(client, app, run):
+    from app.models import JobStatus
+
+    r = client.post("/arenas", data=form(run), headers=HX)
+    arena_id = int(r.headers["HX-Redirect"].rsplit("/", 1)[1])
+    with Session(app.state.engine) as s:
+        job = s.get(Job, s.get(Arena, arena_id).job_id)
+        job.status, job.error = JobStatus.failed, "the worker ran out of memory"
+        s.add(job)
+        s.commit()
+    stage = client.get(f"/arenas/{arena_id}/stage", headers=HX).text
+    assert 'data-state="stopped"' in stage and "ran out of memory" in stage
+    assert "Resume it" in stage
+
+
+def test_a_plan_refusal_comes_back_in_the_form(client, app, run):
+    import json
+
+    (app.state.settings.home / "models" / "tiny-demo" / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 16384,
+        "intermediate_size": 53248, "num_hidden_layers": 126, "num_attention_heads": 128,
+        "num_key_value_heads": 8, "vocab_size": 128256, "torch_dtype": "bfloat16"}))
+    r = client.post("/arenas", data=form(run, force=""), headers=HX)
+    assert r.status_code == 200 and "fit in memory" in r.text and "1.5 TiB" in r.text
+    assert 'name="force" checked' not in r.text

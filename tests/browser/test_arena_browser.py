@@ -74,6 +74,14 @@ def test_review_with_the_keyboard(browser, live_server):
         assert labels == {"left": [False, True], "right": [False, True],
                           "both_good": [True, True], "both_bad": [False, False]}[side]
 
+    # The list: the arena with its score.
+    page.goto(f"{live_server.url}/arenas")
+    row = page.locator("#arena-list tbody tr", has_text=f"#{arena_id}")
+    expect(row).to_contain_text("4 / 4")
+    expect(row).to_contain_text("50 %")
+    painted(page)
+    shot(page, "arenas-list", full_page=False)
+
     # The run's page shows the arena (its fragment, as the job page includes it).
     page.goto(f"{live_server.url}/jobs/{run['id']}/arena")
     expect(page.locator("#arena-run")).to_contain_text("(this run)")
