@@ -201,21 +201,20 @@ def log_line(step: int, total: int, values: dict[str, float]) -> str:
     return f"step {step}/{total}: {shown}"
 
 
-def load_for_training(job: JobConfig[MLXTrainArgs], events: EventWriter, sampler):
+def load_for_training(job: JobConfig[MLXTrainArgs], events: EventWriter, sampler,
+                      add_layers=None):
     """The model with LoRA layers on it, for both methods: returns (model, tokenizer, number
-    of adapted blocks, the adapter_config.json to save). A KTO job with ``init_adapter`` gets
-    that adapter's layers and weights (workers/mlx/reference.py). Memory events report MLX
-    from here."""
+    of adapted blocks, the adapter_config.json to save). ``add_layers(model, job, events)``,
+    when given, builds the layers instead and returns (blocks, config): a KTO job's initial
+    adapter (workers/mlx/reference.py). Memory events report MLX from here."""
     from workers.memory import mlx_probe
 
     sampler.backend_probe = mlx_probe
     events.emit("status", phase="loading_model",
                 message=f"loading {job.model} with mlx-lm on {device_name()}")
     model, tokenizer = load_model(job.model)
-    if getattr(job.args, "init_adapter", ""):  # KTO from an adapter: its shape and weights
-        from workers.mlx.reference import add_init_adapter
-
-        num_layers, config = add_init_adapter(model, job, events)
+    if add_layers is not None:  # KTO from an adapter: its shape and weights
+        num_layers, config = add_layers(model, job, events)
         return model, tokenizer, num_layers, config
     num_layers = add_lora(model, job)
     if num_layers < job.args.num_layers:

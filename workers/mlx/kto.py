@@ -47,7 +47,7 @@ from workers.mlx.common import (
 )
 from workers.mlx.data import tokenize_kto
 from workers.mlx.kto_eval import HeldOut
-from workers.mlx.reference import as_reference, initial_reference
+from workers.mlx.reference import add_init_adapter, as_reference, initial_reference
 from workers.runtime import RunResult, StopFlag, split_for_eval
 
 
@@ -235,7 +235,8 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
     world = mx.distributed.init()
     rank, size = world.rank(), world.size()
     rows, held_rows = held_out(job, rows, events, rank)
-    model, tokenizer, num_layers, config = load_for_training(job, events, sampler)
+    model, tokenizer, num_layers, config = load_for_training(
+        job, events, sampler, add_layers=add_init_adapter if args.init_adapter else None)
     # An initial adapter is the reference: taken now, before a resume loads a checkpoint.
     reference = initial_reference(model) if args.init_adapter else None
 
