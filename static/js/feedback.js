@@ -4,11 +4,11 @@
 // Playground (templates/playground.html): static/js/playground.js marks each answer with
 // its reply id (data-completion-id, the stream chunks' "id") and fires "pg:answered" when it
 // finishes. Here a bar is added under it: 👍 / 👎 (POST /api/feedback {completion_id,
-// label}; pressing the other one flips the rating with PATCH, pressing the pressed one takes
-// it back with DELETE) and "Correct it" (a textarea; POST with the correction: the answer
+// label}; pressing the other one flips the rating with PATCH, clicking the pressed one takes
+// it back with DELETE; a key only sets) and "Correct it" (a textarea; POST with the correction: the answer
 // becomes 👎 and the correction 👍). Keys, with an answer focused (click it or Tab to it):
-// + or = 👍, - 👎, c correct it; Alt+↑ / Alt+↓ rate the latest answer (or the one focused
-// last) while the focus is not in a text field.
+// + or = 👍, - 👎, c correct it; Alt+↑ / Alt+↓ rate the answer focused last (or the
+// latest one) from anywhere but the correction's textarea, the prompt included.
 (function () {
   'use strict';
 
@@ -67,11 +67,13 @@
     }
   }
 
-  async function rate(answer, label) {
+  async function rate(answer, label, byKey) {
     if (bar(answer).getAttribute('aria-busy') === 'true') return;
     const id = answer.dataset.feedbackId;
     try {
-      if (id && answer.dataset.fbLabel === String(label)) {  // pressed again: take it back
+      if (id && answer.dataset.fbLabel === String(label) && byKey) {  // a key only sets it
+        note(answer, label ? 'already saved as good' : 'already saved as bad');
+      } else if (id && answer.dataset.fbLabel === String(label)) {  // clicked again: take it back
         await send(answer, 'DELETE', '/api/feedback/' + id);
         delete answer.dataset.feedbackId;
         delete answer.dataset.fbLabel;
@@ -184,19 +186,22 @@
       if (a && bar(a)) lastFocused = a;
     });
     document.addEventListener('keydown', function (evt) {
-      if (typing(evt.target) || evt.ctrlKey || evt.metaKey) return;
+      if (evt.ctrlKey || evt.metaKey) return;
       let answer = null;
       let key = evt.key;
-      if (evt.altKey && (key === 'ArrowUp' || key === 'ArrowDown')) {
-        answer = latest();
+      const inFix = evt.target.closest && evt.target.closest('.fb-fix');
+      if (evt.altKey && (key === 'ArrowUp' || key === 'ArrowDown') && !inFix) {
+        answer = latest();  // also from the prompt: Alt+arrows move nothing there
         key = key === 'ArrowUp' ? '+' : '-';
+      } else if (typing(evt.target)) {
+        return;
       } else if (!evt.altKey) {
         answer = evt.target.closest && evt.target.closest('.pg-answer');
         if (answer && !bar(answer)) answer = null;
       }
       if (!answer) return;
-      if (key === '+' || key === '=') { evt.preventDefault(); rate(answer, true); }
-      else if (key === '-') { evt.preventDefault(); rate(answer, false); }
+      if (key === '+' || key === '=') { evt.preventDefault(); rate(answer, true, true); }
+      else if (key === '-') { evt.preventDefault(); rate(answer, false, true); }
       else if ((key === 'c' || key === 'C') && !evt.altKey) { evt.preventDefault(); openFix(answer); }
     });
   }

@@ -1,6 +1,7 @@
 """Feedback in real Chromium against a real server and a real torch inference worker: a
 finished run's adapter and its base model answer one playground prompt; A's answer is rated
-👍 by a click, B's 👎 by a key with the answer focused; A is then corrected. The Feedback page
+👍 by a click, B's 👍 by Alt+↑ and flipped to 👎 by a key with the answer focused; A is then
+corrected. The Feedback page
 lists the three rows with the right labels, one is flipped, and the ticked rows become a
 registered KTO dataset whose page exists and whose "Train on feedback" link carries the run."""
 
@@ -52,9 +53,18 @@ def test_rate_in_playground_then_make_a_dataset(browser, live_server, finished_j
     assert "Alt+↑" in up.get_attribute("title")
     assert "Alt+↓" in page.locator("#pg-col-a .fb-down").get_attribute("title")
 
-    # A: 👍 by a click. B: 👎 by the "-" key with its answer focused.
+    # A: 👍 by a click. B: 👍 by Alt+↑ from the prompt (it rates the answer focused last),
+    # then flipped to 👎 by the "-" key with its answer focused.
     up.click()
     expect(up).to_have_attribute("aria-pressed", "true")
+    page.keyboard.press("+")  # a key on a rated answer keeps it (a click would take it back)
+    expect(page.locator("#pg-col-a .fb-rate-note")).to_have_text("already saved as good")
+    expect(up).to_have_attribute("aria-pressed", "true")
+    page.locator("#pg-col-b .pg-answer").focus()
+    page.focus("#pg-prompt")
+    page.press("#pg-prompt", "Alt+ArrowUp")
+    expect(page.locator("#pg-col-b .fb-up")).to_have_attribute("aria-pressed", "true")
+    assert page.input_value("#pg-prompt") == ""  # nothing typed
     page.locator("#pg-col-b .pg-answer").focus()
     page.keyboard.press("-")
     expect(page.locator("#pg-col-b .fb-down")).to_have_attribute("aria-pressed", "true")
