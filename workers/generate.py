@@ -32,7 +32,8 @@ from contract.job_config import JobConfig
 from contract.knobs import ParamError
 from contract.method_args import GenerateArgs
 from workers.runtime import Cancelled, HintedError, RunResult, Session
-from workers.serve import Backend, RequestError, Sampling, fit_context, produce
+from workers.serve import Backend
+from workers.serve_text import RequestError, Sampling, fit_context, produce
 
 ANSWERS_FILE = "answers.jsonl"
 VARIANTS = ("a", "b")

@@ -34,34 +34,17 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 from contract import inference as proto
 from workers.runtime import OFFLINE_ENVIRONMENT, ModelNotFound
-from workers.serve_text import StopScanner
+from workers.serve_text import RequestError, Sampling, fit_context, produce
 
 PR_SET_PDEATHSIG = 1
 PARENT_SIGNAL = signal.SIGUSR2  # what the kernel sends when the parent dies (Linux)
 POLL_S = 1.0
 EXIT_GRACE_S = 10.0  # after stdin closes, the current generation gets this long to stop
 SANE_MAX_LENGTH = 10_000_000  # tokenizers without a limit say 1e30
-
-
-class RequestError(Exception):
-    """A request that cannot be served, with the HTTP status the server should answer."""
-
-    def __init__(self, status: int, error_type: str, message: str, hint: str = ""):
-        super().__init__(message)
-        self.status, self.error_type, self.message, self.hint = status, error_type, message, hint
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None
 
 
 Emit = Callable[[str, list[int]], None]
@@ -194,13 +177,6 @@ def parse_request(msg: dict[str, Any]) -> tuple[list[dict[str, str]], str | None
     return messages, adapter, Sampling(max_tokens, temperature, top_p, seed), stop
 
 
-def rate(tokens: int, first: float | None, last: float | None, seconds: float) -> float:
-    """Tokens per second of the decoding: between the first token and the last."""
-    if tokens > 1 and first is not None and last is not None and last > first:
-        return (tokens - 1) / (last - first)
-    return tokens / seconds if seconds > 0 else 0.0
-
-
 # --- the process --------------------------------------------------------------------------
 class Output:
     """The real stdout, for protocol lines only; one line at a time from any thread."""
@@ -315,80 +291,6 @@ class Worker:
             "ttft_s": answer.ttft_s, "tokens_per_s": answer.tokens_per_s,
             "seconds": answer.seconds, "memory_bytes": backend.memory_bytes(),
         })
-
-
-# --- one answer, for this loop and for batch jobs (workers/generate.py) ---------------------
-def fit_context(n_prompt: int, limit: int, sampling: Sampling) -> Sampling:
-    """``sampling`` with max_tokens cut to the room the context leaves after the prompt;
-    RequestError(422, "context_length") when the prompt alone fills it."""
-    if n_prompt >= limit:
-        raise RequestError(
-            422, "context_length",
-            f"the prompt is {n_prompt} tokens; this model's context is {limit} tokens, "
-            "which leaves no room for an answer",
-            "Shorten the conversation or the system prompt, or clear the chat.")
-    return Sampling(min(sampling.max_tokens, limit - n_prompt), sampling.temperature,
-                    sampling.top_p, sampling.seed)
-
-
-@dataclass(frozen=True)
-class Produced:
-    """One finished answer: finish_reason "stop" (end of sequence or a stop string),
-    "cancelled" or "length"; the tokens the model produced and the timing."""
-
-    text: str
-    finish_reason: str
-    completion_tokens: int
-    ttft_s: float
-    tokens_per_s: float
-    seconds: float
-
-
-def produce(backend: Backend, ids: list[int], adapter: str | None, sampling: Sampling,
-            stops: list[str], cancelled: Callable[[], bool],
-            send: Callable[[str, list[int]], None] | None = None,
-            t0: float | None = None) -> Produced:
-    """Generate one answer to the prompt ``ids`` (adapter attached already, ``sampling``
-    fitted to the context): stop strings held back and cut, ``send(text, token ids)`` called
-    for each piece safe to pass on, the whole text returned with the counts and timing.
-    ``t0``: when the request began (default: now)."""
-    t0 = time.perf_counter() if t0 is None else t0
-    scanner = StopScanner(stops)
-    pieces: list[str] = []
-    tally: dict[str, Any] = {"produced": 0, "waiting": [], "first": None, "last": None}
-
-    def emit(text: str, new_ids: list[int]) -> None:
-        if scanner.hit:
-            return  # the token in hand after a stop string: not part of the answer
-        tally["last"] = time.perf_counter()
-        tally["first"] = tally["first"] or tally["last"]
-        tally["produced"] += len(new_ids)
-        tally["waiting"] += new_ids
-        out = scanner.push(text)
-        if out:
-            pieces.append(out)
-            if send is not None:
-                send(out, tally["waiting"])
-            tally["waiting"] = []
-
-    reason = backend.stream(ids, adapter, sampling, lambda: cancelled() or scanner.hit, emit)
-    produced, waiting, first, last = (tally[k] for k in ("produced", "waiting", "first",
-                                                          "last"))
-    tail = scanner.flush()
-    if tail:
-        pieces.append(tail)
-        if send is not None:
-            send(tail, waiting)
-    if scanner.hit or reason == "stop":  # a stop string, or the end of the sequence
-        reason = "stop"
-    elif cancelled():
-        reason = "cancelled"
-    else:
-        reason = "length"
-    seconds = time.perf_counter() - t0
-    return Produced("".join(pieces), reason, produced,
-                    round((first or time.perf_counter()) - t0, 6),
-                    round(rate(produced, first, last, seconds), 3), round(seconds, 6))
 
 
 def unexpected_error(id: str | None, exc: BaseException) -> dict[str, Any]:
