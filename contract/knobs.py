@@ -359,7 +359,7 @@ def _generate_knobs() -> list[Knob]:
         Knob("temperature", float, 0.7, "Sampling temperature; 0 is greedy.",
              group="sampling", min=0.0, max=2.0),
         Knob("top_p", float, 1.0, "Nucleus sampling: keep the smallest set of tokens whose "
-             "probability adds up to this.", group="sampling", min=0.0, max=1.0),
+             "probability adds up to this (above 0).", group="sampling", min=0.001, max=1.0),
         Knob("seed", int, 0, "Random seed for sampling.", min=0, max=2**32 - 1),
     ]
 

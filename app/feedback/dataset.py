@@ -25,7 +25,7 @@ from app.config import Settings
 from app.datasets import registry
 from app.errors import JobInputError
 from app.feedback.store import ANY, FeedbackFilter, kto_row, selected
-from app.models import DatasetEntry, Feedback
+from app.models import DatasetEntry, Feedback, Job
 from contract.rows import DatasetError, load_kto_dataset
 
 SOURCE = "feedback"  # DatasetEntry.source of a dataset made here
@@ -47,9 +47,21 @@ def merge_rows(session: Session, dataset_id: str) -> list[dict[str, Any]]:
                             f"{exc}") from None
 
 
-def train_url(entry: DatasetEntry, rows: list[Feedback]) -> str:
-    """/jobs/new with the dataset, the base model and adapter most rows rated, and the
-    advisor's KTO weights."""
+def adapter_backend(session: Session, job_id: int | None, folder: str) -> str | None:
+    """The backend an adapter was trained with: its run's, or what its folder holds (mlx-lm
+    saves adapters.safetensors, PEFT adapter_model.safetensors)."""
+    job = session.get(Job, job_id) if job_id is not None else None
+    if job is not None:
+        return job.backend
+    if folder and (Path(folder) / "adapters.safetensors").is_file():
+        return "mlx"
+    return "torch" if folder else None
+
+
+def train_url(entry: DatasetEntry, rows: list[Feedback], session: Session | None = None) -> str:
+    """/jobs/new with the dataset, the base model and adapter most rows rated (and that
+    adapter's backend, so an MLX adapter opens the MLX form), and the advisor's KTO
+    weights."""
     query: dict[str, Any] = {"dataset": entry.id}
     models = Counter(r.model for r in rows)
     if models:
@@ -60,6 +72,9 @@ def train_url(entry: DatasetEntry, rows: list[Feedback]) -> str:
         if adapters:
             job_id, folder = adapters.most_common(1)[0][0]
             query["init_adapter"] = str(job_id) if job_id is not None else folder
+            backend = adapter_backend(session, job_id, folder) if session else None
+            if backend == "mlx":
+                query["backend"] = "mlx"
     stats = entry.stats or {}
     for key in ("desirable_weight", "undesirable_weight"):
         if stats.get(key) is not None:
@@ -91,7 +106,7 @@ def make_dataset(session: Session, settings: Settings, name: str,
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    return entry, train_url(entry, chosen)
+    return entry, train_url(entry, chosen, session)
 
 
 def dataset_json(entry: DatasetEntry, url: str) -> dict[str, Any]:

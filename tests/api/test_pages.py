@@ -58,11 +58,14 @@ def test_form_renders_every_knob_with_its_default(client):
             assert ctl["tag"] == "select" and ctl["value"] == defaults[knob.name]
         elif knob.type is list:
             assert ctl["type"] == "text" and ctl["value"] == ", ".join(defaults[knob.name])
+        elif knob.type is str:
+            assert ctl["type"] == "text" and ctl.get("value", "") == defaults[knob.name]
         else:
             assert ctl["type"] == "number", knob.name
             assert knob.type(ctl["value"]) == defaults[knob.name], knob.name
             assert float(ctl["min"]) == knob.min and float(ctl["max"]) == knob.max
-    for legend in ("Training", "KTO loss", "Memory", "LoRA adapter", "Logging", "Hardware"):
+    for legend in ("Training", "KTO loss", "Memory", "LoRA adapter", "Logging", "Hardware",
+                   "Start from", "Held-out evaluation"):
         assert f"<legend>{legend}" in r.text
     assert 'hx-post="/jobs/new"' in r.text and 'method="post"' in r.text
 
