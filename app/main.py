@@ -131,7 +131,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             parts = loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc
             field = ".".join(parts)
             msg = err.get("msg", "invalid")
-            if err.get("type") == "extra_forbidden" and request.method == "PATCH":
+            jobs = request.url.path.startswith("/api/jobs")
+            if err.get("type") == "extra_forbidden" and not jobs:
+                msg = (f"unknown field {field!r}; this request does not take it (/docs lists "
+                       "the fields of each route)")
+            elif err.get("type") == "extra_forbidden" and request.method == "PATCH":
                 msg = f"unknown field {field!r}; a run's name, notes and tags can be changed"
             elif err.get("type") == "extra_forbidden":
                 msg = (f"unknown field {field!r}; a job takes name, backend, method, model, "
