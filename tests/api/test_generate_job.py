@@ -17,6 +17,7 @@ from app.errors import JobInputError
 from app.jobs.generate import create_generate_job
 from app.models import Job, JobStatus
 from contract.job_config import parse_config, read_config_file, write_config
+from tests.helpers.adapters import torch_adapter_files as torch_adapter
 
 PROMPTS = [[{"role": "user", "content": "Name a colour."}],
            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]]
@@ -33,14 +34,6 @@ def model_folder(home: Path, name: str, config: dict) -> Path:
     folder = home / "models" / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
-def torch_adapter(folder: Path, base: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "base_model_name_or_path": base, "r": 8}))
-    (folder / "adapter_model.safetensors").write_bytes(b"\0" * 16)
     return folder
 
 

@@ -9,29 +9,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from sqlmodel import Session
 
 from app.models import DatasetEntry, Job, JobStatus, ModelEntry
+from tests.helpers.adapters import mlx_adapter_files as mlx_adapter
+from tests.helpers.adapters import torch_adapter_files as torch_adapter
 from tests.helpers.pages import controls, form_data
-
-
-def torch_adapter(folder: Path, base: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "base_model_name_or_path": base, "r": 8}))
-    (folder / "adapter_model.safetensors").write_bytes(b"\0" * 16)
-    return folder
-
-
-def mlx_adapter(folder: Path, base: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "adapter_config.json").write_text(json.dumps(
-        {"model": base, "fine_tune_type": "lora", "num_layers": 2}))
-    (folder / "adapters.safetensors").write_bytes(b"\0" * 16)
-    return folder
 
 
 def finished(app, **fields) -> int:

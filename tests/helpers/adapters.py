@@ -3,6 +3,7 @@ with save_pretrained, as a finished torch job leaves its adapter."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -29,3 +30,22 @@ def build_lora_adapter(model_dir: Path, out: Path, *, r: int = 4, lora_alpha: in
                 param.copy_(torch.randn_like(param) * scale)
     model.save_pretrained(out)
     return out
+
+
+def torch_adapter_files(folder: Path, base: str) -> Path:
+    """A folder shaped like a PEFT adapter of ``base`` (config and a weights file) for the
+    server's checks, which read the files' names and the config, never the weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "base_model_name_or_path": base, "r": 8}))
+    (folder / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    return folder
+
+
+def mlx_adapter_files(folder: Path, base: str) -> Path:
+    """The same for an mlx-lm adapter (adapters.safetensors, its config naming ``model``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"model": base, "fine_tune_type": "lora", "num_layers": 2}))
+    (folder / "adapters.safetensors").write_bytes(b"\0" * 16)
+    return folder
