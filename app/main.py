@@ -30,8 +30,11 @@ from app.web.api import (
     artifacts,
     datasets,
     feedback,
+    hub_download,
     inference,
     jobs,
+    model_cache,
+    model_folders,
     openai,
     plan,
     runs,
@@ -44,6 +47,8 @@ from app.web.pages import datasets as dataset_pages
 from app.web.pages import feedback as feedback_pages
 from app.web.pages import job, library, new_job, playground
 from app.web.pages import jobs as jobs_pages
+from app.web.pages import model_download as model_download_pages
+from app.web.pages import model_folders as model_folder_pages
 from app.web.pages import plan as plan_pages
 from app.web.pages import runs as run_pages
 from app.web.pages import system as system_pages
@@ -144,7 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(status_code=422, content={"detail": detail})
 
     # The order matters where paths overlap: /jobs/new before /jobs/{id}.
-    for router in (jobs.router, runs.api, run_pages.router, adapters.router, datasets.router,
+    for router in (jobs.router, hub_download.router, model_cache.router, model_folders.router,
+                   model_download_pages.router, model_folder_pages.router, runs.api,
+                   run_pages.router, adapters.router, datasets.router,
                    dataset_pages.router, system.router, system_pages.router, plan.router,
                    plan_pages.router, jobs_pages.router, new_job.router, job.router,
                    artifacts.router, series.router, library.router, library.api,

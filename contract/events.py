@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 EVENT_TYPES = frozenset(
-    {"status", "progress", "metric", "memory", "log", "checkpoint", "artifact", "error", "done"}
+    {"status", "progress", "metric", "memory", "log", "checkpoint", "artifact", "error", "done",
+     "tune"}
 )
 DONE_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -32,6 +33,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "artifact": ("kind", "path"),
     "error": ("error_type", "message"),
     "done": ("status",),
+    "tune": ("chosen", "tried", "message"),  # contract/tune.py: the auto-tuner's choice
 }
 
 EVENTS_FILE = "events.jsonl"
@@ -172,6 +174,12 @@ def _check_fields(etype: str, obj: dict[str, Any]) -> None:
         _text(obj, "error_type")
         _text(obj, "message")
         _text(obj, "hint", optional=True)
+    elif etype == "tune":
+        _text(obj, "message")
+        if not isinstance(obj["chosen"], dict) or not isinstance(obj["tried"], list):
+            raise ProtocolError("tune needs chosen (an object) and tried (a list)")
+        for key in ("baseline_samples_per_s", "probe_s"):
+            _num(obj, key)
     elif etype == "done":
         if obj["status"] not in DONE_STATUSES:
             raise ProtocolError(f"done status must be one of {sorted(DONE_STATUSES)}")

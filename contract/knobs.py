@@ -201,6 +201,21 @@ def _kto_loss_knobs() -> list[Knob]:
     ]
 
 
+def _tune_knob() -> Knob:
+    """auto: keep what changes the result and choose the speed knobs (contract/tune.py)."""
+    return Knob("tune", str, "off", "auto: keep the effective batch, learning rate, steps and "
+                "LoRA shape, and choose the fastest per-device batch, accumulation, "
+                "checkpointing and kernels that fit, by timing a few steps first. off: use "
+                "every knob as given (what an API request without tune gets).",
+                group="hardware", choices=("auto", "off"))
+
+
+def _mlx_accumulation_knob() -> Knob:
+    return Knob("grad_accumulation_steps", int, 1, "Steps whose gradients add up before one "
+                "optimizer update (mlx-lm's name); effective batch = batch_size × this.",
+                min=1, max=4096)
+
+
 TORCH_KTO = Method(
     backend="torch",
     method="kto",
@@ -220,6 +235,9 @@ TORCH_KTO = Method(
         *_kto_loss_knobs(),
         Knob("precompute_ref_log_probs", bool, False, "Compute the reference log-probs once "
              "before training: faster steps, a pass over the data first.", group="kto"),
+        Knob("use_liger_kernel", bool, False, "Liger's fused Triton kernels (CUDA only, "
+             "needs the liger-kernel package; not with precompute_ref_log_probs): less "
+             "memory, faster steps.", group="hardware"),
         Knob("gradient_checkpointing", bool, True, "Recompute activations in the backward "
              "pass: much less memory, about 30% slower.", group="memory"),
         Knob("r", int, 8, "LoRA rank: the adapter's capacity.", group="lora", min=1, max=1024),
@@ -245,6 +263,7 @@ TORCH_KTO = Method(
         Knob("dtype", str, "auto", "Weights and compute precision: auto is bf16 on CUDA "
              "where supported, fp32 on MPS and CPU.", group="hardware",
              choices=("auto", "float32", "bfloat16", "float16")),
+        _tune_knob(),
         *_start_and_eval_knobs("eval_steps"),
     ],
 )
@@ -271,6 +290,7 @@ MLX_SFT = Method(
         Knob("iters", int, 1000, "Training iterations (optimizer steps).", min=1,
              max=10_000_000),
         Knob("batch_size", int, 4, "Examples per step.", min=1, max=4096),
+        _mlx_accumulation_knob(),
         Knob("learning_rate", float, 1e-5, "Adam learning rate.", min=0.0, max=1.0),
         Knob("max_seq_length", int, 2048, "Longest example in tokens; longer ones are "
              "truncated. The seed guide uses 512 to 2048: shorter saves memory.", min=8,
@@ -281,6 +301,7 @@ MLX_SFT = Method(
              "does: fused kernels, faster steps. On a CPU the first run builds its kernels "
              "with the system C++ compiler (some 15-30 s, once: cached under <tmp>/mlx).",
              group="hardware"),
+        _tune_knob(),
         Knob("mask_prompt", bool, False, "Train on the completion only: the prompt's tokens "
              "add nothing to the loss (prompt/completion and chat data).", group="data"),
         Knob("fine_tune_type", str, "lora", "lora, or dora (weight-decomposed LoRA).",
@@ -308,6 +329,7 @@ MLX_KTO = Method(
         Knob("batch_size", int, 4, "Examples per step. KTO needs at least 2 (its KL term "
              "pairs each prompt with another example's completion in the batch).", min=2,
              max=4096),
+        _mlx_accumulation_knob(),
         Knob("learning_rate", float, 5e-7, "Peak learning rate. KTO wants small values "
              "(5e-7 to 5e-6 with LoRA).", min=0.0, max=1.0),
         Knob("max_seq_length", int, 512, "Longest prompt + completion in tokens; longer rows "
@@ -320,6 +342,7 @@ MLX_KTO = Method(
              "fused kernels, faster steps. On a CPU the first run builds its kernels with the "
              "system C++ compiler (some 15-30 s, once: cached under <tmp>/mlx).",
              group="hardware"),
+        _tune_knob(),
         *_mlx_lora_knobs(),
         Knob("steps_per_report", int, 10, "Report loss and rewards every this many steps.",
              group="logging", min=1, max=1_000_000),

@@ -109,6 +109,7 @@ class TorchKTOArgs(MethodArgs):
     desirable_weight: float
     undesirable_weight: float
     precompute_ref_log_probs: bool
+    use_liger_kernel: bool
     gradient_checkpointing: bool
     r: int
     lora_alpha: int
@@ -121,6 +122,7 @@ class TorchKTOArgs(MethodArgs):
     seed: int
     device: str
     dtype: str
+    tune: str
     init_adapter: str
     eval_fraction: float
     eval_steps: int
@@ -132,10 +134,12 @@ class MLXSFTArgs(MethodArgs):
 
     iters: int
     batch_size: int
+    grad_accumulation_steps: int
     learning_rate: float
     max_seq_length: int
     grad_checkpoint: bool
     compile: bool
+    tune: str
     mask_prompt: bool
     fine_tune_type: str
     num_layers: int
@@ -155,6 +159,7 @@ class MLXKTOArgs(MethodArgs):
 
     iters: int
     batch_size: int
+    grad_accumulation_steps: int
     learning_rate: float
     max_seq_length: int
     beta: float
@@ -162,6 +167,7 @@ class MLXKTOArgs(MethodArgs):
     undesirable_weight: float
     grad_checkpoint: bool
     compile: bool
+    tune: str
     num_layers: int
     rank: int
     scale: float
