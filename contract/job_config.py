@@ -31,6 +31,8 @@ KEYS = (
 
 A = TypeVar("A", bound=MethodArgs)
 
+NO_DATASET = frozenset({"fuse", "convert"})  # methods whose job reads no dataset
+
 
 class ConfigError(ValueError):
     """The config file is unreadable or has a wrong, missing or unknown key."""
@@ -109,7 +111,8 @@ def parse_config(raw: dict[str, Any], backend: str,
     job_id = raw["job_id"]
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         raise ConfigError("job_id", f"must be an integer, got {job_id!r}")
-    paths = ("run_dir",) if raw["method"] == "fuse" else ("dataset", "run_dir")  # no data
+    no_data = raw["method"] in NO_DATASET  # the adapter, or the model alone, is the input
+    paths = ("run_dir",) if no_data else ("dataset", "run_dir")
     for key in ("model", *paths):
         if not isinstance(raw[key], str) or not raw[key].strip():
             raise ConfigError(key, "must be a non-empty string")

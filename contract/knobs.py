@@ -96,7 +96,20 @@ class Method:
             )
         if p.get("max_steps", -1) <= 0 and p.get("num_train_epochs", 1) <= 0:
             errs.append(ParamError("max_steps", "set max_steps > 0 or num_train_epochs > 0"))
+        if self.method == "convert":
+            errs.extend(_convert_errors(p))
         return errs
+
+
+def _convert_errors(p: dict[str, Any]) -> list[ParamError]:
+    errs = []
+    if p["q_bits"] not in CONVERT_BITS:
+        errs.append(ParamError("q_bits", f"must be 4 or 8 (or 0: no quantization), got "
+                               f"{p['q_bits']}"))
+    if p["q_group_size"] not in CONVERT_GROUP_SIZES:
+        errs.append(ParamError("q_group_size", f"must be 32, 64 or 128, got "
+                               f"{p['q_group_size']}"))
+    return errs
 
 
 def _coerce(knob: Knob, value: Any) -> Any:
@@ -390,9 +403,25 @@ def _generate_knobs() -> list[Knob]:
 TORCH_GENERATE = Method(backend="torch", method="generate", knobs=_generate_knobs())
 MLX_GENERATE = Method(backend="mlx", method="generate", knobs=_generate_knobs())
 
+# mlx_lm.convert's own names; the server checks the choices (Method._cross_check) and fills
+# name; the folder is <PROSPECT_HOME>/models/<name> (workers/mlx/convert.py output_dir).
+CONVERT_BITS = (0, 4, 8)
+CONVERT_GROUP_SIZES = (32, 64, 128)
+MLX_CONVERT = Method(backend="mlx", method="convert", knobs=[
+    Knob("q_bits", int, 4, "Bits per quantized weight: 4 or 8; 0 converts without "
+         "quantizing (dtype then says the precision).", group="convert", min=0, max=8),
+    Knob("q_group_size", int, 64, "Weights that share one scale and bias: 32, 64 or 128 "
+         "(smaller: more accurate, a little larger).", group="convert", min=32, max=128),
+    Knob("dtype", str, "auto", "Precision of what is not quantized: auto keeps the model's "
+         "own (its config's torch_dtype).", group="convert",
+         choices=("auto", "float16", "bfloat16", "float32")),
+    Knob("name", str, "", "The id the converted model is registered under (its folder "
+         "under <home>/models).", group="convert"),
+])
+
 METHODS: dict[tuple[str, str], Method] = {
     (m.backend, m.method): m for m in (TORCH_KTO, MLX_SFT, MLX_KTO, MLX_FUSE, TORCH_FUSE,
-                                       TORCH_GENERATE, MLX_GENERATE)
+                                       TORCH_GENERATE, MLX_GENERATE, MLX_CONVERT)
 }
 
 

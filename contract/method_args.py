@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 from contract.knobs import (
     METHODS,
+    MLX_CONVERT,
     MLX_FUSE,
     MLX_GENERATE,
     MLX_KTO,
@@ -200,6 +201,16 @@ class GenerateArgs(MethodArgs):
     seed: int
 
 
+@knob_fields(MLX_CONVERT)
+class ConvertArgs(MethodArgs):
+    """Converting (and quantizing) a model for MLX: mlx_lm.convert's names."""
+
+    q_bits: int
+    q_group_size: int
+    dtype: str
+    name: str
+
+
 MLXTrainArgs = MLXSFTArgs | MLXKTOArgs  # what the MLX code both methods share reads
 
 ARGS: dict[tuple[str, str], type[MethodArgs]] = {
@@ -210,6 +221,7 @@ ARGS: dict[tuple[str, str], type[MethodArgs]] = {
     ("mlx", "fuse"): FuseArgs,
     ("torch", "generate"): GenerateArgs,
     ("mlx", "generate"): GenerateArgs,
+    ("mlx", "convert"): ConvertArgs,
 }
 if set(ARGS) != set(METHODS):  # a method added to contract/knobs.py needs its args class here
     raise TypeError(f"ARGS covers {sorted(ARGS)}, METHODS {sorted(METHODS)}")
@@ -220,5 +232,5 @@ def args_class(backend: str, method: str) -> type[MethodArgs]:
     return ARGS[(backend, method)]
 
 
-__all__ = ["ARGS", "FuseArgs", "MLXKTOArgs", "MLXSFTArgs", "MLXTrainArgs", "MethodArgs",
-           "TorchKTOArgs", "args_class", "knob_fields"]
+__all__ = ["ARGS", "ConvertArgs", "FuseArgs", "MLXKTOArgs", "MLXSFTArgs", "MLXTrainArgs",
+           "MethodArgs", "TorchKTOArgs", "args_class", "knob_fields"]
