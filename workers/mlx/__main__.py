@@ -1,7 +1,8 @@
 """Entry point: ``python -m workers.mlx --config <run_dir>/config.json``.
 
 Method ``sft`` is LoRA SFT with mlx-lm's tuner; method ``kto`` is KTO in MLX; method ``fuse``
-fuses an adapter into its base model. The frame (command line, stop flag, events, errors,
+fuses an adapter into its base model; method ``convert`` converts (and quantizes) a model for
+MLX (workers/mlx/convert.py). The frame (command line, stop flag, events, errors,
 exit code) is workers/runtime.py's; this is what the MLX worker does inside it. During training
 SIGTERM only sets the flag, and the loop saves a checkpoint (adapter, optimizer state, step) at
 the end of the current step, then the adapter, and the run ends ``cancelled``.
@@ -35,6 +36,11 @@ def run_job(job: JobConfig, session: runtime.Session) -> runtime.RunResult:
         from workers.mlx import fuse  # mlx and mlx-lm load here
 
         return fuse.run(job, events)
+    if job.method == "convert":  # no data: the model alone, converted (and quantized)
+        sampler.start()
+        from workers.mlx import convert
+
+        return convert.run(job, session)
     events.emit("status", phase="preparing_data", message=f"reading {job.dataset.name}")
     if job.method == "sft":
         train_rows, valid_rows, info = load_sft_splits(job.dataset, job.args.seed)
