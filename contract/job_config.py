@@ -31,7 +31,7 @@ KEYS = (
 
 A = TypeVar("A", bound=MethodArgs)
 
-NO_DATASET = frozenset({"fuse", "convert"})  # methods whose job reads no dataset
+NO_DATASET = frozenset({"fuse", "convert", "download"})  # methods that read no dataset
 
 
 class ConfigError(ValueError):

@@ -419,9 +419,20 @@ MLX_CONVERT = Method(backend="mlx", method="convert", knobs=[
          "under <home>/models).", group="convert"),
 ])
 
+# A hub model downloaded into the Hugging Face cache (workers/hub); POST /api/models/download
+# fills these after its pre-check (app/hub/download.py). The job's model is the hub id.
+HUB_DOWNLOAD = Method(backend="hub", method="download", knobs=[
+    Knob("revision", str, "main", "A branch, tag or commit of the repo.", group="download"),
+    Knob("allow_patterns", list, [], "The files to fetch (names or globs); empty: what a "
+         "model needs (contract/hub_files.py).", group="download"),
+    Knob("timeout_s", int, 10, "Seconds without a byte from the hub before a file's "
+         "download fails (HF_HUB_DOWNLOAD_TIMEOUT).", group="download", min=1, max=600),
+])
+
 METHODS: dict[tuple[str, str], Method] = {
     (m.backend, m.method): m for m in (TORCH_KTO, MLX_SFT, MLX_KTO, MLX_FUSE, TORCH_FUSE,
-                                       TORCH_GENERATE, MLX_GENERATE, MLX_CONVERT)
+                                       TORCH_GENERATE, MLX_GENERATE, MLX_CONVERT,
+                                       HUB_DOWNLOAD)
 }
 
 

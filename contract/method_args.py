@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 from contract.knobs import (
+    HUB_DOWNLOAD,
     METHODS,
     MLX_CONVERT,
     MLX_FUSE,
@@ -211,6 +212,15 @@ class ConvertArgs(MethodArgs):
     name: str
 
 
+@knob_fields(HUB_DOWNLOAD)
+class HubDownloadArgs(MethodArgs):
+    """A hub model downloaded into the Hugging Face cache (workers/hub)."""
+
+    revision: str
+    allow_patterns: list[str]
+    timeout_s: int
+
+
 MLXTrainArgs = MLXSFTArgs | MLXKTOArgs  # what the MLX code both methods share reads
 
 ARGS: dict[tuple[str, str], type[MethodArgs]] = {
@@ -222,6 +232,7 @@ ARGS: dict[tuple[str, str], type[MethodArgs]] = {
     ("torch", "generate"): GenerateArgs,
     ("mlx", "generate"): GenerateArgs,
     ("mlx", "convert"): ConvertArgs,
+    ("hub", "download"): HubDownloadArgs,
 }
 if set(ARGS) != set(METHODS):  # a method added to contract/knobs.py needs its args class here
     raise TypeError(f"ARGS covers {sorted(ARGS)}, METHODS {sorted(METHODS)}")
@@ -232,5 +243,5 @@ def args_class(backend: str, method: str) -> type[MethodArgs]:
     return ARGS[(backend, method)]
 
 
-__all__ = ["ARGS", "ConvertArgs", "FuseArgs", "MLXKTOArgs", "MLXSFTArgs", "MLXTrainArgs",
-           "MethodArgs", "TorchKTOArgs", "args_class", "knob_fields"]
+__all__ = ["ARGS", "ConvertArgs", "FuseArgs", "HubDownloadArgs", "MLXKTOArgs", "MLXSFTArgs",
+           "MLXTrainArgs", "MethodArgs", "TorchKTOArgs", "args_class", "knob_fields"]

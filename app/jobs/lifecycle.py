@@ -146,8 +146,9 @@ def request_resume(session: Session, job: Job) -> Job:
                             "interrupted jobs can be resumed")
     if job.pid is not None:
         raise JobStateError(f"job {job.id}'s worker is still exiting; try again in a moment")
-    # A generate job needs no checkpoint: its worker skips the answers already written.
-    if job.method != "generate" and (not job.last_checkpoint
+    # A generate job needs no checkpoint: its worker skips the answers already written; a
+    # download neither: the hub client keeps the files it finished in the cache.
+    if job.method not in ("generate", "download") and (not job.last_checkpoint
                                      or not _exists(Path(job.last_checkpoint))):
         raise JobStateError(f"job {job.id} has no checkpoint to resume from; clone it instead")
     check_inputs_exist(job)

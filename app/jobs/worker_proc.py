@@ -33,7 +33,9 @@ def start_worker(job: Job, settings: Settings) -> tuple[subprocess.Popen, str | 
            "--config", str(config)]
     env = worker_env(os.environ, job.backend)
     env.pop("PROSPECT_API_TOKEN", None)  # the worker needs no secret of the server
-    if settings.allow_downloads:  # workers default to offline (HF_HUB_OFFLINE=1)
+    # Workers default to offline (HF_HUB_OFFLINE=1); a download job is the person's own
+    # request to fetch a model, so its worker is online.
+    if settings.allow_downloads or job.backend == "hub":
         env.update(HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0")
     # close_fds (the default, said aloud): the server's lock on its home must not live on
     # in a worker that outlives the server.

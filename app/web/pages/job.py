@@ -101,7 +101,8 @@ def restarts(session: Session, job_id: int) -> list[dict[str, Any]]:
     return out
 
 
-NOT_TRAINING = ("fuse", "generate")  # a fuse makes a model, a generate job answers prompts
+# a fuse makes a model, a generate job answers prompts, a download fetches a hub model
+NOT_TRAINING = ("fuse", "generate", "download")
 
 
 def actions(job: Job) -> dict[str, bool]:
@@ -114,7 +115,7 @@ def actions(job: Job) -> dict[str, bool]:
     return {
         "cancel": job.status.is_active and not job.cancel_requested_at,
         "resume": final and job.status != JobStatus.succeeded
-        and (bool(job.last_checkpoint) or job.method == "generate"),
+        and (bool(job.last_checkpoint) or job.method in ("generate", "download")),
         "fuse": adapter and Path(job.adapter_path).is_dir(),
         "delete": final,
         "clone": trains,
