@@ -107,6 +107,8 @@ class Job(JobBase, table=True):
     notes: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     tags: list[str] = Field(default_factory=list,
                             sa_column=Column(JSON, nullable=False, server_default="[]"))
+    # tune: auto: the worker's choice and what it tried (app/jobs/tuning.py); None untuned.
+    tuning: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class JobCreate(JobBase):
@@ -158,6 +160,7 @@ class JobPublic(JobBase):
     last_seq: int
     notes: str
     tags: list[str]
+    tuning: dict[str, Any] | None = None
 
 
 class Metric(SQLModel, table=True):

@@ -15,6 +15,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session
 
 from app.jobs.lifecycle import cas_status
+from app.jobs.tuning import apply_tune
 from app.models import Event, Job, JobStatus, Metric, ModelEntry
 from contract.events import EVENTS_FILE, LOG_FILE, read_events
 from contract.events import Event as ProtocolEvent
@@ -134,6 +135,8 @@ def apply_event(job: Job, ev: ProtocolEvent) -> None:
         job.step = max(job.step, d["step"])
     elif ev.type == "checkpoint":
         job.last_checkpoint = d.get("path")
+    elif ev.type == "tune":  # auto-tuning's choice: into params and job.tuning
+        apply_tune(job, d)
     elif ev.type == "artifact" and d.get("kind") == "adapter":
         job.adapter_path = d.get("path")
     elif ev.type == "error":
