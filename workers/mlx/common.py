@@ -265,12 +265,13 @@ def finish(job: JobConfig[MLXTrainArgs], events: EventWriter, reporter: Reporter
         save_adapter(model, job.adapter_dir, config)
     events.emit("artifact", kind="adapter", path=str(job.adapter_dir))
     steps = it - start
+    effective = job.args.batch_size * job.args.grad_accumulation_steps  # rows per step
     summary = {
         "steps": it,
         "total_steps": job.args.iters,
         "train_runtime_s": round(runtime, 3),
         "steps_per_s": round(steps / runtime, 4) if runtime > 0 else None,
-        "samples_per_s": round(steps * job.args.batch_size / runtime, 3) if runtime > 0
+        "samples_per_s": round(steps * effective / runtime, 3) if runtime > 0
         else None,
         "final_loss": reporter.last_loss,
         **extra,

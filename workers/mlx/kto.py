@@ -13,6 +13,12 @@ reference terms (no gradient) → KTO loss and its gradient → Adam → events.
   no_grad and detaches it).
 - Loss per example λD·(1 − σ(β(r − z0))) if desirable else λU·(1 − σ(β(z0 − r))),
   r = log πθ(y|x) − log πref(y|x); the batch loss is the mean over examples, as TRL's.
+- ``grad_accumulation_steps`` (mlx-lm's): a step is one optimizer update over
+  batch_size × grad_accumulation_steps rows, in micro-batches of batch_size whose gradients
+  are averaged (each with its own KL pairs and z0, as TRL's per-device batches); ``iters``
+  counts updates, and so do checkpoints.
+- ``tune: auto``: the fastest measured split of that effective batch, checkpointing and
+  compile (workers/mlx/tune.py) replace the knobs before training.
 - Metrics are TRL's names and reductions: kl (= z0), rewards/chosen = mean β·r of the desirable
   examples, rewards/rejected, rewards/margins (when both are in the batch), logps/chosen,
   logps/rejected; averaged over each report interval.
@@ -24,12 +30,15 @@ reference terms (no gradient) → KTO loss and its gradient → Adam → events.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
 from mlx.nn.utils import average_gradients
+from mlx.utils import tree_map
 
 from contract.eval_split import split_rows
 from contract.events import EventWriter
@@ -48,6 +57,7 @@ from workers.mlx.common import (
 from workers.mlx.data import tokenize_kto
 from workers.mlx.kto_eval import HeldOut
 from workers.mlx.reference import add_init_adapter, as_reference, initial_reference
+from workers.mlx.tune import micro_batches, probe_with, tuned
 from workers.runtime import RunResult, StopFlag, split_for_eval
 
 
@@ -129,11 +139,20 @@ def batch_metrics(loss, logps, ref_logps, z0, labels, beta: float) -> dict[str, 
 
 
 class KTOStep:
-    """One optimizer step of KTO; returns the step's metrics.
+    """One optimizer step of KTO over one batch, or over the micro-batches of one effective
+    batch (``grad_accumulation_steps``); returns the step's metrics.
 
-    With ``compile`` the step (reference terms, loss, gradient, Adam) is one ``mx.compile``d
-    function, as mlx-lm compiles SFT's: the model, optimizer and random state go in and out
-    as captured state, the batch goes in as arrays, and nothing in it reads a value back
+    Accumulation is mlx-lm's: each micro-batch's gradient (of its mean loss) is added up, the
+    sum divided by their count, then one update. Each micro-batch takes its own reference
+    terms, so its KL pairs and z0 are its own, as TRL's KTO pairs within each per-device
+    batch (its KL dataset is built in chunks of ``per_device_train_batch_size``): batch 2 ×
+    accumulation 2 trains as batch 4 × 1 wherever z0 is the same (0 at a fresh adapter's
+    first step), and otherwise takes each z0 over two rows instead of four.
+
+    With ``compile`` each micro-batch's step (reference terms, loss, gradient, its sum with
+    the ones before it, and Adam on the last) is one ``mx.compile``d function, as mlx-lm
+    compiles SFT's: the model, optimizer and random state go in and out as captured state,
+    the batch and the gradient so far go in as arrays, and nothing in it reads a value back
     (the metrics are read afterwards). The LoRA scale the reference passes set to 0 is a
     Python number, so it is traced as a constant, as the policy's is; an initial adapter's
     reference arrays are captured inputs too (never outputs: nothing changes them). A
@@ -156,40 +175,60 @@ class KTOStep:
         self.value_and_grad = nn.value_and_grad(model, kto_loss)
         self.compile, self.pad_to = compile, pad_to
         self.state = [model.state, optimizer.state, mx.random.state]
-        self._compiled: dict[bool, object] = {}  # update or not → its compiled step
+        self._compiled: dict[tuple, object] = {}  # _step's first four arguments → its step
 
-    def _step(self, update: bool, input_ids, completion_mask, kl_input_ids, kl_completion_mask,
-              labels):
-        """(loss, policy log-probs, reference log-probs, z0), the update applied if asked."""
+    def _step(self, update: bool, accumulated: bool, keep: bool, micro_batches: int, input_ids,
+              completion_mask, kl_input_ids, kl_completion_mask, labels, prev_grads=None):
+        """(loss, policy log-probs, reference log-probs, z0, the gradient sum so far when
+        ``keep``, else None): the update applied if asked, with the mean of ``micro_batches``
+        gradients (this one added to ``prev_grads`` when ``accumulated``)."""
         batch = {"input_ids": input_ids, "completion_mask": completion_mask,
                  "KL_input_ids": kl_input_ids, "KL_completion_mask": kl_completion_mask}
         ref_logps, z0 = reference_terms(self.model, batch, self.size, self.reference)
         (loss, logps), grads = self.value_and_grad(
             self.model, input_ids, completion_mask, labels, ref_logps, z0, self.beta,
             *self.weights)
+        if accumulated:
+            grads = tree_map(lambda g, p: g + p, grads, prev_grads)
         if update:
-            self.optimizer.update(self.model, average_gradients(grads))  # no-op in 1 process
-        return loss, logps, ref_logps, z0
+            grads = average_gradients(grads)  # over the processes: a no-op in one
+            if micro_batches > 1:
+                grads = tree_map(lambda g: g / micro_batches, grads)
+            self.optimizer.update(self.model, grads)
+        return loss, logps, ref_logps, z0, grads if keep else None
 
-    def _compiled_step(self, update: bool):
-        if update not in self._compiled:
+    def _compiled_step(self, update: bool, accumulated: bool, keep: bool, micro_batches: int):
+        key = (update, accumulated, keep, micro_batches)
+        if key not in self._compiled:
             inputs = self.state if self.reference is None else [*self.state, self.reference]
-            self._compiled[update] = mx.compile(partial(self._step, update),
-                                                inputs=inputs, outputs=self.state)
-        return self._compiled[update]
+            self._compiled[key] = mx.compile(partial(self._step, *key),
+                                             inputs=inputs, outputs=self.state)
+        return self._compiled[key]
 
-    def __call__(self, batch: dict, update: bool = True) -> dict[str, float]:
-        arrays = [batch[k] for k in ("input_ids", "completion_mask", "KL_input_ids",
-                                     "KL_completion_mask")]
-        if self.compile:
-            if self.pad_to:
-                arrays = pad_width(arrays, self.pad_to)
-            loss, logps, ref_logps, z0 = self._compiled_step(update)(*arrays, batch["label"])
-            mx.eval(self.state, loss, logps, ref_logps, z0)
-        else:
-            loss, logps, ref_logps, z0 = self._step(update, *arrays, batch["label"])
-            mx.eval(self.model.parameters(), self.optimizer.state, loss, logps)
-        labels = batch["label"]
+    def __call__(self, batch: dict | list[dict], update: bool = True) -> dict[str, float]:
+        """One step over ``batch``, or over a list of micro-batches whose gradients add up to
+        one update; the metrics are those of all their rows together."""
+        micro = batch if isinstance(batch, list) else [batch]
+        outs, grads = [], None
+        for i, part in enumerate(micro):
+            last = i == len(micro) - 1
+            arrays = [part[k] for k in ("input_ids", "completion_mask", "KL_input_ids",
+                                        "KL_completion_mask")]
+            key = (update and last, update and i > 0, update and not last, len(micro))
+            extra = (grads,) if key[1] else ()
+            if self.compile:
+                if self.pad_to:
+                    arrays = pad_width(arrays, self.pad_to)
+                *out, grads = self._compiled_step(*key)(*arrays, part["label"], *extra)
+                mx.eval(self.state, out, grads)
+            else:
+                *out, grads = self._step(*key, *arrays, part["label"], *extra)
+                mx.eval(self.model.parameters(), self.optimizer.state, out, grads)
+            outs.append(out)
+        loss = mx.mean(mx.stack([o[0] for o in outs]))
+        logps, ref_logps = (mx.concatenate([o[j] for o in outs]) for j in (1, 2))
+        z0 = mx.mean(mx.stack([o[3] for o in outs]))
+        labels = mx.concatenate([part["label"] for part in micro])
         if self.size > 1:  # the metrics of the whole batch, from every process
             loss = mx.distributed.all_sum(loss, stream=mx.cpu) / self.size
             logps, ref_logps, labels = (
@@ -226,6 +265,23 @@ def batch_order(n_rows: int, batch_size: int, seed: int):
             yield order[i : i + batch_size].tolist()
 
 
+def kto_probe(model, examples: list[dict], args: MLXKTOArgs, pad_id: int, reference):
+    """The tuner's probe (workers/mlx/tune.py): steps of the job's first effective batch."""
+    effective = args.batch_size * args.grad_accumulation_steps
+    rows = [examples[i] for i in next(batch_order(len(examples), effective, args.seed))]
+
+    def build(settings: dict):
+        s = replace(args, **settings)
+        step = KTOStep(model, optim.Adam(learning_rate=args.learning_rate), args.beta,
+                       args.desirable_weight, args.undesirable_weight, compile=s.compile,
+                       reference=reference)
+        micro = [make_batch(part, args.max_seq_length, pad_id)
+                 for part in micro_batches(rows, s.batch_size)]
+        return lambda: step(micro)
+
+    return probe_with(model, build, effective)
+
+
 # --- the job --------------------------------------------------------------------------------
 def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
           stop: StopFlag, sampler: MemorySampler) -> RunResult:
@@ -243,10 +299,16 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
     events.emit("status", phase="preparing_data", message=f"tokenizing {len(rows)} rows")
     examples = tokenized(rows, tokenizer, args.max_seq_length, events)
     held_examples = tokenized(held_rows, tokenizer, args.max_seq_length, events, "held-out ")
-    if len(examples) < args.batch_size:
+    effective = args.batch_size * args.grad_accumulation_steps
+    if len(examples) < effective:
         raise ValueError(f"the dataset has {len(examples)} usable examples, fewer than "
-                         f"batch_size={args.batch_size}")
+                         f"batch_size={args.batch_size} × grad_accumulation_steps="
+                         f"{args.grad_accumulation_steps} = {effective}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # tune auto: the fastest measured split of the same effective batch (workers/mlx/tune.py)
+    job = tuned(job, events, stop, partial(kto_probe, model, examples, args, pad_id,
+                                           reference), processes=size)
+    args = job.args
     local = args.batch_size // size
     if args.batch_size % size or local < 2:
         raise ValueError(f"batch_size={args.batch_size} must split into {size} equal parts "
@@ -256,11 +318,11 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
     step = KTOStep(model, optimizer, args.beta, args.desirable_weight, args.undesirable_weight,
                    size, compile=args.compile, reference=reference)
 
-    iters = args.iters
-    order = batch_order(len(examples), args.batch_size, args.seed)
+    iters = args.iters  # optimizer updates, each of grad_accumulation_steps micro-batches
+    order = batch_order(len(examples), effective, args.seed)
     for _ in range(start):  # the same data order as an uninterrupted run
         next(order)
-    reporter = Reporter(events, iters, len(examples), args.batch_size, start_step=start,
+    reporter = Reporter(events, iters, len(examples), effective, start_step=start,
                         tokens=tokens)
     held = HeldOut(held_examples, args.batch_size, args.steps_per_eval, iters,
                    partial(make_batch, max_length=args.max_seq_length, pad_id=pad_id), events)
@@ -278,10 +340,10 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
     started, it, cancelled = time.perf_counter(), start, False
     for it in range(start + 1, iters + 1):
         chosen = [examples[i] for i in next(order)]
-        batch = make_batch(chosen[rank * local : (rank + 1) * local], args.max_seq_length,
-                           pad_id)
+        micro = [make_batch(part[rank * local : (rank + 1) * local], args.max_seq_length,
+                            pad_id) for part in micro_batches(chosen, args.batch_size)]
         tic = time.perf_counter()
-        reporter.add(step(batch))
+        reporter.add(step(micro))
         reporter.step_done(it, batch_tokens(chosen, args.max_seq_length),
                            time.perf_counter() - tic)
         stopping = stop()

@@ -12,6 +12,7 @@ Its pieces (``iterate_batches``, ``default_loss``, ``evaluate``, the datasets) a
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from functools import partial
 from types import SimpleNamespace
 
@@ -19,6 +20,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.nn.utils import average_gradients
+from mlx.utils import tree_map
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.trainer import default_loss, evaluate, iterate_batches
 
@@ -34,7 +36,77 @@ from workers.mlx.common import (
     report_and_checkpoint,
     trainable_count,
 )
+from workers.mlx.tune import probe_with, tuned
 from workers.runtime import RunResult, StopFlag
+
+
+class SFTStep:
+    """One optimizer step of SFT over the micro-batches of one effective batch, accumulated
+    as mlx-lm's trainer accumulates (``grad_accumulation_steps``): each micro-batch's gradient
+    of its token-mean loss (``default_loss``) is added up, the sum averaged over processes and
+    divided by the count, then one Adam update; compiled as mlx-lm compiles it. Returns (mean
+    loss, tokens) of the step."""
+
+    def __init__(self, model, optimizer, micro_batches: int = 1, compile: bool = True):
+        self.micro_batches = micro_batches
+        loss_value_and_grad = nn.value_and_grad(model, default_loss)
+        self.state = [model.state, optimizer.state, mx.random.state]
+
+        def step(batch, lengths, prev_grad, update):
+            (loss, ntoks), grad = loss_value_and_grad(model, batch, lengths)
+            if prev_grad is not None:
+                grad = tree_map(lambda g, p: g + p, grad, prev_grad)
+            if update:
+                grad = average_gradients(grad)  # a no-op in one process
+                if micro_batches > 1:
+                    grad = tree_map(lambda g: g / micro_batches, grad)
+                optimizer.update(model, grad)
+                grad = None
+            return loss, ntoks, grad
+
+        # mlx-lm compiles the step always; on a CPU too (see the knob's help)
+        self.step = mx.compile(step, inputs=self.state, outputs=self.state) if compile \
+            else step
+
+    def __call__(self, micro: list[tuple[mx.array, mx.array]]) -> tuple[mx.array, mx.array]:
+        losses, ntoks, grad = [], [], None
+        for i, (batch, lengths) in enumerate(micro):
+            loss, n, grad = self.step(batch, lengths, grad, i == len(micro) - 1)
+            mx.eval(self.state, loss, n, grad)
+            losses.append(loss)
+            ntoks.append(n)
+        return mx.mean(mx.stack(losses)), sum(ntoks[1:], ntoks[0])
+
+
+def split(batch: mx.array, lengths: mx.array, size: int) -> list[tuple[mx.array, mx.array]]:
+    """One of ``iterate_batches``' batches cut into micro-batches of ``size`` rows, each
+    trimmed to the width its own rows need (1 + a multiple of 32, as mlx-lm pads)."""
+    out = []
+    for i in range(0, batch.shape[0], size):
+        part, spans = batch[i : i + size], lengths[i : i + size]
+        longest = int(spans[:, 1].max().item())
+        width = min(1 + 32 * -(-longest // 32), batch.shape[1])
+        out.append((part[:, :width], spans))
+    return out
+
+
+def sft_probe(model, train_set, args: MLXSFTArgs):
+    """The tuner's probe (workers/mlx/tune.py): steps of the job's first effective batch."""
+    import mlx.optimizers as optim
+
+    effective = args.batch_size * args.grad_accumulation_steps
+    saved = np.random.get_state()  # iterate_batches seeds numpy's global generator
+    first = next(iterate_batches(train_set, effective, args.max_seq_length, seed=args.seed))
+    np.random.set_state(saved)
+
+    def build(settings: dict):
+        s = replace(args, **settings)
+        step = SFTStep(model, optim.Adam(learning_rate=args.learning_rate),
+                       s.grad_accumulation_steps, compile=s.compile)
+        micro = split(*first, s.batch_size)
+        return lambda: step(micro)
+
+    return probe_with(model, build, effective)
 
 
 def train(job: JobConfig[MLXSFTArgs], train_rows: list[dict], valid_rows: list[dict],
@@ -48,9 +120,11 @@ def train(job: JobConfig[MLXSFTArgs], train_rows: list[dict], valid_rows: list[d
     train_set = CacheDataset(create_dataset(train_rows, tokenizer, options))
     valid_set = CacheDataset(create_dataset(valid_rows, tokenizer, options)) if valid_rows \
         else None
-    if len(train_set) < args.batch_size:
+    effective = args.batch_size * args.grad_accumulation_steps
+    if len(train_set) < effective:
         raise ValueError(f"the train split has {len(train_set)} examples, fewer than "
-                         f"batch_size={args.batch_size}")
+                         f"batch_size={args.batch_size} × grad_accumulation_steps="
+                         f"{args.grad_accumulation_steps} = {effective}")
     if valid_set is not None and (len(valid_set) < args.batch_size or args.val_batches == 0):
         events.emit("log", level="warning", message=f"no validation: {len(valid_set)} valid "
                     f"rows for batch_size {args.batch_size} (or val_batches is 0)")
@@ -59,29 +133,22 @@ def train(job: JobConfig[MLXSFTArgs], train_rows: list[dict], valid_rows: list[d
     # Under `mlx.launch -n N` each process takes 1/N of every batch; gradients are averaged.
     world = mx.distributed.init()
     rank, size = world.rank(), world.size()
+
+    # tune auto: the fastest measured split of the same effective batch (workers/mlx/tune.py)
+    job = tuned(job, events, stop, partial(sft_probe, model, train_set, args), processes=size)
+    args = job.args
     if args.batch_size % size:
         raise ValueError(f"batch_size={args.batch_size} must be divisible by the {size} "
                          "processes of the distributed launch")
-
     optimizer, start, tokens = prepare_training(job, model)
+    step = SFTStep(model, optimizer, args.grad_accumulation_steps, compile=args.compile)
 
-    loss_value_and_grad = nn.value_and_grad(model, default_loss)
-    compiled_state = [model.state, optimizer.state, mx.random.state]
-
-    def step(batch, lengths):
-        (loss, ntoks), grad = loss_value_and_grad(model, batch, lengths)
-        optimizer.update(model, average_gradients(grad))  # a no-op in one process
-        return loss, ntoks
-
-    if args.compile:  # mlx-lm compiles the step always; on a CPU too (see the knob's help)
-        step = partial(mx.compile, inputs=compiled_state, outputs=compiled_state)(step)
-
-    iters = args.iters
-    batches = iterate_batches(train_set, args.batch_size, args.max_seq_length, loop=True,
+    iters = args.iters  # optimizer updates, each of grad_accumulation_steps micro-batches
+    batches = iterate_batches(train_set, effective, args.max_seq_length, loop=True,
                               seed=args.seed, comm_group=world)
     for _ in range(start):  # the same data order as an uninterrupted run
         next(batches)
-    reporter = Reporter(events, iters, len(train_set), args.batch_size, start_step=start,
+    reporter = Reporter(events, iters, len(train_set), effective, start_step=start,
                         tokens=tokens)
 
     def validate(at: int) -> float:
@@ -113,8 +180,7 @@ def train(job: JobConfig[MLXSFTArgs], train_rows: list[dict], valid_rows: list[d
     for it in range(start + 1, iters + 1):
         batch = next(batches)
         tic = time.perf_counter()
-        loss, ntoks = step(*batch)
-        mx.eval(compiled_state, loss, ntoks)
+        loss, ntoks = step(split(*batch, args.batch_size // size))
         if size > 1:  # every process reports the whole batch, and stops at the same step
             loss = mx.distributed.all_sum(loss, stream=mx.cpu) / size
             ntoks = mx.distributed.all_sum(ntoks, stream=mx.cpu)
