@@ -36,6 +36,7 @@ from workers.runtime import RunResult, StopFlag, loading_model, split_for_eval
 from workers.torch.callback import EventCallback
 from workers.torch.device import DeviceChoice, Platform, choose_device
 from workers.torch.errors import InitAdapterError, checkpoint_disk_full
+from workers.torch.tune import check_liger, tune
 
 LORA_KNOBS = ("r", "lora_alpha", "lora_dropout", "target_modules")
 
@@ -53,8 +54,20 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
         phase="loading_model",
         message=f"loading {job.model} on {choice.device} in {choice.dtype}",
     )
+    if args.tune != "auto":
+        check_liger(args, choice.device)  # asked for by hand where it cannot run: say so now
     tokenizer, model = load_model(job.model, choice)
     model, peft_config = start_adapter(job, model, events)
+    # tune: auto times a few probe steps of each candidate (not training steps: the probe
+    # puts the weights back, and the trainer below starts from the same seed) and returns
+    # the job with the fastest speed knobs; the effective batch and all else are kept.
+    job, reload = tune(job, choice, model, tokenizer, peft_config, rows, events, stop,
+                       lambda a, **over: kto_config(job, choice, args=a, **over))
+    args = job.args
+    if reload:  # a probe swapped module kernels (Liger): start from a freshly loaded model
+        tokenizer, model = load_model(job.model, choice)
+        model, peft_config = start_adapter(job, model, events)
+    check_liger(args, choice.device)
     config = kto_config(job, choice, evaluate=bool(held))
     callback = EventCallback(events, stop_requested=stop)
 
@@ -187,11 +200,12 @@ def load_init_adapter(model, folder: Path, model_id: str):
             folder, f"does not fit {model_id}{on}: {_first_line(exc)}", fits=False) from exc
 
 
-def kto_config(job: JobConfig[TorchKTOArgs], choice: DeviceChoice,
-               evaluate: bool = False) -> KTOConfig:
+def kto_config(job: JobConfig[TorchKTOArgs], choice: DeviceChoice, evaluate: bool = False,
+               args: TorchKTOArgs | None = None, **overrides: Any) -> KTOConfig:
     """Every knob of contract.knobs.TORCH_KTO, under TRL's and transformers' own names.
-    ``evaluate``: there are held-out rows, evaluated every ``eval_steps``."""
-    args = job.args
+    ``evaluate``: there are held-out rows, evaluated every ``eval_steps``. ``args`` (the
+    job's by default) and ``overrides`` (KTOConfig fields): the auto-tuner's probe."""
+    args = args or job.args
     evaluation = {}
     if evaluate:
         evaluation = {
@@ -199,7 +213,7 @@ def kto_config(job: JobConfig[TorchKTOArgs], choice: DeviceChoice,
             "eval_steps": args.eval_steps,
             "per_device_eval_batch_size": args.per_device_train_batch_size,
         }
-    return KTOConfig(
+    config = dict(
         output_dir=str(job.checkpoints_dir),
         per_device_train_batch_size=args.per_device_train_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -211,6 +225,7 @@ def kto_config(job: JobConfig[TorchKTOArgs], choice: DeviceChoice,
         desirable_weight=args.desirable_weight,
         undesirable_weight=args.undesirable_weight,
         precompute_ref_log_probs=args.precompute_ref_log_probs,
+        use_liger_kernel=args.use_liger_kernel,
         **checkpointing(args.gradient_checkpointing),
         # transformers 5 dropped warmup_ratio: a warmup_steps below 1 is the ratio
         warmup_steps=min(args.warmup_ratio, 0.9999),
@@ -227,6 +242,7 @@ def kto_config(job: JobConfig[TorchKTOArgs], choice: DeviceChoice,
         disable_tqdm=True,
         **evaluation,
     )
+    return KTOConfig(**{**config, **overrides})
 
 
 def checkpointing(on: bool) -> dict[str, Any]:
