@@ -409,9 +409,9 @@ CONVERT_BITS = (0, 4, 8)
 CONVERT_GROUP_SIZES = (32, 64, 128)
 MLX_CONVERT = Method(backend="mlx", method="convert", knobs=[
     Knob("q_bits", int, 4, "Bits per quantized weight: 4 or 8; 0 converts without "
-         "quantizing (dtype then says the precision).", group="convert", min=0, max=8),
+         "quantizing (dtype then says the precision).", group="convert"),
     Knob("q_group_size", int, 64, "Weights that share one scale and bias: 32, 64 or 128 "
-         "(smaller: more accurate, a little larger).", group="convert", min=32, max=128),
+         "(smaller: more accurate, a little larger).", group="convert"),
     Knob("dtype", str, "auto", "Precision of what is not quantized: auto keeps the model's "
          "own (its config's torch_dtype).", group="convert",
          choices=("auto", "float16", "bfloat16", "float32")),

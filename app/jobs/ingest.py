@@ -78,6 +78,9 @@ def _store(session: Session, job: Job, new: list[ProtocolEvent],
         apply_event(job, ev)
         if ev.type == "artifact" and ev.data.get("kind") == "fused_model":
             register_fused(session, job, str(ev.data["path"]))
+        elif ev.type == "artifact" and ev.data.get("kind") == "model" \
+                and job.method == "convert":
+            register_converted(session, job, str(ev.data["path"]))
     # One executemany per table with a cached statement: a fast MLX step writes ~100 events
     # a second, and a statement per event cost the server 0.57 ms of CPU each (now 0.1 ms;
     # the numbers are in the README's reliability table).
@@ -111,6 +114,15 @@ def register_fused(session: Session, job: Job, path: str) -> None:
     model_id = (job.params or {}).get("name") or f"fused-{job.id}"
     session.merge(ModelEntry(id=model_id, path=path, source="fused"))
     log.info("job %s: registered the fused model %s at %s", job.id, model_id, path)
+
+
+def register_converted(session: Session, job: Job, path: str) -> None:
+    """A model converted for MLX (workers/mlx/convert.py) is a base model for new MLX jobs,
+    under the name the job was given; its bits and size are read from its folder
+    (app/hub/folders.py describe_entry)."""
+    model_id = (job.params or {}).get("name") or f"converted-{job.id}"
+    session.merge(ModelEntry(id=model_id, path=path, source="converted"))
+    log.info("job %s: registered the converted model %s at %s", job.id, model_id, path)
 
 
 def apply_event(job: Job, ev: ProtocolEvent) -> None:
