@@ -74,7 +74,10 @@ def test_models_page_lists_registered_and_cached_models(lib_server):
     # the demo's parameter count, from its safetensors header: "121 K", exact in the title
     assert '<span title="121,344 parameters">121 K</span>' in html
     assert "acme/tiny-chat" in html and "mlx-community/tiny-chat-4bit" in html
-    assert "mlx · 4-bit" in html and "half/downloaded" not in html
+    assert "mlx · 4-bit" in html
+    # A folder with no snapshot (a download stopped early) is listed as such, to delete.
+    row = html.split('<tr data-repo="half/downloaded">', 1)[1].split("</tr>", 1)[0]
+    assert ">incomplete</span>" in row and "Delete from cache" in row and "Train" not in row
     assert '/jobs/new?model=mlx-community/tiny-chat-4bit' in html.replace("%2F", "/")
 
 

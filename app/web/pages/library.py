@@ -5,8 +5,10 @@ metrics. Its Fuse and Delete buttons post here (htmx, with the page's CSRF heade
 is app/jobs/adapters.py, the same functions ``POST /api/adapters/{id}/fuse`` and
 ``DELETE /api/adapters/{id}`` call. Delete removes the adapter's files only: the run, its
 metrics and its log stay, so the run still compares and its chart still draws.
-/models lists the registered models (demo, local, fused) and the Hugging Face cache with
-size, architecture and parameter count, read from files (app/hub/inspect.py).
+/models is where models arrive: the registered ones (demo, local, fused, converted), the Add
+model and Add a local folder forms (their own fragments), the seed guide's Suggested models
+(app/web/api/model_cache.py: size, the planner's verdict here, Download or Train) and the
+Hugging Face cache as huggingface_hub scans it (sizes, Delete from cache, Train).
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session, select
 
-from app.hub.cache import cached_models, label
+from app.config import Settings
+from app.hub.cache import label, mlx_facts, read_config, snapshot_dir
+from app.hub.cache_admin import cache_info
+from app.hub.inspect import ModelInfoError, inspect_model
 from app.jobs import adapters as service
 from app.jobs.artifacts import folder_size, relative
 from app.models import Job, JobStatus, ModelEntry
+from app.web.api.model_cache import remove_from_cache, suggested
 from app.web.deps import (
     CsrfForm,
     JobId,
@@ -113,13 +119,6 @@ def delete_adapter(job_id: JobId, session: SessionDep) -> dict[str, Any]:
 def describe(path: str) -> dict[str, Any]:
     """Architecture and parameter count from the model's files; {} when unreadable."""
     try:
-        from app.hub.inspect import ModelInfoError, inspect_model
-    except ImportError:  # the planner's module missing: the config's architecture only
-        from app.hub.cache import read_config
-
-        config = read_config(Path(path))
-        return {"architecture": ", ".join(config.get("architectures") or [])}
-    try:
         info = inspect_model(path)
     except (ModelInfoError, OSError):
         return {}
@@ -129,7 +128,7 @@ def describe(path: str) -> dict[str, Any]:
             "params_source": info.get("params_source")}
 
 
-def model_rows(session: Session) -> tuple[list[dict], list[dict]]:
+def registered_rows(session: Session) -> list[dict[str, Any]]:
     registered = []
     for entry in session.exec(select(ModelEntry).order_by(ModelEntry.source, ModelEntry.id)):
         p = Path(entry.path)
@@ -137,14 +136,54 @@ def model_rows(session: Session) -> tuple[list[dict], list[dict]]:
         registered.append({"id": entry.id, "source": entry.source, "path": entry.path,
                            "exists": exists, "size_bytes": folder_size(p) if exists else None,
                            **(describe(entry.path) if exists else {})})
-    cached = [{**m, "label": label(m), **describe(m["path"])} for m in cached_models()]
-    return registered, cached
+    return registered
+
+
+def cache_rows() -> dict[str, Any]:
+    """The cache's model repos (huggingface_hub's scan: sizes, revisions), each with its
+    format and shape read from its snapshot; incomplete downloads as such."""
+    info = cache_info()
+    rows = []
+    for repo in info["repos"]:
+        if repo["repo_type"] != "model":
+            continue
+        snap = snapshot_dir(Path(repo["path"])) if repo["complete"] else None
+        facts = mlx_facts(repo["repo_id"], read_config(snap)) if snap else {}
+        rows.append({**repo, "id": repo["repo_id"], "snapshot": str(snap) if snap else None,
+                     "label": label(facts), **(describe(str(snap)) if snap else {})})
+    return {"rows": rows, "cache_dir": info["cache_dir"],
+            "total_bytes": sum(r["size_on_disk"] for r in rows), "warnings": info["warnings"]}
+
+
+def models_context(session: Session, settings: Settings) -> dict[str, Any]:
+    cache = cache_rows()
+    return {"registered": registered_rows(session), "cache": cache,
+            "suggested": suggested(settings)}
 
 
 @router.get("/models", response_class=HTMLResponse)
-async def models_page(request: Request, session: SessionDep) -> HTMLResponse:
-    registered, cached = await run_in_threadpool(model_rows, session)
-    from app.hub.inspect import hub_cache_dir
+async def models_page(request: Request, session: SessionDep,
+                      settings: SettingsDep) -> HTMLResponse:
+    context = await run_in_threadpool(models_context, session, settings)
+    return page(request, "models.html", nav="models", **context)
 
-    return page(request, "models.html", nav="models", registered=registered, cached=cached,
-                cache_dir=str(hub_cache_dir()))
+
+@router.get("/fragments/models/suggested", response_class=HTMLResponse)
+async def suggested_fragment(request: Request, settings: SettingsDep) -> HTMLResponse:
+    """The Suggested models section again (after a download, a Download becomes Train)."""
+    return page(request, "_models_suggested.html",
+                suggested=await run_in_threadpool(suggested, settings))
+
+
+@router.delete("/models/cache/{repo_id:path}", response_class=HTMLResponse)
+def delete_cached_action(repo_id: str, request: Request, session: SessionDep,
+                         _form: CsrfForm) -> HTMLResponse:
+    """Delete from cache (after the page's confirm): the cache section comes back without
+    the repo, or with why it was refused (a 200 for htmx, so it swaps)."""
+    error, code = None, 200
+    try:
+        remove_from_cache(session, repo_id)
+    except HTTPException as exc:
+        error, code = f"Delete failed: {exc.detail}", exc.status_code
+    return page(request, "_models_cache.html", 200 if is_htmx(request) else code,
+                cache=cache_rows(), error=error, deleted=None if error else repo_id)
