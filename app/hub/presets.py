@@ -43,13 +43,14 @@ from urllib.parse import urlencode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.hub.inspect import _sizes, params_from_config
-from contract.knobs import METHODS, method_for
+from contract.knobs import method_for
 from contract.model_ref import hub_id_problem
 
 PRESETS_FILE_ENV = "PROSPECT_PRESETS_FILE"
 PRESETS_FILE_NAME = "presets.json"
 ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,79}$")
 TRAIN_METHOD = "kto"  # what /jobs/new opens for ?backend=
+TRAINING = (("torch", "kto"), ("mlx", "kto"), ("mlx", "sft"))
 SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
@@ -98,8 +99,9 @@ def presets_file(home: Path, env: Mapping[str, str] | None = None) -> Path:
 
 
 def _entry_problem(preset: ExtraPreset, shapes: Mapping[str, Any]) -> str | None:
-    if (preset.backend, preset.method) not in METHODS:
-        return f"{preset.backend}/{preset.method} is not a method Prospect runs"
+    if (preset.backend, preset.method) not in TRAINING:
+        return (f"{preset.backend}/{preset.method} is not a training method (torch/kto, "
+                "mlx/kto, mlx/sft)")
     if isinstance(preset.shape, str) and preset.shape not in shapes:
         return (f"shape {preset.shape!r} is not one of the planner's ({', '.join(shapes)}); "
                 "give config.json's sizes instead")

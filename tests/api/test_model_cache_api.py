@@ -104,7 +104,7 @@ def test_a_presets_file_adds_and_replaces_presets_and_reports_its_problems(
     assert len(body["problems"]) == 3, body["problems"]
     assert "preset 3" in body["problems"][0] and "id" in body["problems"][0]
     assert "no knob lora_rank" in body["problems"][1]
-    assert "mlx/dpo is not a method" in body["problems"][2]
+    assert "mlx/dpo is not a training method" in body["problems"][2]
     mine = rows["my-tiny"]
     assert mine["origin"] == "file" and mine["cached"] is False
     assert mine["params"] == 64 * 1000 + 2 * (64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128
