@@ -74,7 +74,8 @@ def restored(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.update(weights)
-        mx.random.state[0] = key
+        hi, lo = (int(x) for x in key.tolist())  # mx.random.key(s) is the pair (s >> 32, s)
+        mx.random.seed((hi << 32) | lo)  # the state has no setter; this key is the saved one
         mx.eval(model.parameters())
         mx.clear_cache()
 
