@@ -54,7 +54,9 @@ def autotune(plan: TunePlan, probe: Probe, events: EventWriter, stop: Callable[[
         if stop():
             break
         estimate = estimates.get(_key(settings)) or 0
-        if time.monotonic() - start > plan.probe_budget_s and settings != plan.baseline:
+        measured = any(t.outcome == "ok" for t in tried)  # the first is always measured
+        if measured and time.monotonic() - start > plan.probe_budget_s \
+                and settings != plan.baseline:
             tried.append(Trial(settings, "skipped", note="probe time used up"))
             continue
         if oom_at is not None and estimate >= oom_at and settings != plan.baseline:

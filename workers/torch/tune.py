@@ -266,8 +266,10 @@ class TorchProbe:
             base.__dict__.pop("forward", None)
         else:
             base.forward = self._forward
-        if getattr(base, "is_gradient_checkpointing", False):
-            base.gradient_checkpointing_disable()
+        # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*
+        prefix = "activation" if hasattr(base, "activation_checkpointing_disable") else "gradient"
+        if getattr(base, f"is_{prefix}_checkpointing", False):
+            getattr(base, f"{prefix}_checkpointing_disable")()
         if getattr(base, "_require_grads_hook", None) is not None:
             base.disable_input_require_grads()
         for p in base.parameters():
