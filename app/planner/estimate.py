@@ -301,16 +301,12 @@ def candidates(backend: str, method: str, params: dict[str, Any], m: dict[str, A
         yield "; ".join(done), backend, dict(p), m
     while int(p.get(batch_key, 2 if backend == "torch" else 4)) > min_batch:
         batch = max(min_batch, int(p.get(batch_key, 2 if backend == "torch" else 4)) // 2)
-        if backend == "torch":
-            accum = int(p.get("gradient_accumulation_steps", 8))
-            accum *= int(p.get(batch_key, 2)) // batch
-            p.update({batch_key: batch, "gradient_accumulation_steps": accum})
-            step = f"{batch_key} {batch} with gradient_accumulation_steps {accum} (the " \
-                   "same effective batch)"
-        else:
-            p[batch_key] = batch
-            step = f"{batch_key} {batch} (mlx-lm has no gradient accumulation: smaller " \
-                   "steps)"
+        accum_key = "gradient_accumulation_steps" if backend == "torch" \
+            else "grad_accumulation_steps"
+        accum = int(p.get(accum_key, 8 if backend == "torch" else 1) or 1)
+        accum *= int(p.get(batch_key, 2 if backend == "torch" else 4)) // batch
+        p.update({batch_key: batch, accum_key: accum})
+        step = f"{batch_key} {batch} with {accum_key} {accum} (the same effective batch)"
         yield "; ".join([*done, step]), backend, dict(p), m
     done.append(f"{batch_key} {p.get(batch_key, min_batch)}")
     while int(p.get(seq_key, default_seq)) > 256:
