@@ -29,7 +29,7 @@ from app.hub.presets import (
     train_knobs,
     train_url,
 )
-from app.models import Job, JobStatus
+from app.models import Job, JobStatus, ModelEntry
 from app.planner import check
 from app.planner.estimate import plan
 from app.units import fmt_bytes
@@ -149,12 +149,21 @@ def remove_from_cache(session: Session, repo_id: str) -> dict[str, Any]:
         names = ", ".join(f"job {j.id} ({j.status.value})" for j in busy)
         raise HTTPException(409, f"{repo_id} is in use by {names}: cancel it or wait for it "
                                  "to finish, then delete it")
+    folder = str(repo_folder(hub_cache_dir(), repo_id))
     try:
-        return delete_repo(repo_id)
+        out = delete_repo(repo_id)
     except CacheRepoNotFound:
         raise HTTPException(404, f"{repo_id} is not in the Hugging Face cache at "
                                  f"{hub_cache_dir()} (GET /api/models/cache lists what "
                                  "is)") from None
+    # A download registered the model (source "hub"); its files are gone now, so is it.
+    gone = [e for e in session.exec(select(ModelEntry).where(ModelEntry.source == "hub"))
+            if e.path == folder or e.path.startswith(folder + "/")]
+    for entry in gone:
+        session.delete(entry)
+    session.commit()
+    out["unregistered"] = [e.id for e in gone]
+    return out
 
 
 @router.delete("/api/models/cache/{repo_id:path}")
