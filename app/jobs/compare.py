@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from app.models import Job
+from app.planner.tune import label
 
 MAX_RUNS = 12
 FIXED = ("backend", "method", "model", "dataset")
@@ -39,9 +40,19 @@ def show(value: Any, missing: bool = False) -> str:
     return str(value)
 
 
+def tuned(job: Job) -> str:
+    """Whether auto-tuning chose the speed knobs (the params hold the values it chose)."""
+    chosen = (job.tuning or {}).get("chosen")
+    if chosen:
+        return f"auto: {label(job.backend, chosen)}"
+    return "auto, not measured" if (job.params or {}).get("tune") == "auto" else "no"
+
+
 def settings_diff(jobs: list[Job]) -> list[DiffRow]:
-    """Backend, method, model, dataset, then every param any run has (sorted by name)."""
+    """Backend, method, model, dataset, whether tuned, then every param any run has (sorted
+    by name: the values actually used, a tuned run's chosen ones included)."""
     rows = [DiffRow(name, [show(getattr(j, name)) for j in jobs]) for name in FIXED]
+    rows.append(DiffRow("tuned", [tuned(j) for j in jobs]))
     names = sorted({k for j in jobs for k in (j.params or {})})
     for name in names:
         rows.append(DiffRow(name, [show(j.params.get(name), name not in j.params)

@@ -22,7 +22,7 @@ from sqlmodel import select
 from app.models import DatasetEntry, Job, JobStatus
 from app.planner.check import machine, model_facts
 from app.planner.run_length import dataset_rows, estimate_seconds, implied_steps
-from app.planner.tune import tune_plan
+from app.planner.tune import label, tune_plan
 from contract.knobs import ParamError, method_for
 from contract.tune import (
     PLAN_FILE,
@@ -145,3 +145,34 @@ def _plan_facts(job: Job) -> dict[str, Any]:
         return {}
     return {"device_total_bytes": plan.device_total_bytes,
             "effective_batch": plan.effective_batch, "planned": len(plan.candidates)}
+
+
+def tuning_view(job: Job) -> dict[str, Any] | None:
+    """What the job page's card shows of ``job.tuning``: the message, the chosen and asked
+    settings in words, and one row per trial (setting, samples/s, × the seed defaults, peak
+    memory, outcome). None for a job that was not tuned."""
+    t = job.tuning
+    if not t or job.backend not in ("torch", "mlx"):
+        return None
+    base = t.get("baseline_samples_per_s")
+    chosen = t.get("chosen") or {}
+    rows = []
+    for trial in t.get("tried") or []:
+        if not isinstance(trial, dict) or not isinstance(trial.get("settings"), dict):
+            continue
+        sps = trial.get("samples_per_s")
+        rows.append({"label": label(job.backend, trial["settings"]),
+                     "samples_per_s": sps if isinstance(sps, int | float) else None,
+                     "ratio": sps / base if isinstance(sps, int | float) and
+                     isinstance(base, int | float) and base > 0 else None,
+                     "peak_bytes": trial.get("peak_bytes"),
+                     "outcome": str(trial.get("outcome") or ""),
+                     "note": str(trial.get("note") or ""),
+                     "chosen": bool(chosen) and trial["settings"] == chosen})
+    ok = [r for r in rows if r["chosen"]]
+    return {"message": t.get("message") or "", "rows": rows,
+            "chosen": label(job.backend, chosen) if chosen else "",
+            "asked": label(job.backend, t.get("asked") or {}) if t.get("asked") else "",
+            "ratio": ok[0]["ratio"] if ok else None, "probe_s": t.get("probe_s"),
+            "device_total_bytes": t.get("device_total_bytes"),
+            "effective_batch": t.get("effective_batch")}

@@ -70,8 +70,8 @@ def settings_for(backend: str, b: int, e: int, ckpt: bool, *, precompute: bool =
 def label(backend: str, s: dict[str, Any]) -> str:
     """"batch 16 × 1, no checkpointing" (+ precomputed reference, Liger kernels)."""
     batch, accum = BATCH_KNOBS[backend]
-    parts = [f"batch {s[batch]} × {s[accum]}",
-             "checkpointing" if s[CKPT[backend]] else "no checkpointing"]
+    parts = [f"batch {s.get(batch, '?')} × {s.get(accum, '?')}",
+             "checkpointing" if s.get(CKPT[backend]) else "no checkpointing"]
     if s.get("precompute_ref_log_probs"):
         parts.append("precomputed reference")
     if s.get("use_liger_kernel"):
@@ -220,17 +220,15 @@ def _samples(params: dict[str, Any], backend: str, rows: int | None, e: int) -> 
     return int(float(params.get("num_train_epochs", 1.0)) * rows) if rows else None
 
 
-def roomy(m: dict[str, Any], backend: str, method: str, params: dict[str, Any],
-          system: dict[str, Any]) -> dict[str, Any] | None:
-    """For the form's hint: when the whole effective batch in one step, without
-    checkpointing, needs under a quarter of the budget, a larger effective batch would use
-    the machine better. Returns {effective_batch, need_bytes, budget_bytes} or None."""
-    device = target_device(backend, params, system)
-    budget = budget_for(device, system)
-    e = effective_batch(backend, params)
-    s = settings_for(backend, e, e, False, compile_=bool(params.get("compile", True)))
-    est = estimate(m, backend, method, {**params, **s}, device)
-    if verdict(est, budget)[1] > 0.25:
+ROOMY_SHARE = 0.1  # a job planned under a tenth of the budget leaves the machine idle
+
+
+def larger_batch_hint(plan: dict[str, Any], e: int) -> str | None:
+    """The form's hint on a large machine: the plan says this job uses a small share of the
+    budget, so a larger effective batch would train faster. Auto-tuning never changes it."""
+    if plan.get("verdict") != "fits" or not e or float(plan.get("ratio") or 1) > ROOMY_SHARE:
         return None
-    return {"effective_batch": e, "need_bytes": int(est["total_bytes"]),
-            "budget_bytes": int(budget["bytes"]), "suggest": e * 4}
+    return (f"This job plans {plan['ratio']:.0%} of the memory: a larger effective batch "
+            f"(e.g. {4 * e} instead of {e}) would use this machine better and train faster "
+            "per sample. It changes the training (fewer, larger steps; raise the learning "
+            "rate with it), so auto-tuning never does it for you.")

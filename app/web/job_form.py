@@ -26,6 +26,7 @@ from app.models import DatasetEntry, Job, ModelEntry
 from app.units import number
 from contract.knobs import METHODS, Knob, Method, ParamError, method_for
 from contract.model_ref import hub_id_problem, is_folder_path
+from contract.tune import BATCH_KNOBS, SPEED_KNOBS
 
 DEMO_MODEL, DEMO_DATASET = "tiny-demo", "demo-kto"
 GROUP_TITLES = {
@@ -66,11 +67,31 @@ def is_demo(model: str) -> bool:
 
 
 def form_defaults(spec: Method, model: str) -> dict[str, Any]:
-    """The form's starting values: the knobs' own, or the demo's for the demo model."""
+    """The form's starting values: the knobs' own, or the demo's for the demo model. The form
+    preselects ``tune: auto`` (the knob's default stays off for the API's scripts)."""
     values = spec.defaults()
     if is_demo(model):
         values.update(DEMO_DEFAULTS.get((spec.backend, spec.method), {}))
+    if spec.knob("tune") is not None:
+        values["tune"] = "auto"
     return values
+
+
+def effective_batch_of(spec: Method, values: dict[str, Any]) -> dict[str, int] | None:
+    """{batch, accumulation, effective} from the form's values (as typed), or None when the
+    method has no such knobs or a value is not a whole number yet."""
+    if (spec.backend, spec.method) not in SPEED_KNOBS:
+        return None
+    batch_key, accum_key = BATCH_KNOBS[spec.backend]
+    try:
+        batch = int(str(values.get(f"params.{batch_key}", "")).strip())
+        accum = int(str(values.get(f"params.{accum_key}", "")).strip())
+    except ValueError:
+        return None
+    if batch < 1 or accum < 1:
+        return None
+    return {"batch": batch, "accumulation": accum, "effective": batch * accum,
+            "batch_knob": batch_key, "accumulation_knob": accum_key}
 
 
 def chosen_model(values: dict[str, Any]) -> str:
@@ -259,6 +280,7 @@ def form_context(session: Session, spec: Method, values: dict | None = None,
         "demo_values": DEMO_DEFAULTS.get((spec.backend, spec.method), {})
         if is_demo(chosen_model(values)) else {},
         "model_missing": model_status(session, chosen_model(values), settings),
+        "effective": effective_batch_of(spec, values),
         "errors": errors, "other_errors": {f: m for f, m in errors.items() if f not in shown},
     }
 
@@ -292,6 +314,8 @@ def clone_values(session: Session, job_id: int) -> tuple[Method, dict[str, Any]]
     for knob in spec.knobs:
         if knob.name in (job.params or {}):
             values[f"params.{knob.name}"] = knob_value(knob, job.params[knob.name])
+    if job.tuning and spec.knob("tune") is not None:  # the tuned values, run exactly
+        values["params.tune"] = "off"
     return spec, values
 
 

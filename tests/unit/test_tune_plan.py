@@ -11,8 +11,8 @@ from app.planner.tune import (
     PROBE_MAX_S,
     batch_sizes,
     grid,
+    larger_batch_hint,
     probe_budget,
-    roomy,
     tune_plan,
 )
 from contract.knobs import method_for
@@ -144,11 +144,16 @@ def test_probe_budget_is_five_percent_capped_at_two_minutes():
     assert long.probe_budget_s == PROBE_MAX_S
 
 
-def test_the_roomy_hint_on_a_big_machine_only():
-    assert roomy(QWEN, "torch", "kto", torch_kto(), H200)["effective_batch"] == 16
+def test_the_larger_batch_hint_only_where_the_plan_uses_a_small_share():
+    from app.planner.estimate import plan
+
+    big = plan(QWEN, "torch", "kto", torch_kto(), H200)
+    hint = larger_batch_hint(big, 16)
+    assert hint and "64 instead of 16" in hint and "never does it for you" in hint
     small = {"memory_total_bytes": 16 * GiB, "memory_available_bytes": 12 * GiB,
              "cuda_devices": [], "backends": {}}
-    assert roomy(QWEN, "torch", "kto", torch_kto(), small) is None
+    assert larger_batch_hint(plan(QWEN, "torch", "kto", torch_kto(), small), 16) is None
+    assert larger_batch_hint({"verdict": "unknown"}, 16) is None
 
 
 def test_batch_knob_names_match_the_methods():

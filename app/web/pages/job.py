@@ -29,6 +29,7 @@ from app.errors import JobInputError
 from app.jobs.adapters import fuse_adapter
 from app.jobs.artifacts import list_artifacts
 from app.jobs.lifecycle import delete_job, request_cancel, request_resume
+from app.jobs.tuning import tuning_view
 from app.models import Event, Job, JobStatus
 from app.units import number
 from app.web.deps import CsrfForm, JobId, SessionDep, SettingsDep, SupervisorDep
@@ -134,6 +135,7 @@ def job_page(job_id: JobId, request: Request, session: SessionDep) -> HTMLRespon
                 params=params_rows(job), config_text=worker_config(job), can=actions(job),
                 artifacts=list_artifacts(session, job), started_ts=started_ts(session, job),
                 restarts=restarts(session, job.id),
+                tuning=tuning_view(job),
                 # Asked for only when there is one: a 404 would be a console error.
                 has_arena=latest_for_run(session, job) is not None)
 
@@ -156,6 +158,15 @@ def card(request: Request, job: Job, answered: bool = False, error: str | None =
     code = status_code if error and not is_htmx(request) else 200
     return page(request, "_job_card.html", code, job=job, can=actions(job), oob=True,
                 answered=answered, error=error)
+
+
+@router.get("/jobs/{job_id}/tuning", response_class=HTMLResponse)
+def tuning_fragment(job_id: JobId, request: Request, session: SessionDep) -> HTMLResponse:
+    """The auto-tuning card (empty until the worker's `tune` event is in)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return not_found(request, job_id)
+    return page(request, "_tune_card.html", tuning=tuning_view(job))
 
 
 @router.get("/jobs/{job_id}/artifacts", response_class=HTMLResponse)

@@ -15,11 +15,13 @@ from app.errors import JobInputError
 from app.jobs.planning import plan_for
 from app.planner.check import preset
 from app.planner.run_length import run_length
+from app.planner.tune import larger_batch_hint
 from app.web.deps import SessionDep, SettingsDep
 from app.web.job_form import (
     blank_form,
     chosen_model,
     dataset_of,
+    effective_batch_of,
     form_context,
     knob_value,
     pick_method,
@@ -32,18 +34,21 @@ from contract.knobs import method_for
 router = APIRouter(include_in_schema=False)
 
 
-def _form_plan(session: Session, settings: Settings, form: FormData) -> tuple[dict, dict | None]:
-    """The plan and the run's length for the form's values. Another method's knobs (a swap
-    still on its way) are left out here: the submit refuses them."""
-    length = None
+def _form_plan(session: Session, settings: Settings,
+               form: FormData) -> tuple[dict, dict | None, dict | None]:
+    """The plan, the run's length and the effective batch for the form's values. Another
+    method's knobs (a swap still on its way) are left out here: the submit refuses them."""
+    length = effective = None
     try:
         spec = pick_method(str(form.get("method", "")))
         values, params, _ = read_form(form, spec)
+        effective = effective_batch_of(spec, values)
         length = run_length(session, spec, params, chosen_model(values), dataset_of(values))
         return plan_for(session, settings, spec.backend, spec.method, chosen_model(values),
-                        params), length
+                        params), length, effective
     except JobInputError as exc:
-        return {"verdict": "unknown", "message": f"{exc.field}: {exc.message}"}, length
+        return {"verdict": "unknown", "message": f"{exc.field}: {exc.message}"}, length, \
+            effective
 
 
 @router.post("/fragments/plan", response_class=HTMLResponse)
@@ -51,8 +56,10 @@ async def plan_fragment(request: Request, session: SessionDep,
                         settings: SettingsDep) -> HTMLResponse:
     """The plan panel for the form's current values (htmx posts the whole form)."""
     form = await request.form()
-    result, length = await run_in_threadpool(_form_plan, session, settings, form)
-    return page(request, "_plan.html", plan=result, length=length)
+    result, length, effective = await run_in_threadpool(_form_plan, session, settings, form)
+    hint = larger_batch_hint(result, effective["effective"]) if effective else None
+    return page(request, "_plan.html", plan=result, length=length, effective=effective,
+                hint=hint)
 
 
 @router.get("/fragments/plan/preset", response_class=HTMLResponse)
