@@ -151,6 +151,8 @@ def run(job: JobConfig[ConvertArgs], session: Session) -> RunResult:
     except BaseException:  # failed or cancelled (SIGTERM raises Cancelled): no half a model
         shutil.rmtree(target, ignore_errors=True)
         raise
+    if dtype is not None:
+        _record_dtype(target, dtype)
     phases.progress(phases.total)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
     quant = _config(target).get("quantization")
@@ -171,6 +173,16 @@ def _config(folder: Path) -> dict[str, Any]:
         raise HintedError(f"{folder} has no config.json", "convert a model folder saved "
                           "with save_pretrained, or a hub id in the local cache") from None
     return raw if isinstance(raw, dict) else {}
+
+
+def _record_dtype(folder: Path, dtype: str) -> None:
+    """mlx-lm casts the weights but keeps the source's torch_dtype in config.json: say what
+    the weights now are (the planner reads it)."""
+    config = _config(folder)
+    for key in ("torch_dtype", "dtype"):
+        if key in config or key == "torch_dtype":
+            config[key] = dtype
+    (folder / "config.json").write_text(json.dumps(config, indent=4))
 
 
 def _predicate(phases: Phases, source: Path):

@@ -1,0 +1,150 @@
+"""Converting a model for MLX through the server (POST /api/models/{id}/convert): a real MLX
+worker runs mlx_lm.convert, the model is registered with its bits, group size and size, loads
+with mlx_lm.load and generates, and the planner plans a job on it. Also a randomly initialised
+model of a published shape (Qwen2-0.5B's widths, 2 of its 24 blocks), registered as your own
+folder first, and a cancel while converting (the partial folder goes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from app.hub.folders import describe_entry
+from app.models import ModelEntry
+from tests.helpers.workers import events_of
+
+pytest.importorskip("mlx_lm")
+
+# Qwen2-0.5B's published config, but 2 of its 24 blocks and the demo's 739-token vocabulary
+# (its tokenizer comes along): the widths that decide how the layers quantize are real.
+QWEN2_05B = {"hidden_size": 896, "intermediate_size": 4864, "num_attention_heads": 14,
+             "num_key_value_heads": 2, "max_position_embeddings": 32768, "rope_theta": 1e6,
+             "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "num_hidden_layers": 2,
+             "vocab_size": 739}
+CONVERTING = ("loading", "quantizing", "saving")
+
+
+def convert(server, model: str, body: dict, timeout: float = 180) -> dict:
+    status, job = server.post(f"/api/models/{model}/convert", body)
+    assert status == 201, job
+    assert (job["backend"], job["method"]) == ("mlx", "convert")
+    return server.wait_job(job["id"], timeout=timeout)
+
+
+def registered(server, name: str) -> dict:
+    entry = {m["id"]: m for m in server.get("/api/models")}[name]
+    return describe_entry(ModelEntry(id=entry["id"], path=entry["path"],
+                                     source=entry["source"]))
+
+
+def phases(job: dict) -> list[str]:
+    return [e.data["phase"] for e in events_of(Path(job["run_dir"])) if e.type == "status"]
+
+
+def generates(folder: str) -> str:
+    from mlx_lm import generate, load
+
+    model, tokenizer = load(folder)
+    return generate(model, tokenizer, "<|bos|><|user|>\nhi<|end|>\n", max_tokens=1)
+
+
+@pytest.mark.slow
+def test_the_demo_converts_to_4_bit_loads_generates_and_plans(live_server):
+    job = convert(live_server, "tiny-demo", {"q_bits": 4, "q_group_size": 32,
+                                             "name": "tiny-demo-q4"})
+    assert job["status"] == "succeeded", job
+    assert phases(job) == ["loading", "quantizing", "saving"]
+    assert job["step"] == job["total_steps"] == 2 + 2  # loaded, 2 blocks, saved
+    target = live_server.home / "models" / "tiny-demo-q4"
+    assert job["summary"]["model_path"] == str(target)
+    model = registered(live_server, "tiny-demo-q4")
+    assert model["source"] == "converted" and model["path"] == str(target)
+    assert model["format"] == "mlx" and model["quantization"] == {"bits": 4, "group_size": 32}
+    assert model["size_bytes"] == job["summary"]["size_bytes"] > 0
+    config = json.loads((target / "config.json").read_text())
+    assert config["quantization"]["bits"] == 4
+    assert isinstance(generates(str(target)), str)
+    status, plan = live_server.post("/api/plan", {"backend": "mlx", "method": "kto",
+                                                  "model": "tiny-demo-q4", "params": {}})
+    assert status == 200, plan
+    assert plan["model"]["quantization"] == {"bits": 4, "group_size": 32}, plan
+
+
+@pytest.mark.slow
+def test_unquantized_keeps_full_weights_in_the_dtype_asked(live_server):
+    job = convert(live_server, "tiny-demo", {"q_bits": 0, "dtype": "float16"})
+    assert job["status"] == "succeeded", job
+    assert job["params"]["name"] == "tiny-demo-mlx" or job["params"]["name"].startswith(
+        "tiny-demo-mlx-")
+    assert phases(job) == ["loading", "saving"]
+    model = registered(live_server, job["params"]["name"])
+    assert model["format"] == "mlx" and model["quantization"] is None
+    assert model["dtype"] == "float16"
+    assert isinstance(generates(model["path"]), str)
+
+
+def qwen_shaped(home: Path, name: str) -> Path:
+    """A randomly initialised Qwen2 of QWEN2_05B's shape, saved with save_pretrained."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    folder = home / "mine" / name
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**QWEN2_05B, torch_dtype="bfloat16"))
+    model.to(torch.bfloat16).save_pretrained(folder)
+    demo = home / "models" / "tiny-demo"
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "chat_template.jinja"):
+        shutil.copy(demo / f, folder / f)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def qwen(live_server) -> str:
+    folder = qwen_shaped(live_server.home, "qwen2-0.5b-shape")
+    status, body = live_server.post("/api/models", {"path": str(folder),
+                                                    "name": "qwen2-0.5b-shape"})
+    assert status == 201, body
+    assert body["format"] == "transformers" and body["architecture"] == "Qwen2ForCausalLM"
+    return body["id"]
+
+
+@pytest.mark.slow
+def test_a_published_shape_converts_within_a_minute(live_server, qwen):
+    t0 = time.monotonic()
+    job = convert(live_server, qwen, {"q_bits": 4, "q_group_size": 128})
+    assert job["status"] == "succeeded", job
+    took = time.monotonic() - t0
+    assert took < 60, took
+    model = registered(live_server, job["params"]["name"])
+    assert model["quantization"] == {"bits": 4, "group_size": 128}
+    assert model["params"] == registered(live_server, qwen)["params"]
+    assert model["size_bytes"] < registered(live_server, qwen)["size_bytes"] / 2.5
+    assert isinstance(generates(model["path"]), str)
+    print(f"Qwen2-0.5B-shaped, 2 blocks, {model['params']:,} parameters: converted to 4-bit "
+          f"in {took:.1f} s (server to succeeded), {model['size_bytes']:,} bytes")
+
+
+@pytest.mark.slow
+def test_cancel_while_converting_removes_the_partial_folder(live_server, qwen):
+    status, job = live_server.post(f"/api/models/{qwen}/convert",
+                                   {"q_bits": 8, "name": "qwen-cancelled"})
+    assert status == 201, job
+    t0 = time.monotonic()
+    # The worker's first phase, loading, comes before mlx is imported: some seconds to go.
+    while (now := live_server.get(f"/api/jobs/{job['id']}"))["phase"] not in CONVERTING:
+        assert now["status"] in ("queued", "starting", "running"), now
+        assert time.monotonic() - t0 < 120, now
+        time.sleep(0.05)
+    status, _ = live_server.post(f"/api/jobs/{job['id']}/cancel")
+    assert status == 200
+    job = live_server.wait_job(job["id"], timeout=120)
+    assert job["status"] == "cancelled", job
+    assert not (live_server.home / "models" / "qwen-cancelled").exists()
+    assert "qwen-cancelled" not in {m["id"] for m in live_server.get("/api/models")}
+    again = convert(live_server, qwen, {"q_bits": 8, "name": "qwen-cancelled"})
+    assert again["status"] == "succeeded", again  # the name is free again
