@@ -14,6 +14,7 @@ from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session
 
+from app.jobs.hub_download import register as register_downloaded
 from app.jobs.lifecycle import cas_status
 from app.jobs.tuning import apply_tune
 from app.models import Event, Job, JobStatus, Metric, ModelEntry
@@ -78,6 +79,9 @@ def _store(session: Session, job: Job, new: list[ProtocolEvent],
         apply_event(job, ev)
         if ev.type == "artifact" and ev.data.get("kind") == "fused_model":
             register_fused(session, job, str(ev.data["path"]))
+        elif ev.type == "artifact" and job.method == "download" \
+                and ev.data.get("kind") == "model":  # a hub model, in the cache now
+            register_downloaded(session, job.model, Path(str(ev.data["path"])))
         elif ev.type == "artifact" and ev.data.get("kind") == "model" \
                 and job.method == "convert":
             register_converted(session, job, str(ev.data["path"]))

@@ -126,6 +126,9 @@ def plan_job(model: str, backend: str, method: str, params: dict[str, Any],
     """The plan, or verdict "unknown" with a note when the model cannot be read (the job is
     never blocked then). ``model`` is the resolved path or hub id; a generate job's model B
     is ``params["model_b"]`` (resolved too), planned with inference_estimate."""
+    if backend == "hub":  # a download fetches files: it loads no model, holds no memory
+        return {"verdict": "unknown", "message": "a download loads no model",
+                "note": "download", "suggestion": None, "model_missing": None}
     facts, note = model_facts(model)
     missing = None if is_folder_path(model) or hub_id_problem(model) else missing_model(model)
     if facts is None:
