@@ -5,6 +5,14 @@ holding the very same A and B (B non-zero, so the policy differs from the refere
 rewards and the KL term are not trivially 0). At step 0 the tokenization, the loss, kl, the
 rewards and the log-probs agree; then a few plain-SGD steps on that batch lower the loss in
 both, along the same curve.
+
+With accumulation, MLX batch 2 × grad_accumulation_steps 2 against TRL per-device batch 2 ×
+gradient_accumulation_steps 2 on the same four rows: TRL's KL pairs are built in chunks of
+the per-device batch (its KL dataset), MLX's within each micro-batch, so both take z0 per
+micro-batch; HF's Trainer divides each micro-batch's mean loss by the accumulation steps
+before its backward (TRL's KTOTrainer says loss_is_scaled_for_ga False; Trainer.training_step
+gives that gradient), MLX averages the micro-batch
+gradients as mlx-lm does: the same update, step after step.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ def _batch_rows(dataset) -> list[dict]:
     return [picked[0], picked[2], picked[1], picked[3]]
 
 
-def _trl(model_dir, rows, tmp_path):
+def _trl(model_dir, rows, tmp_path, batch: int = BATCH):
     import datasets
     import torch
     from peft import LoraConfig
@@ -44,7 +52,7 @@ def _trl(model_dir, rows, tmp_path):
     datasets.disable_progress_bars()
     torch.manual_seed(0)
     args = KTOConfig(
-        output_dir=str(tmp_path / "trl"), per_device_train_batch_size=BATCH,
+        output_dir=str(tmp_path / "trl"), per_device_train_batch_size=batch,
         max_length=MAX_LENGTH, beta=BETA, bf16=False, use_cpu=True, report_to=[],
         max_steps=1, disable_tqdm=True, **checkpointing(False),
     )  # fmt: skip
@@ -144,3 +152,54 @@ def test_kto_loss_and_rewards_match_trl_then_both_learn(demo, tmp_path):
     assert curve_trl[-1] < curve_trl[0] - 1e-3 and curve_mlx[-1] < curve_mlx[0] - 1e-3
     np.testing.assert_allclose(curve_mlx, curve_trl, atol=TOL)
     print(f"\nstep 0 TRL {theirs}\nstep 0 MLX {ours}\nloss TRL {curve_trl}\nloss MLX {curve_mlx}")
+
+
+@pytest.mark.slow
+def test_kto_accumulation_matches_trl_per_device_batch_times_accumulation(demo, tmp_path):
+    import torch
+
+    from workers.mlx.data import tokenize_kto
+    from workers.mlx.kto import KTOStep, make_batch
+
+    micro, accum = 2, 2
+    rows = _batch_rows(demo["dataset"])
+    trainer = _trl(demo["model"], rows, tmp_path, batch=micro)
+    examples_trl = [trainer.train_dataset[i] for i in range(BATCH)]
+    batches_trl = [trainer.data_collator(examples_trl[i : i + micro])
+                   for i in range(0, BATCH, micro)]
+    model, tokenizer = _mlx(demo["model"], trainer)
+    examples, _ = tokenize_kto(rows, tokenizer, MAX_LENGTH)
+    for ours, theirs in zip(examples, examples_trl, strict=True):  # KL pairs within 2 rows
+        assert ours["completion_ids"] == theirs["completion_ids"]
+    batches = [make_batch(examples[i : i + micro], MAX_LENGTH, tokenizer.pad_token_id)
+               for i in range(0, BATCH, micro)]
+    for ours, theirs in zip(batches, batches_trl, strict=True):
+        np.testing.assert_array_equal(np.array(ours["KL_completion_mask"]),
+                                      theirs["KL_completion_mask"].numpy())
+
+    torch_sgd = torch.optim.SGD([p for p in trainer.model.parameters() if p.requires_grad], lr=LR)
+    mlx_step = KTOStep(model, mlx_optim.SGD(learning_rate=LR), BETA, 1.0, 1.0)
+    kls_trl = [_trl_step(trainer, b)["kl"] for b in batches_trl]
+    kls_mlx = [mlx_step(b, update=False)["kl"] for b in batches]
+    np.testing.assert_allclose(kls_mlx, kls_trl, atol=TOL)
+    assert len({round(k, 4) for k in kls_trl}) == 2 and max(kls_trl) > 0  # z0 per micro-batch
+
+    def trl_update() -> float:
+        trainer.model.train()
+        losses = []
+        for b in batches_trl:
+            loss = trainer.compute_loss(trainer.model, b)
+            (loss / accum).backward()  # as Trainer.training_step scales an unscaled loss
+            losses.append(loss.item())
+        torch_sgd.step()
+        torch_sgd.zero_grad()
+        return float(np.mean(losses))
+
+    curve_trl = [trl_update() for _ in range(STEPS)]
+    curve_mlx = [mlx_step(batches)["loss"] for _ in range(STEPS)]
+    curve_trl.append(float(np.mean([_trl_step(trainer, b)["loss"] for b in batches_trl])))
+    curve_mlx.append(mlx_step(batches, update=False)["loss"])
+    assert curve_trl[-1] < curve_trl[0] - 1e-3
+    np.testing.assert_allclose(curve_mlx, curve_trl, atol=TOL)
+    print(f"\nkl per micro-batch TRL {kls_trl} MLX {kls_mlx}\nloss TRL {curve_trl}\n"
+          f"loss MLX {curve_mlx}")
