@@ -79,7 +79,7 @@ def register(session: Session, repo_id: str, snapshot: Path) -> ModelEntry:
 
 
 def start_download(session: Session, settings: Settings, repo_id: Any,
-                   revision: Any = None) -> tuple[int, dict[str, Any]]:
+                   revision: Any = None, timeout_s: int = 10) -> tuple[int, dict[str, Any]]:
     """(201, the job and the check) or (200, the cached model); JobInputError (422) for a
     bad request, HubRefusal (its status) when the hub or the disk says no."""
     repo_id, revision = check_request(repo_id, revision)
@@ -102,7 +102,7 @@ def start_download(session: Session, settings: Settings, repo_id: Any,
     check.update(check_space(repo.total - here))
     check["plan"] = verdict(repo_id, fetch_config(repo))
     params = METHODS[("hub", "download")].validate(
-        {"revision": revision, "allow_patterns": repo.files})
+        {"revision": revision, "allow_patterns": repo.files, "timeout_s": timeout_s})
     job = save_job(session, Job(name=f"download {repo_id}", backend="hub", method="download",
                                 model=repo_id, dataset="", params=params, model_path=repo_id,
                                 dataset_path=""), settings)

@@ -1,6 +1,7 @@
 """POST /api/models/download: a hub model downloaded by a job (issue 15).
 
-    {"repo_id": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "main"}   (revision optional)
+    {"repo_id": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "main", "timeout_s": 10}
+    (revision and timeout_s optional)
 
 201: {"job": the download job, "check": the pre-check (files, sizes, free disk, the planner's
 verdict)}; the job's page (/jobs/{id}) follows it. 200 {"cached": true, ...}: the files are
@@ -30,13 +31,16 @@ class DownloadRequest(BaseModel):
     repo_id: str = Field(max_length=200, description="The hub id, owner/name")
     revision: str | None = Field(default=None, max_length=200,
                                  description="A branch, tag or commit; default main")
+    timeout_s: int = Field(default=10, ge=1, le=600, description="Seconds without a byte "
+                           "from the hub before a file's download fails")
 
 
 @router.post("/api/models/download", status_code=201)
 def download(body: DownloadRequest, session: SessionDep, settings: SettingsDep,
              supervisor: SupervisorDep) -> JSONResponse:
     try:
-        status, answer = start_download(session, settings, body.repo_id, body.revision)
+        status, answer = start_download(session, settings, body.repo_id, body.revision,
+                                        body.timeout_s)
     except HubRefusal as exc:
         return JSONResponse(status_code=exc.status, content={"detail": exc.message,
                                                              **exc.facts})
