@@ -309,6 +309,8 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
     job = tuned(job, events, stop, partial(kto_probe, model, examples, args, pad_id,
                                            reference), processes=size)
     args = job.args
+    if "prospect" in config:  # the adapter records the values it was trained with
+        config["prospect"]["params"] = args.to_params()
     local = args.batch_size // size
     if args.batch_size % size or local < 2:
         raise ValueError(f"batch_size={args.batch_size} must split into {size} equal parts "

@@ -137,6 +137,8 @@ def train(job: JobConfig[MLXSFTArgs], train_rows: list[dict], valid_rows: list[d
     # tune auto: the fastest measured split of the same effective batch (workers/mlx/tune.py)
     job = tuned(job, events, stop, partial(sft_probe, model, train_set, args), processes=size)
     args = job.args
+    if "prospect" in config:  # the adapter records the values it was trained with
+        config["prospect"]["params"] = args.to_params()
     if args.batch_size % size:
         raise ValueError(f"batch_size={args.batch_size} must be divisible by the {size} "
                          "processes of the distributed launch")
