@@ -190,7 +190,8 @@ class Event(SQLModel, table=True):
 
 
 class ModelEntry(SQLModel, table=True):
-    """A registered base model: the demo, a local folder, a fused model."""
+    """A registered base model: the demo, a local folder, a fused model, a model converted
+    for MLX (source: demo, local, fused, converted)."""
 
     __tablename__ = "model_entry"
     id: str = Field(primary_key=True, max_length=200)

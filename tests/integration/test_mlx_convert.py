@@ -148,3 +148,38 @@ def test_cancel_while_converting_removes_the_partial_folder(live_server, qwen):
     assert "qwen-cancelled" not in {m["id"] for m in live_server.get("/api/models")}
     again = convert(live_server, qwen, {"q_bits": 8, "name": "qwen-cancelled"})
     assert again["status"] == "succeeded", again  # the name is free again
+
+
+def convert_config(run_dir: Path, model: Path, **params) -> None:
+    from contract.job_config import write_config
+    from contract.knobs import METHODS
+
+    run_dir.mkdir(parents=True)
+    write_config(run_dir, job_id=1, backend="mlx", method="convert", model=str(model),
+                 dataset="", params=METHODS[("mlx", "convert")].validate(params),
+                 resume_from_checkpoint=None)
+
+
+@pytest.mark.slow
+def test_the_worker_names_what_it_cannot_convert(demo, tmp_path):
+    from tests.helpers.workers import run_mlx
+
+    odd = tmp_path / "odd"
+    shutil.copytree(demo["model"], odd)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "model_type": "nosuchmodel"}))
+    run_dir = tmp_path / "home" / "runs" / "000001"
+    convert_config(run_dir, odd, name="odd-4bit")
+    rc, events = run_mlx(run_dir)
+    error = next(e.data for e in events if e.type == "error")
+    assert rc == 1 and error["message"] == "Model type nosuchmodel not supported."
+    assert "has no model of type 'nosuchmodel'" in error["hint"]
+    assert not (tmp_path / "home" / "models" / "odd-4bit").exists()
+
+    (tmp_path / "home" / "models" / "taken").mkdir(parents=True)
+    run_dir = tmp_path / "home" / "runs" / "000002"
+    convert_config(run_dir, demo["model"], name="taken")
+    rc, events = run_mlx(run_dir)
+    error = next(e.data for e in events if e.type == "error")
+    assert rc == 1 and error["message"].endswith("models/taken exists already")
+    assert "never writes over a model" in error["hint"]

@@ -141,13 +141,14 @@ def run(job: JobConfig[ConvertArgs], session: Session) -> RunResult:
     print(f"converting {source} for MLX, {what}, into {target}", flush=True)
     from mlx_lm.convert import convert  # mlx and mlx-lm load here
 
+    model_class = _model_class(config)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with contextlib.redirect_stdout(phases):
             convert(str(source), str(target), quantize=quantize,
                     q_group_size=args.q_group_size if quantize else None,
                     q_bits=args.q_bits if quantize else None, dtype=dtype,
-                    quant_predicate=_predicate(phases, source) if quantize else None)
+                    quant_predicate=_predicate(phases, model_class) if quantize else None)
     except BaseException:  # failed or cancelled (SIGTERM raises Cancelled): no half a model
         shutil.rmtree(target, ignore_errors=True)
         raise
@@ -185,11 +186,28 @@ def _record_dtype(folder: Path, dtype: str) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=4))
 
 
-def _predicate(phases: Phases, source: Path):
+def _model_class(config: dict[str, Any]) -> type:
+    """mlx-lm's class for the config's model_type; HintedError when mlx-lm has none."""
+    from mlx_lm.utils import _get_classes
+
+    try:
+        model_class, _ = _get_classes(config)
+    except ValueError as exc:  # "Model type X not supported."
+        raise HintedError(str(exc), f"mlx-lm {_version()} has no model of type "
+                          f"{config.get('model_type')!r}: convert a model whose architecture "
+                          "it supports (llama, qwen2, qwen3, mistral, gemma, phi3, ...), or "
+                          "train this one with the torch backend") from None
+    return model_class
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("mlx-lm")
+
+
+def _predicate(phases: Phases, model_class: type):
     """The progress counter, unless the model's own class decides which layers to quantize
     (some mixture-of-experts models keep their router in full precision): then mlx-lm's
     choice stands and only the phases are reported."""
-    from mlx_lm.utils import _get_classes, load_config
-
-    model_class, _ = _get_classes(load_config(source))
     return None if hasattr(model_class, "quant_predicate") else phases.layer
