@@ -11,9 +11,10 @@ import struct
 from pathlib import Path
 
 import pytest
+from sqlmodel import Session
 
 from app.hub.presets import PRESETS_FILE_ENV
-from app.models import JobStatus
+from app.models import Job, JobStatus, ModelEntry
 from app.planner.check import presets as seed_presets
 from tests.helpers.hf_cache import add_repo
 from tests.helpers.pages import HX, add_job, controls
@@ -168,9 +169,14 @@ def test_delete_from_cache_refuses_bad_ids_unknown_repos_and_repos_in_use(app, c
     assert client.delete("/api/models/cache/acme/tiny-chat").status_code == 409
     for j in (job, with_path):
         _finish(app, j.id)
+    with Session(app.state.engine) as s:  # as a finished download registers it
+        s.add(ModelEntry(id="acme/tiny-chat", path=str(snap), source="hub"))
+        s.commit()
     r = client.delete("/api/models/cache/acme/tiny-chat")
     assert r.status_code == 200, r.text
     assert r.json()["freed_bytes"] > 128_000 and len(r.json()["revisions"]) == 1
+    assert r.json()["unregistered"] == ["acme/tiny-chat"]
+    assert "acme/tiny-chat" not in [m["id"] for m in client.get("/api/models").json()]
     assert not (hub_cache / "models--acme--tiny-chat").exists()
     assert client.get("/api/models/cache").json()["repos"] == []
     assert client.delete("/api/models/cache/acme/tiny-chat").status_code == 404
@@ -186,10 +192,6 @@ def test_an_incomplete_download_can_be_deleted(client, hub_cache):
 
 
 def _finish(app, job_id: int) -> None:
-    from sqlmodel import Session
-
-    from app.models import Job
-
     with Session(app.state.engine) as s:
         job = s.get(Job, job_id)
         job.status = JobStatus.succeeded
@@ -238,3 +240,21 @@ def test_train_opens_the_form_with_the_model_and_the_seeds_knobs(client):
     assert form["params.batch_size"]["value"] == "8"
     assert form["params.max_seq_length"]["value"] == "1024"
     assert "checked" in form["params.grad_checkpoint"]
+
+
+def test_download_from_the_suggested_list_says_why_it_cannot_start(client, monkeypatch):
+    """Offline (nothing listens at the hub's address): the section comes back with the
+    reason, no job is made. The download itself: tests/browser/test_models_browser.py."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    r = client.post("/models/suggested/download", data={"repo_id": "Qwen/Qwen2-0.5B-Instruct"},
+                    headers=HX)
+    assert r.status_code == 200 and 'id="models-suggested"' in r.text
+    assert "Download of Qwen/Qwen2-0.5B-Instruct refused" in r.text
+    r = client.post("/models/suggested/download", data={"repo_id": "no-slash"})
+    assert r.status_code == 422 and "Download refused" in r.text
+    assert client.get("/api/jobs").json() == []

@@ -22,11 +22,14 @@ from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session, select
 
 from app.config import Settings
-from app.hub.cache import label, mlx_facts, read_config, snapshot_dir
+from app.errors import JobInputError
+from app.hub.cache import blobs_size, label, mlx_facts, read_config, snapshot_dir
 from app.hub.cache_admin import cache_info
+from app.hub.download import HubRefusal
 from app.hub.inspect import ModelInfoError, inspect_model
 from app.jobs import adapters as service
 from app.jobs.artifacts import folder_size, relative
+from app.jobs.hub_download import start_download
 from app.models import Job, JobStatus, ModelEntry
 from app.web.api.model_cache import remove_from_cache, suggested
 from app.web.deps import (
@@ -133,8 +136,11 @@ def registered_rows(session: Session) -> list[dict[str, Any]]:
     for entry in session.exec(select(ModelEntry).order_by(ModelEntry.source, ModelEntry.id)):
         p = Path(entry.path)
         exists = (p / "config.json").is_file()
+        # A hub snapshot's files are links to the repo's blobs: its size is theirs.
+        repo = p.parent.parent if p.parent.name == "snapshots" else None
+        size = (blobs_size(repo) if repo else folder_size(p)) if exists else None
         registered.append({"id": entry.id, "source": entry.source, "path": entry.path,
-                           "exists": exists, "size_bytes": folder_size(p) if exists else None,
+                           "exists": exists, "size_bytes": size,
                            **(describe(entry.path) if exists else {})})
     return registered
 
@@ -173,6 +179,28 @@ async def suggested_fragment(request: Request, settings: SettingsDep) -> HTMLRes
     """The Suggested models section again (after a download, a Download becomes Train)."""
     return page(request, "_models_suggested.html",
                 suggested=await run_in_threadpool(suggested, settings))
+
+
+@router.post("/models/suggested/download", response_class=HTMLResponse)
+def suggested_download(request: Request, session: SessionDep, settings: SettingsDep,
+                       supervisor: SupervisorDep, form: CsrfForm) -> Response:
+    """A suggested model's Download button: the download job (app/jobs/hub_download.py, as
+    POST /api/models/download), then its page; a refusal (offline, gated, no disk, one
+    under way) or "cached already" comes back in the section (a 200 for htmx)."""
+    repo_id = str(form.get("repo_id", ""))[:200]
+    try:
+        status, answer = start_download(session, settings, repo_id, None)
+    except HubRefusal as exc:
+        error, code, note = f"Download of {repo_id} refused: {exc.message}", exc.status, None
+    except JobInputError as exc:
+        error, code, note = f"Download refused: {exc}", 422, None
+    else:
+        if status == 201:
+            supervisor.wake()
+            return hx_redirect(request, f"/jobs/{answer['job'].id}")
+        error, code, note = None, 200, answer["message"]
+    return page(request, "_models_suggested.html", 200 if is_htmx(request) else code,
+                suggested=suggested(settings), error=error, note=note)
 
 
 @router.delete("/models/cache/{repo_id:path}", response_class=HTMLResponse)
