@@ -174,13 +174,6 @@ async def models_page(request: Request, session: SessionDep,
     return page(request, "models.html", nav="models", **context)
 
 
-@router.get("/fragments/models/suggested", response_class=HTMLResponse)
-async def suggested_fragment(request: Request, settings: SettingsDep) -> HTMLResponse:
-    """The Suggested models section again (after a download, a Download becomes Train)."""
-    return page(request, "_models_suggested.html",
-                suggested=await run_in_threadpool(suggested, settings))
-
-
 @router.post("/models/suggested/download", response_class=HTMLResponse)
 def suggested_download(request: Request, session: SessionDep, settings: SettingsDep,
                        supervisor: SupervisorDep, form: CsrfForm) -> Response:
