@@ -15,6 +15,8 @@ import pytest
 
 from app.hub.folders import describe_entry
 from app.models import ModelEntry
+from tests.helpers.hf_cache import make_cache
+from tests.helpers.server import kill_workers, make_server
 from tests.helpers.workers import events_of
 
 pytest.importorskip("mlx_lm")
@@ -183,3 +185,31 @@ def test_the_worker_names_what_it_cannot_convert(demo, tmp_path):
     error = next(e.data for e in events if e.type == "error")
     assert rc == 1 and error["message"].endswith("models/taken exists already")
     assert "never writes over a model" in error["hint"]
+
+
+@pytest.fixture(scope="module")
+def cache_server(demo_home, tmp_path_factory):
+    """A server whose Hugging Face cache holds a transformers and an MLX 4-bit repo."""
+    home = tmp_path_factory.mktemp("convert-cache-home")
+    shutil.copytree(demo_home, home, dirs_exist_ok=True)
+    cache = make_cache(home / "hf-hub", demo_home / "models" / "tiny-demo")
+    server = make_server(home, HF_HUB_CACHE=str(cache))
+    server.start()
+    server.cache = cache
+    yield server
+    kill_workers(server)
+    server.stop()
+
+
+@pytest.mark.slow
+def test_a_cached_hub_id_converts_into_home_not_the_cache(cache_server):
+    before = sorted(p.name for p in cache_server.cache.rglob("*"))
+    job = convert(cache_server, "acme/tiny-chat", {"q_bits": 8})
+    assert job["status"] == "succeeded", job
+    assert job["model"] == "acme/tiny-chat" and job["params"]["name"] == "tiny-chat-8bit"
+    model = registered(cache_server, "tiny-chat-8bit")
+    assert model["path"] == str(cache_server.home / "models" / "tiny-chat-8bit")
+    assert model["quantization"] == {"bits": 8, "group_size": 64}
+    assert sorted(p.name for p in cache_server.cache.rglob("*")) == before
+    status, body = cache_server.post("/api/models/mlx-community/tiny-chat-4bit/convert", {})
+    assert status == 422 and "quantized already (4-bit)" in body["detail"][0]["msg"]
