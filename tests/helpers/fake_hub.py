@@ -11,7 +11,8 @@ HF_ENDPOINT pointed at it (issue 15). It answers what the installed client (2.x)
 
 Switches on the instance: `gated` repos (401 + the hub's GatedRepo headers unless the request
 carries one of `tokens`), unknown repos 404 (RepoNotFound), `bytes_per_s` throttles file bodies,
-`stall_after` sends that many bytes of a large file then goes silent until stop(). What it served
+`stall_after` sends that many bytes of a large file then goes silent (until it is set
+back to None, or stop()). What it served
 is counted (`served`: bytes per file name, `requests`: method and path), so a test can say a
 resumed download fetched only what was missing. Start it with `with FakeHub(...) as hub:`; set
 HF_ENDPOINT=hub.url for the client.
@@ -86,6 +87,7 @@ class FakeHub:
     served: dict[str, int] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
     auth_seen: list[str] = field(default_factory=list)
+    sending: int = 0  # file bodies being sent now
 
     def add(self, repo_id: str, files: dict[str, bytes], gated: bool = False) -> HubRepo:
         repo = HubRepo(repo_id, {n: HubFile(n, d) for n, d in files.items()}, gated=gated)
@@ -117,6 +119,13 @@ class FakeHub:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def wait_idle(self, timeout: float = 30) -> None:
+        """Until no file body is being sent (a cancelled client's stream has noticed)."""
+        deadline = time.monotonic() + timeout
+        while self.sending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not self.sending, f"{self.sending} file bodies still being sent"
 
     def count(self, name: str, n: int) -> None:
         with self._lock:
@@ -248,10 +257,14 @@ def _handler(hub: FakeHub):
             chunk = 16 * 1024
             sent = 0
             began = time.monotonic()
+            with hub._lock:
+                hub.sending += 1
             try:
                 while sent < len(body):
                     if hub.stall_after is not None and f.lfs and start + sent >= hub.stall_after:
-                        hub._stop.wait()  # silent until the hub stops: the client must time out
+                        # silent while the switch is on: the client must time out
+                        while hub.stall_after is not None and not hub._stop.wait(0.1):
+                            pass
                         return
                     piece = body[sent:sent + chunk]
                     if hub.stall_after is not None and f.lfs:
@@ -266,6 +279,9 @@ def _handler(hub: FakeHub):
                             return
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client went away (cancelled): what was sent is counted
+            finally:
+                with hub._lock:
+                    hub.sending -= 1
 
         def _json(self, status: int, body, headers: dict | None = None) -> None:
             data = json.dumps(body).encode()

@@ -140,6 +140,7 @@ def test_cancel_then_resume_fetches_only_what_was_missing(server, hub):
     assert not (snap / "model.safetensors").exists()
     small = [n for n in body["job"]["params"]["allow_patterns"] if n != "model.safetensors"]
     same_files(snap, hub, "acme/cancel", small)
+    hub.wait_idle()  # the hub has noticed the cancelled stream is gone
     served_before = dict(hub.served)
 
     hub.bytes_per_s = None
