@@ -78,9 +78,9 @@ def register(session: Session, repo_id: str, snapshot: Path) -> ModelEntry:
     return entry
 
 
-def start_download(session: Session, settings: Settings, repo_id: Any,
-                   revision: Any = None, timeout_s: int = 10) -> tuple[int, dict[str, Any]]:
-    """(201, the job and the check) or (200, the cached model); JobInputError (422) for a
+def precheck(session: Session, repo_id: Any, revision: Any = None) -> dict[str, Any]:
+    """What the download would fetch and whether it can: the files and sizes, the bytes in
+    the cache already, the free disk and the planner's verdict. JobInputError (422) for a
     bad request, HubRefusal (its status) when the hub or the disk says no."""
     repo_id, revision = check_request(repo_id, revision)
     running = active_download(session, repo_id)
@@ -92,17 +92,28 @@ def start_download(session: Session, settings: Settings, repo_id: Any,
     check = {"repo_id": repo_id, "revision": revision, "commit": repo.commit,
              "files": [{"name": f, "bytes": repo.sizes[f]} for f in repo.files],
              "skipped": sorted(set(repo.sizes) - set(repo.files)),
-             "total_bytes": repo.total, "cached_bytes": here}
-    if not missing:
+             "total_bytes": repo.total, "cached_bytes": here, "cached": not missing,
+             "snapshot": str(snapshot)}
+    if missing:
+        check.update(check_space(repo.total - here))
+        check["plan"] = verdict(repo_id, fetch_config(repo))
+    return check
+
+
+def start_download(session: Session, settings: Settings, repo_id: Any,
+                   revision: Any = None, timeout_s: int = 10) -> tuple[int, dict[str, Any]]:
+    """(201, the job and the check) or (200, the cached model); refusals as ``precheck``."""
+    check = precheck(session, repo_id, revision)
+    repo_id, snapshot = check["repo_id"], Path(check["snapshot"])
+    if check["cached"]:
         entry = register(session, repo_id, snapshot)
         session.commit()
         return 200, {"cached": True, "path": str(snapshot), "model": entry.model_dump(),
                      "check": check, "message": f"{repo_id} is in the cache already "
                      f"({snapshot}): nothing to download"}
-    check.update(check_space(repo.total - here))
-    check["plan"] = verdict(repo_id, fetch_config(repo))
-    params = METHODS[("hub", "download")].validate(
-        {"revision": revision, "allow_patterns": repo.files, "timeout_s": timeout_s})
+    params = METHODS[("hub", "download")].validate({
+        "revision": check["revision"], "allow_patterns": [f["name"] for f in check["files"]],
+        "timeout_s": timeout_s})
     job = save_job(session, Job(name=f"download {repo_id}", backend="hub", method="download",
                                 model=repo_id, dataset="", params=params, model_path=repo_id,
                                 dataset_path=""), settings)

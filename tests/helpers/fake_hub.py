@@ -11,10 +11,10 @@ HF_ENDPOINT pointed at it (issue 15). It answers what the installed client (2.x)
 
 Switches on the instance: `gated` repos (401 + the hub's GatedRepo headers unless the request
 carries one of `tokens`), unknown repos 404 (RepoNotFound), `bytes_per_s` throttles file bodies,
-`stall_after` sends that many bytes of a large file then goes silent (until it is set
-back to None, or stop()). What it served
-is counted (`served`: bytes per file name, `requests`: method and path), so a test can say a
-resumed download fetched only what was missing. Start it with `with FakeHub(...) as hub:`; set
+`stall_after` sends that many bytes of a large file then goes silent (until it is set back
+to None, or stop()). What it served is counted (`served`: bytes per file name, `requests`:
+method and path; `wait_idle` waits for the bodies being sent), so a test can say a resumed
+download fetched only what was missing. Start it with `with FakeHub(...) as hub:`; set
 HF_ENDPOINT=hub.url for the client.
 """
 
