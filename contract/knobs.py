@@ -105,10 +105,10 @@ def _convert_errors(p: dict[str, Any]) -> list[ParamError]:
     errs = []
     if p["q_bits"] not in CONVERT_BITS:
         errs.append(ParamError("q_bits", f"must be 4 or 8 (or 0: no quantization), got "
-                               f"{p['q_bits']}"))
+                               f"{_shown(p['q_bits'])}"))
     if p["q_group_size"] not in CONVERT_GROUP_SIZES:
         errs.append(ParamError("q_group_size", f"must be 32, 64 or 128, got "
-                               f"{p['q_group_size']}"))
+                               f"{_shown(p['q_group_size'])}"))
     return errs
 
 

@@ -67,7 +67,8 @@ def test_demo_assets_are_registered(live_server):
     assert ds["id"] == "demo-kto" and ds["rows"] >= 200
     methods = {(m["backend"], m["method"]): m for m in live_server.get("/api/methods")}
     assert set(methods) == {("torch", "kto"), ("mlx", "sft"), ("mlx", "kto"), ("torch", "fuse"),
-                            ("mlx", "fuse"), ("torch", "generate"), ("mlx", "generate")}
+                            ("mlx", "fuse"), ("torch", "generate"), ("mlx", "generate"),
+                            ("mlx", "convert")}
     kto = methods[("torch", "kto")]
     assert {p["name"] for p in kto["params"]} >= {"beta", "per_device_train_batch_size", "r"}
 
