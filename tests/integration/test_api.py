@@ -68,7 +68,7 @@ def test_demo_assets_are_registered(live_server):
     methods = {(m["backend"], m["method"]): m for m in live_server.get("/api/methods")}
     assert set(methods) == {("torch", "kto"), ("mlx", "sft"), ("mlx", "kto"), ("torch", "fuse"),
                             ("mlx", "fuse"), ("torch", "generate"), ("mlx", "generate"),
-                            ("mlx", "convert")}
+                            ("mlx", "convert"), ("hub", "download")}
     kto = methods[("torch", "kto")]
     assert {p["name"] for p in kto["params"]} >= {"beta", "per_device_train_batch_size", "r"}
 
