@@ -6,7 +6,8 @@ params["scenario"], else FAKE_SCENARIO, picks what it does: succeed, slow, ignor
 ignores SIGTERM), stall (at step 2 only its memory reports go on; ignores SIGTERM).
 With tune "auto" and the server's tune_plan.json it "tunes" as the real workers do
 (workers/tune.py): every candidate and the baseline get a made-up speed (the first candidate
-fastest), the choice goes to tune.json and one `tune` event; a saved tune.json is reused.
+fastest), the choice goes to tune.json and one `tune` event (FAKE_TUNE_DELAY_S seconds after
+the worker's first status, 0 by default); a saved tune.json is reused.
 """
 
 import json
@@ -38,6 +39,7 @@ events.emit("status", phase="training", message=f"fake {scenario}")
 print(f"fake worker starting; HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')}", flush=True)
 plan = read_plan(run_dir) if config.get("params", {}).get("tune") == "auto" else None
 if plan is not None and read_result(run_dir) is None and plan.candidates:
+    time.sleep(float(os.environ.get("FAKE_TUNE_DELAY_S") or 0))  # "timing" the candidates
     tried = [Trial(c.settings, "ok", samples_per_s=40.0 / (i + 1), peak_bytes=c.estimate_bytes,
                    seconds=0.1) for i, c in enumerate(plan.candidates)]
     if plan.baseline and plan.baseline not in [t.settings for t in tried]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 
 import pytest
 from playwright.sync_api import expect
@@ -27,7 +28,9 @@ def server(demo_home, tmp_path_factory):
     python = tmp / "fake-python"
     python.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
     python.chmod(0o755)
-    s = make_server(home, PROSPECT_PYTHON=str(python), FAKE_SCENARIO="succeed")
+    # The fake worker "times" its candidates for 8 s: the job page is open before its choice.
+    s = make_server(home, PROSPECT_PYTHON=str(python), FAKE_SCENARIO="succeed",
+                    FAKE_TUNE_DELAY_S="8")
     s.start()
     yield s
     kill_workers(s)
@@ -64,13 +67,22 @@ def test_a_tuned_job_shows_its_card_and_clones_with_tune_off(browser, server):
         "params": {"tune": "auto", "max_steps": 3, "per_device_train_batch_size": 2,
                    "gradient_accumulation_steps": 4, "max_length": 128, "device": "cpu"}})
     assert status == 201, job
-    job = server.wait_job(job["id"], timeout=120)
-    assert job["status"] == "succeeded" and job["tuning"], job
-    chosen = job["tuning"]["chosen"]
+    job_id = job["id"]
+    while (job := server.get(f"/api/jobs/{job_id}"))["phase"] != "training":
+        assert job["status"] in ("queued", "starting", "running"), job
+        time.sleep(0.1)
     context, page, watch = open_page(browser, width=1400, height=1400)
     try:
-        page.goto(f"{server.url}/jobs/{job['id']}")
+        page.goto(f"{server.url}/jobs/{job_id}")  # before the worker's choice: no card yet
         card = page.locator('[data-testid="tune-card"]')
+        assert server.get(f"/api/jobs/{job_id}")["tuning"] is None, "the page came too late"
+        expect(card).to_have_count(0)
+        # The `tune` event on the page's stream brings the card in.
+        expect(card).to_be_visible(timeout=60_000)
+        job = server.wait_job(job_id, timeout=120)
+        assert job["status"] == "succeeded" and job["tuning"], job
+        chosen = job["tuning"]["chosen"]
+        page.reload()
         expect(card).to_be_visible()
         expect(card.locator("h2")).to_have_text("Auto-tuned")
         expect(page.locator('[data-testid="tune-message"]')).to_contain_text("× the seed")
