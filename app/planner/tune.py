@@ -14,7 +14,7 @@ always keeping the job's effective batch E = per-device batch × accumulation:
 - MLX: the batch split and ``grad_checkpoint``; ``compile`` stays as the job has it (on by
   default; off is never faster once compiled, and a job that turned it off had a reason).
 The dtype is not varied: auto is already bf16 on CUDA, and on a CPU or MPS bf16 changes
-the numbers more than it speeds up (README, "Auto-tuning").
+the numbers more than it speeds them up.
 
 Each setting is estimated with ``estimate()`` and kept only when it fits with a margin:
 ``FIT_RATIO`` of the budget on CUDA (a probe that runs out of memory there is caught), a
