@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -159,7 +160,10 @@ def test_delete_from_cache_refuses_bad_ids_unknown_repos_and_repos_in_use(app, c
     snap = cache_tiny(hub_cache, tmp_path)
     assert client.delete("/api/models/cache/acme/nothing").status_code == 404
     r = client.delete("/api/models/cache/acme/.hidden")
-    assert r.status_code == 422 and "not a hub id" in r.json()["detail"]
+    assert r.status_code == 422 and "not a hub id" in r.json()["detail"][0]["msg"]
+    r = client.delete("/models/cache/acme/.hidden", headers=HX)  # the page's button
+    assert r.status_code == 200
+    assert "Delete failed: 'acme/.hidden' is not a hub id" in unescape(r.text)
     job = add_job(app, model="acme/tiny-chat", model_path=str(snap), status=JobStatus.running)
     r = client.delete("/api/models/cache/acme/tiny-chat")
     assert r.status_code == 409 and f"job {job.id} (running)" in r.json()["detail"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Path
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from sqlmodel import Session, select
 
 from app.config import Settings
@@ -143,7 +144,11 @@ def remove_from_cache(session: Session, repo_id: str) -> dict[str, Any]:
     uses it, 404 when it is not cached."""
     problem = hub_id_problem(repo_id)
     if problem:
-        raise HTTPException(422, f"{repo_id!r} is not a hub id: {problem}")
+        # As FastAPI's own validation answers it (the 422 the OpenAPI schema documents).
+        raise RequestValidationError([{
+            "loc": ("path", "repo_id"), "type": "value_error",
+            "msg": f"{repo_id!r} is not a hub id: {problem} (org/name, e.g. "
+                   "Qwen/Qwen2-0.5B-Instruct)"}])
     busy = users_of(session, repo_id)
     if busy:
         names = ", ".join(f"job {j.id} ({j.status.value})" for j in busy)

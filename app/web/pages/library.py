@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session, select
 
@@ -206,5 +207,7 @@ def delete_cached_action(repo_id: str, request: Request, session: SessionDep,
         remove_from_cache(session, repo_id)
     except HTTPException as exc:
         error, code = f"Delete failed: {exc.detail}", exc.status_code
+    except RequestValidationError as exc:
+        error, code = f"Delete failed: {exc.errors()[0]['msg']}", 422
     return page(request, "_models_cache.html", 200 if is_htmx(request) else code,
                 cache=cache_rows(), error=error, deleted=None if error else repo_id)
