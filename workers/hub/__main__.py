@@ -25,7 +25,6 @@ ENVIRONMENT = {
 
 def run_job(job: JobConfig, session: runtime.Session) -> runtime.RunResult:
     print(f"job {job.job_id}: hub download of {job.model} at {job.args.revision}", flush=True)
-    session.stop.interrupt = False  # the download loop reads the flag every 0.2 s
     from workers.hub import download  # huggingface_hub loads here
 
     return download.run(job, session)

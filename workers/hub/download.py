@@ -29,7 +29,8 @@ from workers import runtime
 from workers.hub.errors import DownloadStalled, endpoint
 
 CHUNK_BYTES = 256 * 1024  # the client reads 10 MiB before it writes: progress would jump
-EVERY_S = 0.5
+EVERY_S = 0.5  # a progress event this often while bytes arrive
+QUIET_EVERY_S = 5.0  # and this often while none do (the supervisor hears the worker alive)
 SPEED_WINDOW_S = 5.0
 
 
@@ -63,8 +64,9 @@ def run(job: JobConfig, session: runtime.Session) -> runtime.RunResult:
             outcome["error"] = exc
 
     worker = threading.Thread(target=fetch, name="snapshot_download", daemon=True)
+    stop.interrupt = False  # from here the loop reads the flag every 0.2 s and tidies up
     worker.start()
-    last = 0.0
+    last, last_bytes = 0.0, -1
     while worker.is_alive():
         worker.join(0.2)
         if stop():
@@ -72,9 +74,10 @@ def run(job: JobConfig, session: runtime.Session) -> runtime.RunResult:
             done = watch.reading()
             print(f"cancelled at {done['bytes_done']} of {watch.total} bytes", flush=True)
             return runtime.RunResult("cancelled", {"repo_id": repo, **done})
-        if time.monotonic() - last >= EVERY_S:
+        since = time.monotonic() - last
+        if since >= EVERY_S and (watch.peek() != last_bytes or since >= QUIET_EVERY_S):
             last = time.monotonic()
-            emit_progress(events, watch)
+            last_bytes = emit_progress(events, watch)
     if "error" in outcome:
         exc = outcome["error"]
         if "TimeoutException" in {c.__name__ for c in type(exc).__mro__}:
@@ -96,10 +99,11 @@ def chosen(names: list[str], patterns: list[str]) -> list[str]:
     return [n for n in names if any(fnmatch(n, p) for p in patterns)]
 
 
-def emit_progress(events, watch: Watch, final: bool = False) -> None:
+def emit_progress(events, watch: Watch, final: bool = False) -> int:
     r = watch.reading(final)
     events.emit("progress", step=r["bytes_done"], total_steps=watch.total, unit="bytes",
                 files_total=len(watch.files), bytes_total=watch.total, **r)
+    return r["bytes_done"]
 
 
 class Watch:
@@ -125,14 +129,18 @@ class Watch:
         done = [f for f in self.files if (self.snapshot / f).exists()]
         return sum(self.files[f] for f in done), len(done)
 
-    def reading(self, final: bool = False) -> dict[str, Any]:
-        finished, files_done = self._done_bytes()
+    def peek(self) -> int:
+        """The bytes on disk now (finished files and this run's partial ones)."""
         partial = 0
         for p in self._partial():
             if p not in self.before:
                 with contextlib.suppress(OSError):  # moved into place meanwhile
                     partial += p.stat().st_size
-        done = self.total if final else min(finished + partial, self.total)
+        return min(self._done_bytes()[0] + partial, self.total)
+
+    def reading(self, final: bool = False) -> dict[str, Any]:
+        files_done = self._done_bytes()[1]
+        done = self.total if final else self.peek()
         now = time.monotonic()
         self.samples.append((now, done))
         while len(self.samples) > 2 and now - self.samples[0][0] > SPEED_WINDOW_S:
