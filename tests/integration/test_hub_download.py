@@ -29,7 +29,8 @@ TOKEN = "hf_" + "Qx7" * 12
 def hub(demo):
     extra = {"pytorch_model.bin": b"\1" * 50_000, "README.md": b"# tiny"}
     with FakeHub() as hub:
-        for repo in ("acme/progress", "acme/cancel", "acme/stall", "acme/worker-ok"):
+        for repo in ("acme/progress", "acme/cancel", "acme/stall", "acme/worker-ok",
+                     "acme/restart"):
             hub.add(repo, model_files(demo["model"], extra))
         hub.add("acme/gated", model_files(demo["model"]), gated=True)
         yield hub
@@ -153,6 +154,21 @@ def test_cancel_then_resume_fetches_only_what_was_missing(server, hub):
         assert hub.served[name] == served_before[name], name
     assert hub.served["model.safetensors"] - served_before.get("model.safetensors", 0) \
         == weights
+
+
+def test_a_download_survives_a_server_restart(server, hub):
+    hub.bytes_per_s = 80_000
+    body = start(server, "acme/restart")
+    job_id = body["job"]["id"]
+    wait_event(run_dir(server, job_id), lambda e: e.type == "progress" and e.data[
+        "bytes_done"] > 0)
+    server.stop()  # the worker goes on without it
+    server.start()
+    hub.bytes_per_s = None
+    job = server.wait_job(job_id, timeout=120)
+    assert job["status"] == "succeeded", job
+    assert server.get(f"/api/jobs/{job_id}")["step"] == body["check"]["total_bytes"]
+    assert "acme/restart" in {m["id"] for m in server.get("/api/models")}
 
 
 def test_a_stalling_hub_fails_the_job_with_the_host_and_a_hint(server, hub):
