@@ -49,10 +49,11 @@ def tuned(job: Job) -> str:
 
 
 def settings_diff(jobs: list[Job]) -> list[DiffRow]:
-    """Backend, method, model, dataset, whether tuned, then every param any run has (sorted
-    by name: the values actually used, a tuned run's chosen ones included)."""
+    """Backend, method, model, dataset, whether tuned (where any run was), then every param
+    any run has (sorted by name: the values actually used, a tuned run's chosen ones)."""
     rows = [DiffRow(name, [show(getattr(j, name)) for j in jobs]) for name in FIXED]
-    rows.append(DiffRow("tuned", [tuned(j) for j in jobs]))
+    if any(j.tuning or (j.params or {}).get("tune") == "auto" for j in jobs):
+        rows.append(DiffRow("tuned", [tuned(j) for j in jobs]))
     names = sorted({k for j in jobs for k in (j.params or {})})
     for name in names:
         rows.append(DiffRow(name, [show(j.params.get(name), name not in j.params)
