@@ -21,8 +21,8 @@ Each setting is estimated with ``estimate()`` and kept only when it fits with a 
 stricter ``HOST_RATIO`` on a CPU or a Mac, where running out of memory may kill the worker.
 
 The speed model (only to order the candidates and to size the probe's time): one micro-step
-costs a fixed overhead (Python, kernel launches, the optimizer's share: per device, scaled by
-the layer count) plus compute, 2 × parameters × tokens × passes / the device's rate, where
+costs an overhead (Python, kernel launches, the optimizer's share: per device, a fixed part
+and one per block) plus compute, 2 × parameters × tokens × passes / the device's rate, where
 passes count a forward as 1 and a backward as 2: the policy's forward and backward 3,
 checkpointing +1, KTO's KL and reference forwards +3 (precomputed: +1, the reference pass
 spread over the epochs). Predicted samples/s = b / that. Bigger batches without
@@ -43,9 +43,13 @@ MAX_CANDIDATES = 5
 PER_BATCH = 2  # at most this many candidates share a per-device batch (variety in the probe)
 PROBE_STEPS = 3
 PROBE_SHARE, PROBE_MAX_S, PROBE_UNKNOWN_S = 0.05, 120.0, 60.0
-# Per micro-step overhead (s, for 24 blocks) and sustained compute (FLOP/s), per device.
-OVERHEAD_S = {"cuda": 0.25, "mps": 0.05, "gpu": 0.05, "cpu": 0.02}
-RATE = {"cuda": 5e14, "mps": 1e13, "gpu": 1e13, "cpu": 1e11}
+# Per micro-step overhead (s: fixed, and per block) and sustained compute (FLOP/s), per
+# device. CUDA from issue 14's H200 numbers (Qwen2-0.5B, 512 tokens: batch 2 with
+# checkpointing 4.2 samples/s, batch 32 without 62.1: the small step is nearly all
+# overhead); the CPU from its tiny-model bench (27 steps/s at batch 4 × 64 tokens).
+OVERHEAD_S = {"cuda": (0.05, 0.0167), "mps": (0.03, 0.004), "gpu": (0.03, 0.004),
+              "cpu": (0.03, 0.001)}
+RATE = {"cuda": 8e14, "mps": 1e13, "gpu": 1e13, "cpu": 1e11}
 CKPT = {"torch": "gradient_checkpointing", "mlx": "grad_checkpoint"}
 
 
@@ -96,7 +100,8 @@ def step_seconds(m: dict[str, Any], backend: str, method: str, s: dict[str, Any]
     flops = 2.0 * float(m.get("params") or 0) * b * seq * passes(method, s, epochs)
     if s.get("use_liger_kernel"):
         flops *= 0.97  # fused loss kernels: a little less work around the LM head
-    overhead = OVERHEAD_S.get(device, 0.05) * int(m.get("num_hidden_layers") or 24) / 24
+    fixed, per_block = OVERHEAD_S.get(device, OVERHEAD_S["cpu"])
+    overhead = fixed + per_block * int(m.get("num_hidden_layers") or 24)
     return overhead + flops / RATE.get(device, 1e11)
 
 
