@@ -19,9 +19,9 @@ def plan_for(session: Session, settings: Settings, backend: str, method: str, mo
              params: Any) -> dict[str, Any]:
     """The plan (verdict, breakdown, the first change that fits) with the full knobs."""
     spec = method_spec(backend, method)
-    if spec.method == "fuse":
-        raise JobInputError("method", "fusing trains nothing: there is no plan to make; "
-                            "use kto or sft")
+    if spec.method in ("fuse", "convert", "download"):
+        raise JobInputError("method", f"{spec.method} trains nothing: there is no plan to "
+                            "make; use kto or sft")
     full = checked_params(spec, params)
     path = resolve_model(session, model, settings, must_be_here=False)  # it may say "missing"
     result = plan_job(path, backend, method, full)

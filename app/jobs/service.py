@@ -130,9 +130,20 @@ def checked_params(spec: Method, params: Any) -> dict[str, Any]:
     return spec.validate(params)
 
 
+# Methods whose jobs start from their own endpoints, which check what they need.
+ELSEWHERE = {
+    "convert": "converting for MLX starts from the Models page or POST /api/models/{id}/convert "
+               "(it checks the output name and the source model)",
+    "download": "downloading a hub model starts from the Models page's Add model or POST "
+                "/api/models/download (it checks the hub's file list and the free disk)",
+}
+
+
 def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
     """Check everything a worker would trip on; return an unsaved Job or raise."""
     params = checked_params(method_spec(data.backend, data.method), data.params)
+    if data.method in ELSEWHERE:  # they have their own checks (names, disk, the hub)
+        raise JobInputError("method", ELSEWHERE[data.method])
     model_path = resolve_model(session, data.model, settings)
     if data.method == "fuse":  # no dataset: the adapter is the input
         return _fuse_job(session, data, params, model_path, settings)

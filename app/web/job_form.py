@@ -34,8 +34,8 @@ GROUP_TITLES = {
     "logging": "Logging and checkpoints", "hardware": "Hardware", "data": "Data",
     "start": "Start from", "evaluation": "Held-out evaluation",
 }
-# fuse: from an adapter; generate: an arena's answers; download: the Models page's Add model
-NOT_IN_FORM = ("fuse", "generate", "download")
+# fuse: from an adapter; generate: an arena's answers; download, convert: the Models page
+NOT_IN_FORM = ("fuse", "generate", "download", "convert")
 # The demo model is tiny and random: the seed guide's recipe (5e-7, a point every 10 steps)
 # moves its KTO loss by 1e-6 and draws three points. Measured on the 2-core VM over 50 steps
 # of batch 2 x 128 tokens: KTO at 1e-4 went 0.500 -> 0.495 (noise on a chart), at 1e-3 to

@@ -102,8 +102,8 @@ def restarts(session: Session, job_id: int) -> list[dict[str, Any]]:
     return out
 
 
-# a fuse makes a model, a generate job answers prompts, a download fetches a hub model
-NOT_TRAINING = ("fuse", "generate", "download")
+# a fuse or a convert makes a model, a generate job answers prompts, a download fetches one
+NOT_TRAINING = ("fuse", "generate", "download", "convert")
 
 
 def actions(job: Job) -> dict[str, bool]:
