@@ -8,6 +8,7 @@ left out here (a live job's stream never ends by design); test_hostile and test_
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import pytest
@@ -23,6 +24,7 @@ from app.db import migrate
 from app.main import create_app
 from app.models import DatasetEntry, Job, JobStatus, ModelEntry
 from tests.helpers.data import write_assets
+from tests.helpers.fake_hub import FakeHub
 
 MAX_EXAMPLES = 25
 CASES: Counter[str] = Counter()  # cases run per operation, printed at the end (-s)
@@ -31,6 +33,11 @@ CASES: Counter[str] = Counter()  # cases run per operation, printed at the end (
 @pytest.fixture(scope="module")
 def api_app(tmp_path_factory):
     home = tmp_path_factory.mktemp("schemathesis-home")
+    # POST /api/models/download asks the hub: a loopback one without repos (a 404 for any
+    # id), never the network. Ids of the Hugging Face cache: an empty folder.
+    hub = FakeHub().start()
+    saved = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF_HUB_CACHE")}
+    os.environ.update(HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(home / "hf-cache"))
     app = create_app(Settings(home=home, python="/bin/false", allowed_hosts=["testserver"]))
     migrate(app.state.engine)
     model, data = write_assets(home)
@@ -44,6 +51,12 @@ def api_app(tmp_path_factory):
         s.add(Job(backend="mlx", method="sft", model="m", dataset="d"))  # never launched
         s.commit()
     yield app
+    hub.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     print("\nschemathesis cases:", dict(CASES), "total", sum(CASES.values()))
 
 
