@@ -201,3 +201,17 @@ def test_the_server_writes_the_plan_for_auto_only_and_never_over_a_saved_choice(
         job.params = params
         job.model_path = str(tmp_path / "no-such-model")  # unreadable: no plan, no error
         assert prepare_tune_plan(job) is None
+
+
+def test_auto_on_a_model_that_fits_at_no_batch_is_refused_with_the_plan(client, tmp_path):
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    (huge / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672,
+        "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
+        "vocab_size": 128256, "tie_word_embeddings": False}))
+    r = client.post("/api/jobs", json={"model": str(huge), "dataset": "demo-kto",
+                                       "params": {"tune": "auto"}})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    assert "won't fit" in detail["msg"] and detail["plan"]["verdict"] == "won't fit"
