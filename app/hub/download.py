@@ -123,6 +123,10 @@ def _refusal(response: httpx.Response, repo_id: str) -> HubRefusal:
     code = response.headers.get("X-Error-Code", "")
     said = response.headers.get("X-Error-Message", "").strip()[:500]
     status = response.status_code
+    if status == 401 and "credentials" in said.lower():  # a token, and a wrong one
+        return HubRefusal(403, f"the hub at {host()} refused the token it was sent ({said}): "
+                          "it is expired or mistyped. Replace it: the server's HF_TOKEN, or "
+                          "`hf auth login` again.")
     if code == "GatedRepo":
         return HubRefusal(403, f"{repo_id} is gated on {host()}: "
                           f"{said or 'you must be granted access'}. Ask for access on its "

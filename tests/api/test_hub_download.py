@@ -107,6 +107,14 @@ def test_a_gated_repo_says_what_the_hub_said_and_where_a_token_goes(client, hub)
     assert post(client, {"repo_id": "acme/gated"})[0] == 201
 
 
+def test_a_token_the_hub_calls_invalid_is_named_as_such_never_shown(client, hub):
+    hub.bad_tokens = (SECRET,)
+    status, body, text = post(client, {"repo_id": "acme/tiny"})
+    assert status == 403, body
+    assert "refused the token" in body["detail"] and "HF_TOKEN" in body["detail"]
+    assert SECRET not in text
+
+
 def test_a_download_the_disk_cannot_hold_is_refused_with_the_numbers(client, hub,
                                                                       monkeypatch):
     monkeypatch.setattr("app.hub.download.free_bytes", lambda path: 100_000)

@@ -10,12 +10,12 @@ HF_ENDPOINT pointed at it (issue 15). It answers what the installed client (2.x)
 - GET  /_cdn/{sha256}?commit=                the bytes, with Range (resume)
 
 Switches on the instance: `gated` repos (401 + the hub's GatedRepo headers unless the request
-carries one of `tokens`), unknown repos 404 (RepoNotFound), `bytes_per_s` throttles file bodies,
-`stall_after` sends that many bytes of a large file then goes silent (until it is set back
-to None, or stop()). What it served is counted (`served`: bytes per file name, `requests`:
-method and path; `wait_idle` waits for the bodies being sent), so a test can say a resumed
-download fetched only what was missing. Start it with `with FakeHub(...) as hub:`; set
-HF_ENDPOINT=hub.url for the client.
+carries one of `tokens`), `bad_tokens` (401 invalid credentials), unknown repos 404
+(RepoNotFound), `bytes_per_s` throttles file bodies, `stall_after` sends that many bytes of a
+large file then goes silent (until it is set back to None, or stop()). What it served is
+counted (`served`: bytes per file name, `requests`: method and path; `wait_idle` waits for the
+bodies being sent), so a test can say a resumed download fetched only what was missing. Start
+it with `with FakeHub(...) as hub:`; set HF_ENDPOINT=hub.url for the client.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def model_files(model_dir: Path, extra: dict[str, bytes] | None = None) -> dict[
 class FakeHub:
     repos: dict[str, HubRepo] = field(default_factory=dict)
     tokens: tuple[str, ...] = ()  # bearer tokens that open gated repos
+    bad_tokens: tuple[str, ...] = ()  # tokens the hub calls invalid (401 on every request)
     bytes_per_s: float | None = None  # throttle file bodies (None: as fast as the socket)
     stall_after: int | None = None  # send this many bytes of an LFS file, then go silent
     served: dict[str, int] = field(default_factory=dict)
@@ -178,11 +179,15 @@ def _handler(hub: FakeHub):
             self._json(404, {"error": "not a hub path"})
 
         def _repo(self, repo_id: str) -> HubRepo | None:
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if token and token in hub.bad_tokens:
+                self._json(401, {"error": "Invalid credentials in Authorization header"},
+                           {"X-Error-Message": "Invalid credentials in Authorization header"})
+                return None
             repo = hub.repos.get(repo_id)
             if repo is None:
                 self._error(404, "RepoNotFound", "Repository not found")
                 return None
-            token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
             if repo.gated and token not in hub.tokens:
                 self._error(401, "GatedRepo", GATED_MESSAGE.format(repo=repo_id))
                 return None
