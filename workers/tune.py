@@ -54,9 +54,9 @@ def autotune(plan: TunePlan, probe: Probe, events: EventWriter, stop: Callable[[
         if stop():
             break
         estimate = estimates.get(_key(settings)) or 0
-        measured = any(t.outcome == "ok" for t in tried)  # the first is always measured
-        if measured and time.monotonic() - start > plan.probe_budget_s \
-                and settings != plan.baseline:
+        # The first is always measured; the rest, the seed defaults too, within the budget.
+        measured = any(t.outcome == "ok" for t in tried)
+        if measured and time.monotonic() - start > plan.probe_budget_s:
             tried.append(Trial(settings, "skipped", note="probe time used up"))
             continue
         if oom_at is not None and estimate >= oom_at and settings != plan.baseline:

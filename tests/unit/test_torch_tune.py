@@ -147,14 +147,16 @@ def test_a_saved_choice_is_reused_without_probing(tmp_path):
     assert json.loads((tmp_path / RESULT_FILE).read_text())["message"] == first.message
 
 
-def test_the_budget_stops_probing_but_the_first_and_the_baseline_are_measured(tmp_path):
+def test_the_budget_stops_probing_after_the_first_setting_seed_defaults_included(tmp_path):
     plan = plan_of(torch_setting(16, 1, False), torch_setting(8, 2, False), budget_s=0.0)
     probe = Probe({16: 30.0, 8: 50.0, 2: 4.0})
     result = autotune(plan, probe, EventWriter(tmp_path / EVENTS_FILE), lambda: False,
                       lambda e: False, tmp_path)
-    assert [t.outcome for t in result.tried] == ["ok", "skipped", "ok"]
-    assert result.tried[1].note == "probe time used up"
-    assert result.chosen == torch_setting(16, 1, False)
+    assert [t.outcome for t in result.tried] == ["ok", "skipped", "skipped"]
+    assert {t.note for t in result.tried[1:]} == {"probe time used up"}
+    assert len(probe.calls) == 1 and result.chosen == torch_setting(16, 1, False)
+    assert result.baseline_samples_per_s is None
+    assert result.message.endswith("chose batch 16 × 1, no checkpointing: 16 GiB of 139")
 
 
 def test_nothing_measured_gives_none_and_writes_nothing(tmp_path):

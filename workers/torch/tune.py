@@ -20,7 +20,6 @@ import dataclasses
 import gc
 import importlib.util
 import math
-import statistics
 import tempfile
 import time
 from typing import Any
@@ -98,28 +97,38 @@ def is_oom(exc: BaseException) -> bool:
 
 
 class _Timer(TrainerCallback):
-    """Times each optimizer step after the warm-up ones (the median is the step time: one
-    step slowed by another process does not decide); samples memory at each step end."""
+    """Times the micro-batches after the first (the warm-up: allocations, kernels) to the end
+    of the last optimizer step, so the rate includes the optimizer's share; samples memory
+    at each step end."""
 
-    def __init__(self, warmup: int, sync, memory):
-        self.warmup, self.sync, self.memory = warmup, sync, memory
-        self.last: float | None = None
-        self.durations: list[float] = []
+    def __init__(self, sync, memory):
+        self.sync, self.memory = sync, memory
+        self.micro = 0  # micro-batches done
+        self.started: float | None = None
+        self.seconds = 0.0
         self.peak = 0
 
-    def on_step_end(self, args, state, control, **kwargs):
-        self.peak = max(self.peak, self.memory())
-        if state.global_step >= self.warmup:
+    def _micro_done(self) -> None:
+        self.micro += 1
+        if self.micro == 1:
             self.sync()
-            now = time.perf_counter()
-            if self.last is not None:
-                self.durations.append(now - self.last)
-            self.last = now
+            self.started = time.perf_counter()
 
-    def step_s(self) -> float:
-        if not self.durations:
+    def on_substep_end(self, args, state, control, **kwargs):
+        self._micro_done()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._micro_done()
+        self.peak = max(self.peak, self.memory())
+        if state.global_step >= state.max_steps and self.started is not None:
+            self.sync()
+            self.seconds = time.perf_counter() - self.started
+
+    def timed(self) -> tuple[int, float]:
+        """(micro-batches timed, their seconds)."""
+        if self.micro < 2 or self.seconds <= 0:
             raise RuntimeError("the probe's steps were not timed")
-        return statistics.median(self.durations)
+        return self.micro - 1, self.seconds
 
 
 class _TimedKTO(KTOTrainer):
@@ -148,7 +157,7 @@ class TorchProbe:
     ``patched`` turns true once a probe changed the model in a way that cannot be put back
     (Liger swaps module kernels): the caller then loads the model again."""
 
-    WARMUP = 1  # untimed optimizer steps first: allocations, kernels, caches
+    WARMUP = 1  # untimed micro-batches first: allocations, kernels, caches
 
     def __init__(self, job: JobConfig[TorchKTOArgs], choice: DeviceChoice, model, tokenizer,
                  peft_config, rows: list[Row], config_for):
@@ -186,9 +195,11 @@ class TorchProbe:
         self.cleanup()  # what the last probe (or its out-of-memory traceback) held
         if self.choice.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        total = self.WARMUP + steps
-        subset = [self.rows[i % len(self.rows)] for i in range(batch * total)]
+        # One warm-up micro-batch, then at least ``steps`` timed ones, in whole optimizer
+        # steps: a setting with accumulation 8 is timed over one step of 8 micro-batches.
+        per, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
+        total = math.ceil((self.WARMUP + steps) / accum)
+        subset = [self.rows[i % len(self.rows)] for i in range(per * accum * total)]
         saved = self._save_adapter()
         base = self.model if self.peft_config is not None else self.model.get_base_model()
         self._forward = base.__dict__.get("forward")
@@ -198,7 +209,7 @@ class TorchProbe:
                 config = self.config_for(args, output_dir=tmp, max_steps=total,
                                          save_strategy="no", logging_strategy="no",
                                          logging_first_step=False)
-                timer = _Timer(self.WARMUP, lambda: _sync(self.choice.device), self._memory)
+                timer = _Timer(lambda: _sync(self.choice.device), self._memory)
                 _TimedKTO.precompute_s = 0.0
                 datasets.disable_progress_bars()
                 trainer = _TimedKTO(model=self.model, args=config,
@@ -210,7 +221,8 @@ class TorchProbe:
                     self.patched = True  # applied in train(): module kernels swapped
                 trainer.train()
                 precompute_s = _TimedKTO.precompute_s
-            samples_per_s = batch / timer.step_s()
+            micro, seconds = timer.timed()
+            samples_per_s = per * micro / seconds
             peak = max(timer.peak, self._memory())
         finally:
             self._restore(saved)
