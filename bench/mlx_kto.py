@@ -2,8 +2,8 @@
 
 Both steps are the workers' own: KTO is workers/mlx/kto.py's ``KTOStep`` (two reference
 passes with the adapter off, the policy's KL pass, the policy pass and its backward, Adam);
-SFT is workers/mlx/sft.py's step (mlx-lm's ``default_loss`` on the same sequences, the
-prompt masked out, its gradient, Adam), compiled as the SFT job compiles it. KTO does four
+SFT is workers/mlx/sft.py's ``SFTStep`` (mlx-lm's ``default_loss`` on the same sequences,
+the prompt masked out, its gradient, Adam), compiled as the SFT job compiles it. KTO does four
 forward passes and one backward where SFT does one of each, so about 2-2.5x an SFT step is
 its floor. Models: the demo model on a batch of demo rows, and a mid-size Llama shape built
 in memory (random weights, random tokens: speed depends on the shape, not the weights).
@@ -29,13 +29,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
 import numpy as np  # noqa: E402
-from mlx_lm.tuner.trainer import default_loss  # noqa: E402
 from mlx_lm.tuner.utils import linear_to_lora_layers  # noqa: E402
 
 from workers.mlx.kto import KTOStep, make_batch, pad_width  # noqa: E402
+from workers.mlx.sft import SFTStep  # noqa: E402
 
 BATCH, RANK, MAX_LENGTH = 4, 8, 512
 MID = dict(model_type="llama", hidden_size=256, num_hidden_layers=2, intermediate_size=704,
@@ -73,7 +72,7 @@ def mid_case():
     return model, examples
 
 
-def with_lora(model) -> nn.Module:
+def with_lora(model):
     model.freeze()
     linear_to_lora_layers(model, len(model.layers), {"rank": RANK, "scale": 2.0,
                                                      "dropout": 0.0})
@@ -83,22 +82,11 @@ def with_lora(model) -> nn.Module:
 
 
 def sft_step(model, compile: bool):
-    """workers/mlx/sft.py's step, as the SFT job builds it."""
-    optimizer = optim.Adam(learning_rate=1e-5)
-    loss_value_and_grad = nn.value_and_grad(model, default_loss)
-    state = [model.state, optimizer.state, mx.random.state]
-
-    def step(batch, lengths):
-        (loss, ntoks), grad = loss_value_and_grad(model, batch, lengths)
-        optimizer.update(model, grad)
-        return loss, ntoks
-
-    if compile:
-        step = mx.compile(step, inputs=state, outputs=state)
+    """workers/mlx/sft.py's step (SFTStep), as the SFT job builds it, on one micro-batch."""
+    step = SFTStep(model, optim.Adam(learning_rate=1e-5), compile=compile)
 
     def run(batch, lengths):
-        loss, ntoks = step(batch, lengths)
-        mx.eval(state, loss, ntoks)
+        loss, _ = step([(batch, lengths)])
         return loss.item()
     return run
 
