@@ -7,6 +7,12 @@
 The loop is mlx-lm's ``tuner.trainer.train`` with what it lacks for a job: a start step and
 optimizer state on resume, a stop flag checked after each step, and events instead of prints.
 Its pieces (``iterate_batches``, ``default_loss``, ``evaluate``, the datasets) are mlx-lm's own.
+
+``grad_accumulation_steps`` accumulates as mlx-lm does (``SFTStep``), but a step here is one
+optimizer update over batch_size × grad_accumulation_steps rows (``iters``, checkpoints and
+progress count updates; mlx-lm's loop counts micro-batches), drawn as one batch of that size
+from ``iterate_batches`` and cut into micro-batches: the data order depends on the effective
+batch only, so ``tune: auto`` (workers/mlx/tune.py) can change the split and not the run.
 """
 
 from __future__ import annotations
