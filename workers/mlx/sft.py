@@ -11,8 +11,10 @@ Its pieces (``iterate_batches``, ``default_loss``, ``evaluate``, the datasets) a
 ``grad_accumulation_steps`` accumulates as mlx-lm does (``SFTStep``), but a step here is one
 optimizer update over batch_size × grad_accumulation_steps rows (``iters``, checkpoints and
 progress count updates; mlx-lm's loop counts micro-batches), drawn as one batch of that size
-from ``iterate_batches`` and cut into micro-batches: the data order depends on the effective
-batch only, so ``tune: auto`` (workers/mlx/tune.py) can change the split and not the run.
+from ``iterate_batches`` and cut into micro-batches: each update sees the same rows whatever
+the split (``tune: auto`` changes only the split, workers/mlx/tune.py). Each micro-batch's
+loss is its own token mean, as in mlx-lm, so a split weighs tokens a little differently
+from one batch of all the rows unless the micro-batches hold equal token counts.
 """
 
 from __future__ import annotations
