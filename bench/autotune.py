@@ -181,6 +181,12 @@ def main() -> None:
                 ok = [r["samples_per_s"] for r in grid if r["status"] == "succeeded"]
                 summary.append((e, auto.get("samples_per_s"), max(ok) if ok else None,
                                 seed.get("samples_per_s")))
+                walls = [r["wall_s"] for r in grid if r["status"] == "succeeded"]
+                print(f"    training alone: auto / best grid point = "
+                      f"{_ratio(auto.get('train_samples_per_s'), max(ok) if ok else None)}; "
+                      f"job wall time: auto {auto['wall_s']:.0f} s, seed defaults "
+                      f"{seed['wall_s']:.0f} s, fastest grid job "
+                      f"{min(walls) if walls else float('nan'):.0f} s", flush=True)
     for e, auto_sps, best, seed_sps in summary[1:]:
         print(f"E {e}: auto / best grid point = {_ratio(auto_sps, best)}  "
               f"(auto / seed defaults = {_ratio(auto_sps, seed_sps)})")

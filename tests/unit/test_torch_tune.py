@@ -261,3 +261,52 @@ def test_the_probe_puts_an_init_adapter_back_without_its_reference_copy(tiny, tm
     assert all(torch.equal(after[k], before[k]) for k in before)
     trainable = [n for n, p in probe.model.named_parameters() if p.requires_grad]
     assert trainable and all(".default." in n for n in trainable)
+
+
+# --- the worker's decision: tune, reuse, or train as given -----------------------------------
+def _job(tmp_path: Path, resume: bool = False, **knobs) -> JobConfig:
+    params = TORCH_KTO.validate({"per_device_train_batch_size": 2,
+                                 "gradient_accumulation_steps": 8, "tune": "auto", **knobs})
+    return JobConfig(job_id=1, model="tiny", dataset=Path("d.jsonl"), run_dir=tmp_path,
+                     args=TorchKTOArgs(**params),
+                     resume_from_checkpoint=tmp_path / "checkpoint-3" if resume else None)
+
+
+def _decide(job: JobConfig, tmp_path: Path):
+    """workers.torch.tune.tune where no probe may run (none is reached in these cases)."""
+    from workers.torch.device import DeviceChoice
+    from workers.torch.tune import tune
+
+    def no_probe(*a, **k):
+        raise AssertionError("no probe here")
+
+    events = EventWriter(tmp_path / EVENTS_FILE)
+    return tune(job, DeviceChoice("cpu", "float32"), None, None, None, [], events,
+                lambda: False, no_probe)
+
+
+def test_a_saved_choice_is_applied_a_foreign_one_ignored_and_a_plain_resume_untuned(tmp_path):
+    from contract.tune import write_result
+
+    job = _job(tmp_path)
+    assert _decide(job, tmp_path)[0] is job  # no plan, no saved choice: as given
+    assert _decide(_job(tmp_path, tune="off"), tmp_path)[0].args.tune == "off"
+
+    write_result(tmp_path, TuneResult(chosen=torch_setting(16, 1, False), message="m"))
+    tuned, reload = _decide(job, tmp_path)  # no plan needed: the saved choice is reused
+    assert not reload
+    assert (tuned.args.per_device_train_batch_size, tuned.args.gradient_accumulation_steps,
+            tuned.args.gradient_checkpointing) == (16, 1, False)
+    assert tuned.args.learning_rate == job.args.learning_rate
+
+    write_result(tmp_path, TuneResult(chosen=torch_setting(4, 1, False), message="m"))
+    assert _decide(job, tmp_path)[0] is job  # it would change the effective batch
+    warnings = [e.data["message"] for e in events_in(tmp_path) if e.type == "log"]
+    assert any("change the effective batch" in w for w in warnings)
+
+    (tmp_path / RESULT_FILE).unlink()
+    from contract.tune import write_plan
+
+    write_plan(tmp_path, plan_of(torch_setting(16, 1, False)))
+    resumed = _job(tmp_path, resume=True)  # its checkpoint was made with the knobs as given
+    assert _decide(resumed, tmp_path)[0] is resumed

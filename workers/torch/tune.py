@@ -34,7 +34,7 @@ from contract.events import EventWriter
 from contract.job_config import JobConfig
 from contract.method_args import TorchKTOArgs
 from contract.rows import Row
-from contract.tune import read_plan
+from contract.tune import SPEED_KNOBS, TunePlan, read_plan, read_result
 from workers.memory import process_rss_bytes, torch_probe
 from workers.runtime import HintedError
 from workers.torch.device import DeviceChoice
@@ -46,21 +46,32 @@ def tune(job: JobConfig[TorchKTOArgs], choice: DeviceChoice, model, tokenizer, p
          ) -> tuple[JobConfig[TorchKTOArgs], bool]:
     """(the job with the chosen speed knobs, whether the model must be loaded again). Runs
     the probe when the job asks for ``tune: auto`` and the server left a plan; a saved
-    choice (tune.json, a resume) is reused. Nothing measured: the job as given."""
+    choice (tune.json: a resume, a restart) is reused. A resume without a saved choice is
+    not tuned (its checkpoint was made with the knobs as given), nor is a run without a plan;
+    nothing measured: the job as given."""
     if job.args.tune != "auto":
         return job, False
-    plan = read_plan(job.run_dir)
-    if plan is None:
+    saved, plan = read_result(job.run_dir), read_plan(job.run_dir)
+    if saved is None and (plan is None or job.resume_from_checkpoint):
         return job, False
     probe = TorchProbe(job, choice, model, tokenizer, peft_config, rows, config_for)
-    result = autotune(plan, probe, events, stop, is_oom, job.run_dir)
+    result = autotune(plan or TunePlan([], {}, 0), probe, events, stop, is_oom, job.run_dir)
     probe.cleanup()
     if result is None:
         events.emit("log", level="warning", message="auto-tuning measured no setting; "
                     "training with the knobs as given")
         return job, probe.patched
-    args = dataclasses.replace(job.args, **result.chosen)
+    chosen = {k: v for k, v in result.chosen.items() if k in SPEED_KNOBS[("torch", "kto")]}
+    args = dataclasses.replace(job.args, **chosen)
+    if _effective(args) != _effective(job.args):  # never: auto keeps the effective batch
+        events.emit("log", level="warning", message=f"ignored the tuned settings {chosen}: "
+                    "they change the effective batch")
+        return job, probe.patched
     return dataclasses.replace(job, args=args), probe.patched
+
+
+def _effective(args: TorchKTOArgs) -> int:
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps
 
 
 class LigerUnavailable(HintedError):
