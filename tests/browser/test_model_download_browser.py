@@ -26,8 +26,9 @@ DONE = ("() => { const c = document.querySelector('.card-body');"
 
 @pytest.fixture()
 def hub(demo):
-    fake = FakeHub(bytes_per_s=100_000)  # the half-megabyte weights take ~5 s
-    fake.add("acme/tiny-web", model_files(demo["model"], {"model.gguf": b"\1" * 1000}))
+    fake = FakeHub(bytes_per_s=250_000)  # 1.5 MB of weights: ~6 s, in 256 KiB writes
+    fake.add("acme/tiny-web", model_files(demo["model"], {
+        "model.gguf": b"\1" * 1000, "extra.safetensors": b"\0" * 1_000_000}))
     fake.add("acme/locked", model_files(demo["model"]), gated=True)
     with fake:
         yield fake
@@ -58,7 +59,7 @@ def test_add_model_checks_then_downloads_with_progress(browser, server, hub):
         page.locator("#md-repo").fill("acme/tiny-web")
         page.get_by_role("button", name="Check").click()
         page.locator("#check-plan").wait_for()
-        assert page.locator("#check-files").inner_text() == "7"
+        assert page.locator("#check-files").inner_text() == "8"
         page.locator("#download-check summary").click()  # the files, and those left out
         assert "model.gguf" in page.locator("#download-check details").inner_text()
         page.locator("#model-download").scroll_into_view_if_needed()
@@ -71,7 +72,7 @@ def test_add_model_checks_then_downloads_with_progress(browser, server, hub):
         painted(page)
         shot(page, "model-download-progress", full_page=False)
         wait_js(page, DONE, timeout=90_000)
-        assert "7 of 7" in page.locator("#dl-files").inner_text()
+        assert "8 of 8" in page.locator("#dl-files").inner_text()
         assert "pick acme/tiny-web in a new job" in page.locator("#job-download").inner_text()
         page.goto(server.url + "/models")
         assert page.locator("text=acme/tiny-web").count() >= 1

@@ -25,6 +25,7 @@ ENVIRONMENT = {
 
 def run_job(job: JobConfig, session: runtime.Session) -> runtime.RunResult:
     print(f"job {job.job_id}: hub download of {job.model} at {job.args.revision}", flush=True)
+    session.sampler.start()  # the worker's own memory, every 2 s, as the other workers do
     from workers.hub import download  # huggingface_hub loads here
 
     return download.run(job, session)
