@@ -18,11 +18,19 @@ last, "auto / best grid point = X.XX×  (auto / seed defaults = Y.YY×)" for the
                                                   # shape, bf16, LoRA r16 all-linear,
                                                   # 512-token rows, 30 steps, E 16 and 64
 
-On the GPU machine (wheels of what it lacks in .whl/, see the report of issue 14):
-    pip install --no-deps --no-index .whl/*.whl && \\
-    python bench/autotune.py --cuda --effective 16 --out $OUT/autotune.jsonl
-(--batches 8,16 / --no-precompute / --steps trim the grid to fit a time budget; each result
-is printed and appended to --out as it finishes, so a run cut short keeps what it measured).
+On the GPU machine (one H200; the device tool's `run`, carry [".whl"]: wheels of what it
+lacks, trl, liger-kernel, transformers 5.24, the server's deps; made with pip download, see
+the report of issue 14), one command per effective batch to stay under 10 minutes each:
+    pip install -q --no-deps --no-index .whl/*.whl && \
+    python bench/autotune.py --cuda --effective 16 --batches 4,8,16 --no-precompute \
+        --out $OUT/autotune16.jsonl
+    pip install -q --no-deps --no-index .whl/*.whl && \
+    python bench/autotune.py --cuda --effective 64 --steps 10 --batches 16,32,64 \
+        --no-precompute --out $OUT/autotune64.jsonl
+(--batches / --no-precompute / --steps trim the grid to fit the time: the full grid at E 16
+and 30 steps is ~18 jobs, ~17 minutes; precompute never pays in one pass over the rows.
+Each result is printed and appended to --out as it finishes, so a run cut short keeps what
+it measured.)
 """
 
 from __future__ import annotations
