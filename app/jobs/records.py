@@ -48,7 +48,8 @@ def runs_by_ids(session: Session, raw: list[str]) -> list[Job]:
 def run_summary(job: Job) -> dict:
     return {"id": job.id, "name": job.name, "status": job.status, "backend": job.backend,
             "method": job.method, "model": job.model, "dataset": job.dataset,
-            "step": job.step, "tags": job.tags}
+            "step": job.step, "tags": job.tags, "params": job.params,
+            "tuning": job.tuning}
 
 
 def export_filename(job: Job, ext: str) -> str:

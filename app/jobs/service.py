@@ -15,7 +15,8 @@ from app.hub.cache import downloads_allowed, missing_message, missing_model
 from app.hub.inspect import resolve_model_dir
 from app.models import DatasetEntry, Job, JobCreate, JobStatus, ModelEntry
 from app.paths import local_path
-from app.planner.check import DoesNotFit, check_fits
+from app.planner.check import DoesNotFit, check_fits, machine, model_facts
+from app.planner.tune import tune_plan
 from contract.eval_split import split_indices
 from contract.knobs import Method, ParamError, method_for
 from contract.model_ref import HUB_ID, hub_id_problem
@@ -173,9 +174,21 @@ def check_plan(model_path: str, backend: str, method: str, params: dict) -> None
     try:
         check_fits(model_path, backend, method, params)
     except DoesNotFit as exc:
+        if params.get("tune") == "auto" and tuned_setting_fits(model_path, backend, method,
+                                                              params):
+            return  # the worker trains with a setting that fits (app/planner/tune.py)
         raise JobInputError("plan", f"this job won't fit in memory: {exc.result['message']}"
                             " Change the settings, or send force: true to start anyway.",
                             extra={"plan": exc.result}) from None
+
+
+def tuned_setting_fits(model_path: str, backend: str, method: str, params: dict) -> bool:
+    """Whether auto-tuning has a setting of the same effective batch that fits here."""
+    facts, _ = model_facts(model_path)
+    if facts is None:
+        return False
+    plan = tune_plan(facts, backend, method, params, machine())
+    return bool(plan and plan.candidates)
 
 
 def check_eval_split(stats: dict, params: dict) -> None:

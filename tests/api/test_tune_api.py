@@ -140,6 +140,10 @@ def test_compare_says_which_runs_were_tuned(app, client, tmp_path):
     row = html[html.index(">tuned<"):]
     row = row[:row.index("</tr>")]
     assert "auto: batch 16 × 1, no checkpointing" in row and ">no<" in row
+    runs = {r["id"]: r for r in client.get(f"/api/compare?ids={job.id},{plain.id}")
+            .json()["runs"]}  # the JSON a script exports: the values used and the choice
+    assert runs[job.id]["params"]["per_device_train_batch_size"] == 16
+    assert runs[job.id]["tuning"]["chosen"] == CHOSEN and runs[plain.id]["tuning"] is None
 
 
 def test_the_form_preselects_auto_and_shows_the_effective_batch(client):
@@ -215,3 +219,23 @@ def test_auto_on_a_model_that_fits_at_no_batch_is_refused_with_the_plan(client, 
     assert r.status_code == 422, r.text
     detail = r.json()["detail"][0]
     assert "won't fit" in detail["msg"] and detail["plan"]["verdict"] == "won't fit"
+
+
+def test_auto_accepts_a_job_whose_own_batch_only_a_tuned_split_fits(client, tmp_path):
+    """Per-device batch 64 without checkpointing needs far more than this machine has; the
+    same effective batch as 2 × 32 with checkpointing fits: auto may start, off may not."""
+    mid = tmp_path / "mid"
+    mid.mkdir()
+    (mid / "config.json").write_text(json.dumps({
+        "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+        "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+        "vocab_size": 151936, "tie_word_embeddings": True}))
+    knobs = {"per_device_train_batch_size": 64, "gradient_accumulation_steps": 1,
+             "gradient_checkpointing": False, "max_length": 1024, "device": "cpu"}
+    r = client.post("/api/jobs", json={"model": str(mid), "dataset": "demo-kto",
+                                       "params": {**knobs, "tune": "off"}})
+    assert r.status_code == 422 and "won't fit" in r.text, r.text
+    r = client.post("/api/jobs", json={"model": str(mid), "dataset": "demo-kto",
+                                       "params": {**knobs, "tune": "auto"}})
+    assert r.status_code == 201, r.text
+    assert r.json()["params"]["per_device_train_batch_size"] == 64  # chosen at launch
