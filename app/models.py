@@ -191,7 +191,8 @@ class Event(SQLModel, table=True):
 
 class ModelEntry(SQLModel, table=True):
     """A registered base model: the demo, a local folder, a fused model, a model converted
-    for MLX (source: demo, local, fused, converted)."""
+    for MLX, a hub model downloaded by a job (source: demo, local, fused, converted, hub;
+    a hub one's id is its hub id, its path the cache's snapshot folder)."""
 
     __tablename__ = "model_entry"
     id: str = Field(primary_key=True, max_length=200)
