@@ -48,6 +48,10 @@ def run(job: JobConfig, session: runtime.Session) -> runtime.RunResult:
                               timeout=args.timeout_s)
     sizes = {s.rfilename: int(s.size or 0) for s in info.siblings or []}
     wanted = chosen(list(sizes), args.allow_patterns)
+    if not wanted:
+        raise runtime.HintedError(f"none of {repo}'s files at {args.revision} match "
+                                  f"{args.allow_patterns}", "Start the download again from "
+                                  "the Models page: it lists the files the model needs now.")
     cache = Path(constants.HF_HUB_CACHE)
     storage = cache / ("models--" + repo.replace("/", "--"))
     watch = Watch(storage, str(info.sha), {f: sizes[f] for f in wanted})
