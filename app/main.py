@@ -148,13 +148,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             detail.append({"loc": loc, "field": field, "msg": msg, "type": err.get("type")})
         return JSONResponse(status_code=422, content={"detail": detail})
 
-    # The order matters where paths overlap: /jobs/new before /jobs/{id}.
+    # The order matters where paths overlap: /jobs/new before /jobs/{id}, /models/cache/…
+    # before /models/{id:path} (a hub model's id has a slash).
     for router in (jobs.router, hub_download.router, model_cache.router, model_folders.router,
-                   model_download_pages.router, model_folder_pages.router, runs.api,
+                   model_download_pages.router, runs.api,
                    run_pages.router, adapters.router, datasets.router,
                    dataset_pages.router, system.router, system_pages.router, plan.router,
                    plan_pages.router, jobs_pages.router, new_job.router, job.router,
-                   artifacts.router, series.router, library.router, library.api,
+                   artifacts.router, series.router, library.router,
+                   model_folder_pages.router, library.api,
                    openai.router, inference.router, playground.router, feedback.router,
                    feedback_pages.router, arenas.router, arena_pages.router):
         app.include_router(router)

@@ -11,10 +11,8 @@ planner, so the caller passes them in; this module adds what the Models page nee
   replaces it. A broken file is reported (``problems``), never fatal;
 - the download size, estimated from the parameter count and the weights' precision (the
   hub's file list gives the exact number when the download starts);
-- what the Train button opens: ``/jobs/new?model=…&backend=…&<knobs>``. The form opens KTO on
-  the preset's backend, so the knobs are the seed's that KTO takes; an MLX preset's
-  learning rate is the guide's LoRA (SFT) one, too high for KTO, and is left to KTO's
-  default (the guide's 5e-7).
+- what the Train button opens: ``/jobs/new?model=…&backend=…&method=…&<knobs>``: the
+  preset's own method (the seed's MLX tables are LoRA, i.e. SFT) with the seed's knobs.
 
 The file: ``{"presets": [{...}, ...]}`` (or the list alone), each entry::
 
@@ -49,7 +47,6 @@ from contract.model_ref import hub_id_problem
 PRESETS_FILE_ENV = "PROSPECT_PRESETS_FILE"
 PRESETS_FILE_NAME = "presets.json"
 ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,79}$")
-TRAIN_METHOD = "kto"  # what /jobs/new opens for ?backend=
 TRAINING = (("torch", "kto"), ("mlx", "kto"), ("mlx", "sft"))
 SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
@@ -184,12 +181,9 @@ def download_estimate(params: int | None, quantization: Mapping[str, Any] | None
 
 
 def train_knobs(preset: Mapping[str, Any]) -> dict[str, Any]:
-    """The preset's knobs that the new-job form's KTO for its backend takes."""
-    spec = method_for(preset["backend"], TRAIN_METHOD)
-    knobs = {k: v for k, v in preset.get("params", {}).items() if spec.knob(k) is not None}
-    if preset.get("method") != TRAIN_METHOD:
-        knobs.pop("learning_rate", None)  # another method's rate; KTO's default is the seed's
-    return knobs
+    """The preset's knobs that its method takes (the seed's recipe for that method)."""
+    spec = method_for(preset["backend"], preset.get("method") or "kto")
+    return {k: v for k, v in preset.get("params", {}).items() if spec.knob(k) is not None}
 
 
 def _query_value(value: Any) -> str:
@@ -202,6 +196,7 @@ def _query_value(value: Any) -> str:
 
 def train_url(preset: Mapping[str, Any]) -> str:
     """/jobs/new with the preset's model, backend and knobs filled in."""
-    query = {"model": preset["model"], "backend": preset["backend"]}
+    query = {"model": preset["model"], "backend": preset["backend"],
+             "method": preset.get("method") or "kto"}
     query.update({k: _query_value(v) for k, v in train_knobs(preset).items()})
     return "/jobs/new?" + urlencode(query)

@@ -36,6 +36,7 @@ GROUP_TITLES = {
 }
 # fuse: from an adapter; generate: an arena's answers; download, convert: the Models page
 NOT_IN_FORM = ("fuse", "generate", "download", "convert")
+TRAINING_METHODS = tuple(k for k, m in METHODS.items() if m.method not in NOT_IN_FORM)
 # The demo model is tiny and random: the seed guide's recipe (5e-7, a point every 10 steps)
 # moves its KTO loss by 1e-6 and draws three points. Measured on the 2-core VM over 50 steps
 # of batch 2 x 128 tokens: KTO at 1e-4 went 0.500 -> 0.495 (noise on a chart), at 1e-3 to
@@ -329,9 +330,11 @@ def pick_model(values: dict[str, Any], model: str, models: list[ModelEntry]) -> 
 
 def prefilled_form(session: Session, from_job: int | None, model: str | None,
                    dataset: str | None = None, backend: str | None = None,
-                   knobs: dict[str, str] | None = None) -> tuple[Method, dict[str, Any] | None]:
+                   knobs: dict[str, str] | None = None,
+                   method: str | None = None) -> tuple[Method, dict[str, Any] | None]:
     """The new-job form's method and values: a clone of ``from_job``, or the blank form with
-    ``model`` and/or ``dataset`` picked, KTO on ``backend`` (torch or mlx) and ``knobs``
+    ``model`` and/or ``dataset`` picked, ``method`` (KTO unless a training method given) on
+    ``backend`` (torch or mlx) and ``knobs``
     (name -> value as typed, e.g. init_adapter, desirable_weight) filled in where the
     method has them; (torch KTO, None) means the plain blank form."""
     spec = method_for("torch", "kto")
@@ -339,7 +342,10 @@ def prefilled_form(session: Session, from_job: int | None, model: str | None,
     if cloned is not None:
         return cloned
     if (backend or "").strip() in ("torch", "mlx"):
-        spec = method_for(backend.strip(), "kto")
+        wanted = (method or "kto").strip()
+        if (backend.strip(), wanted) not in TRAINING_METHODS:
+            wanted = "kto"  # a method the form does not offer: KTO, as without one
+        spec = method_for(backend.strip(), wanted)
     model, dataset = (model or "").strip(), (dataset or "").strip()
     knobs = {k: v for k, v in (knobs or {}).items() if spec.knob(k) is not None}
     if not model and not dataset and not knobs and spec.backend == "torch":

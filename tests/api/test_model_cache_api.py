@@ -78,12 +78,13 @@ def test_suggested_lists_the_seed_tables_with_sizes_plans_and_train_links(client
     assert small["download_bytes"] == small["params"] * 2  # 16-bit weights
     assert small["train"]["params"]["learning_rate"] == 5e-7  # the seed's KTO knobs
     assert small["seed_knobs"]["gradient_accumulation_steps"] == 8
-    # A 4-bit MLX model downloads about a quarter of that; the seed's LoRA learning rate
-    # (1e-5) is not KTO's, so the Train link leaves it to KTO's default.
+    # A 4-bit MLX model downloads about a quarter of that; its Train link opens the seed's
+    # MLX LoRA recipe (SFT) with the guide's LoRA learning rate.
     q = rows["mlx-qwen3-14b-4bit"]
     assert q["download_bytes"] < q["params"] * 0.6
-    assert q["seed_knobs"]["learning_rate"] == 1e-5 and "learning_rate" not in q["train"]["params"]
+    assert q["train"]["method"] == "sft" and q["train"]["params"]["learning_rate"] == 1e-5
     assert q["train"]["params"]["batch_size"] == 2 and "backend=mlx" in q["train"]["url"]
+    assert "method=sft" in q["train"]["url"]
     # A bigger model needs more memory than a smaller one on the same backend.
     assert rows["torch-llama-3.1-8b"]["plan"]["need_bytes"] > small["plan"]["need_bytes"]
 
@@ -240,7 +241,8 @@ def test_train_opens_the_form_with_the_model_and_the_seeds_knobs(client):
     assert form["params.gradient_accumulation_steps"]["value"] == "8"
     assert form["params.dtype"]["value"] == "float16"
     form = controls(client.get(rows["mlx-llama-3.2-3b"]["train"]["url"]).text)
-    assert form["method"]["value"] == "mlx/kto"
+    assert form["method"]["value"] == "mlx/sft"  # the seed's MLX tables are LoRA (SFT)
+    assert form["params.learning_rate"]["value"] == "1e-05"
     assert form["params.batch_size"]["value"] == "8"
     assert form["params.max_seq_length"]["value"] == "1024"
     assert "checked" in form["params.grad_checkpoint"]

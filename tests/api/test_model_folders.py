@@ -211,3 +211,23 @@ def test_a_folder_in_the_models_dir_blocks_the_name(app, client, tmp_path):
     (tmp_path / "models" / "taken").mkdir(parents=True)
     err = error(client.post("/api/models/mine/convert", json={"name": "taken"}))
     assert err["field"] == "name" and "exists already" in err["msg"]
+
+
+def test_a_downloaded_model_whose_id_has_a_slash_can_be_removed(app, client, tmp_path):
+    """A finished download registers its hub id (org/name): Remove reaches it on the API and
+    on the page, and the cache's own delete route (/models/cache/…) is not taken for it."""
+    from app.models import ModelEntry
+
+    folder = model_folder(tmp_path, name="snap")
+    with Session(app.state.engine) as s:
+        s.add(ModelEntry(id="acme/tiny-chat", path=str(folder), source="hub"))
+        s.commit()
+    assert client.delete("/api/models/cache/acme/tiny-chat").status_code == 404  # not cached
+    assert "acme/tiny-chat" in models(client)
+    resp = client.delete("/models/acme/tiny-chat")
+    assert resp.status_code == 200, resp.text
+    assert "acme/tiny-chat" not in models(client) and (folder / "config.json").is_file()
+    with Session(app.state.engine) as s:
+        s.add(ModelEntry(id="acme/tiny-chat", path=str(folder), source="hub"))
+        s.commit()
+    assert client.delete("/api/models/acme/tiny-chat").json()["removed"] is True

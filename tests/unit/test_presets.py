@@ -63,7 +63,7 @@ def test_download_estimate_follows_the_precision():
     assert download_estimate(6400, {"bits": 4, "group_size": 64}) == 6400 * (0.5 + 4 / 64)
 
 
-def test_train_link_carries_the_knobs_kto_takes():
+def test_train_link_carries_the_knobs_its_method_takes():
     torch = {"model": "Qwen/Q", "backend": "torch", "method": "kto",
              "params": {"gradient_checkpointing": True, "beta": 0.1, "batch_size": 9,
                         "target_modules": ["q_proj", "v_proj"], "precompute_ref_log_probs": False}}
@@ -74,4 +74,5 @@ def test_train_link_carries_the_knobs_kto_takes():
     assert query["target_modules"] == ["q_proj, v_proj"] and "batch_size" not in query
     mlx_sft = {"model": "m/x", "backend": "mlx", "method": "sft",
                "params": {"learning_rate": 1e-5, "batch_size": 8, "iters": 600}}
-    assert train_knobs(mlx_sft) == {"batch_size": 8, "iters": 600}  # SFT's rate is not KTO's
+    assert train_knobs(mlx_sft) == {"learning_rate": 1e-5, "batch_size": 8, "iters": 600}
+    assert parse_qs(urlsplit(train_url(mlx_sft)).query)["method"] == ["sft"]

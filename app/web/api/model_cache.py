@@ -21,7 +21,6 @@ from app.config import Settings
 from app.hub.cache_admin import CacheRepoNotFound, cache_info, delete_repo, repo_folder
 from app.hub.inspect import hub_cache_dir, resolve_model_dir
 from app.hub.presets import (
-    TRAIN_METHOD,
     download_estimate,
     load_extra,
     merged,
@@ -55,13 +54,13 @@ def _facts(preset: dict[str, Any]) -> dict[str, Any] | None:
 
 def _plan(preset: dict[str, Any], knobs: dict[str, Any], here: bool,
           system: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
-    """(the plan's summary, the parameter count) for KTO on the preset's backend."""
+    """(the plan's summary, the parameter count) for the preset's method and knobs."""
     backend = preset["backend"]
     if here:
-        result = check.plan_job(preset["model"], backend, TRAIN_METHOD, knobs, system)
+        result = check.plan_job(preset["model"], backend, preset["method"], knobs, system)
         params = (result.get("model") or {}).get("params")
     elif (facts := _facts(preset)) is not None:
-        result, params = plan(facts, backend, TRAIN_METHOD, knobs, system), facts["params"]
+        result, params = plan(facts, backend, preset["method"], knobs, system), facts["params"]
     else:
         return {"verdict": "unknown", "need_bytes": None, "budget_bytes": None,
                 "summary": "planned once it is downloaded (no shape known)",
@@ -103,7 +102,7 @@ def suggested(settings: Settings, system: dict[str, Any] | None = None) -> dict[
             "path": str(folder) if folder else None,
             "seed_knobs": dict(preset.get("params") or {}),
             "plan": plan_summary,
-            "train": {"backend": preset["backend"], "method": TRAIN_METHOD, "params": knobs,
+            "train": {"backend": preset["backend"], "method": preset["method"], "params": knobs,
                       "url": train_url(preset)},
         })
     return {"presets": rows, "presets_file": str(path), "problems": problems}

@@ -43,7 +43,7 @@ def register(body: FolderRequest, session: SessionDep, settings: SettingsDep) ->
     return describe_entry(entry)
 
 
-@router.delete("/models/{model_id}")
+@router.delete("/models/{model_id:path}")
 def unregister(session: SessionDep,
                model_id: str = PathParam(min_length=1, max_length=200)) -> dict[str, Any]:
     """Unregister a model; its files stay. 409 while a queued or running job uses it."""

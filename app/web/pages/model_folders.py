@@ -47,7 +47,7 @@ async def add_folder(request: Request, form: CsrfForm, session: SessionDep,
     return hx_redirect(request, "/models")
 
 
-@router.delete("/models/{model_id}", response_class=HTMLResponse)
+@router.delete("/models/{model_id:path}", response_class=HTMLResponse)
 def remove(request: Request, session: SessionDep, _form: CsrfForm,
            model_id: str = PathParam(min_length=1, max_length=200)) -> Response:
     """Remove (unregister; the files stay): back to /models, or why not in the row."""

@@ -50,14 +50,16 @@ def new_job_page(request: Request, session: SessionDep, settings: SettingsDep,
                  from_: Annotated[int | None, Query(alias="from", ge=1, le=DB_INT_MAX)] = None,
                  model: Annotated[str | None, Query(max_length=1000)] = None,
                  dataset: Annotated[str | None, Query(max_length=1000)] = None,
-                 backend: Annotated[str | None, Query(max_length=20)] = None) -> HTMLResponse:
+                 backend: Annotated[str | None, Query(max_length=20)] = None,
+                 method: Annotated[str | None, Query(max_length=20)] = None) -> HTMLResponse:
     """The form; ``?from=ID`` fills it with job ID's settings (the job page's "clone"),
     ``?model=ID`` picks a model (the models page's "Train"), ``?dataset=ID`` a dataset (the
-    dataset page's "Train on this dataset"); ``?backend=mlx`` picks MLX KTO, and a knob's
+    dataset page's "Train on this dataset"); ``?backend=mlx`` picks MLX KTO (``&method=sft``
+    its SFT: a suggested model's "Train"), and a knob's
     name fills that knob (``?init_adapter=12&desirable_weight=1.2``: "Train on feedback")."""
     knobs = {k: v[:1000] for k, v in request.query_params.items()
-             if k not in ("from", "model", "dataset", "backend")}
-    spec, values = prefilled_form(session, from_, model, dataset, backend, knobs)
+             if k not in ("from", "model", "dataset", "backend", "method")}
+    spec, values = prefilled_form(session, from_, model, dataset, backend, knobs, method)
     if values is not None:
         if from_ is None and values.get(KNOBS_MODEL) != chosen_model(values):
             set_knob_defaults(values, spec)  # "Train" on a real model: its defaults
