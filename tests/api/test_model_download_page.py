@@ -79,3 +79,25 @@ def test_refusals_come_back_in_the_form(client, hub):
 
 def test_the_download_panel_is_only_for_downloads(client, app):
     assert client.get("/jobs/999/download").status_code == 404
+
+
+@pytest.mark.parametrize(("method", "backend", "shown", "hidden"), [
+    ("download", "hub", ["Downloaded", "1.5 MiB"], [">Step<", "Tokens/s", "Epoch"]),
+    ("convert", "mlx", ["Blocks", "3 / 8"], [">Step<", "Tokens/s", "Epoch"]),
+    ("kto", "torch", [">Step<", "Tokens/s", "Epoch"], ["Downloaded", "Blocks"]),
+])
+def test_the_status_card_counts_what_the_job_does(client, app, method, backend, shown, hidden):
+    """A download counts bytes (not "Step 563320 / 1526480"), a convert its blocks; neither
+    has a throughput in tokens or an epoch."""
+    steps = (524288, 1572864) if method == "download" else (3, 8)
+    with Session(app.state.engine) as s:
+        job = Job(name="j", backend=backend, method=method, model="acme/tiny-chat",
+                  dataset="", status="running", step=steps[0], total_steps=steps[1])
+        s.add(job)
+        s.commit()
+        job_id = job.id
+    html = client.get(f"/jobs/{job_id}").text
+    card = html[html.index('class="stats"'):]
+    card = card[:card.index("</dl>")]
+    assert all(text in card for text in shown), card
+    assert not any(text in card for text in hidden), card
