@@ -125,3 +125,16 @@ def test_sigterm_while_timing_cancels_cleanly(tmp_path, demo):
     assert not (tmp_path / RESULT_FILE).exists() and not (tmp_path / "adapter").exists()
     assert "Traceback" not in (tmp_path / LOG_FILE).read_text()
     assert waited < 30
+
+
+@pytest.mark.slow
+def test_liger_asked_for_by_hand_off_cuda_is_refused_with_the_fix(tmp_path, demo):
+    write_config(tmp_path, demo, params=TORCH_KTO.validate({**TUNED, "tune": "off",
+                                                             "use_liger_kernel": True}))
+    rc, events = run_torch(tmp_path)
+    assert rc == 1
+    error = of_type(events, "error")[0]
+    assert error["error_type"] == "liger_kernel"
+    assert "Liger's kernels run on CUDA only (this job runs on cpu)" in error["message"]
+    assert "Turn use_liger_kernel off" in error["hint"]
+    assert "loading_model" not in [s["phase"] for s in of_type(events, "status")]

@@ -48,14 +48,14 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
     choice = choose_device(Platform.detect(), args.device, args.dtype)
     sampler.backend_probe = torch_probe(choice.device)
     rows, held = split_for_eval(job, rows, events)  # before any loading: a bad split fails fast
+    if args.tune != "auto":
+        check_liger(args, choice.device)  # asked for by hand where it cannot run: say so now
 
     events.emit(
         "status",
         phase="loading_model",
         message=f"loading {job.model} on {choice.device} in {choice.dtype}",
     )
-    if args.tune != "auto":
-        check_liger(args, choice.device)  # asked for by hand where it cannot run: say so now
     tokenizer, model = load_model(job.model, choice)
     model, peft_config = start_adapter(job, model, events)
     # tune: auto times a few probe steps of each candidate (not training steps: the probe
