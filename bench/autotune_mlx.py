@@ -15,7 +15,9 @@ weights and tokens) it measures samples/s of:
 Every point runs workers/mlx/kto.py's own step (through the probe: one untimed step that
 traces and compiles, then ``--steps`` timed updates on the job's first effective batch), with
 the weights put back between points; each point is measured ``--rounds`` times, interleaved,
-and its best round kept. The last line is "auto / best grid point = X.XX×" (probe included).
+and its best round kept; auto's training rate is that of the grid point it chose (measured
+apart only if it chose an uncompiled one). The last line is "auto / best grid point = X.XX×"
+(probe included), the lower of the shapes'.
 
     python bench/autotune_mlx.py [--shapes demo,mid] [--steps 2] [--rounds 1]
 
@@ -116,8 +118,8 @@ def bench_shape(name: str, case, args) -> float:
     probe = kto_probe(model, examples, job_args, pad_id, None)
     points = [SEED, *[g for g in GRID if g != SEED]]
     best: dict[str, tuple[float, int]] = {}
-    for _ in range(args.rounds):  # interleaved: a busy machine slows every point alike
-        for s in points:
+    for r in range(args.rounds):  # interleaved, each round from another point: a busy
+        for s in points[r % len(points):] + points[: r % len(points)]:  # machine weighs alike
             tic = time.perf_counter()
             sps, peak = probe(s, args.steps)
             key = label(s)
@@ -135,7 +137,10 @@ def bench_shape(name: str, case, args) -> float:
                                  or (lambda r, p: str(r.chosen)))
         probe_s = time.perf_counter() - tic
     chosen = result.chosen
-    auto_sps = max(probe(chosen, args.steps)[0] for _ in range(args.rounds))
+    if label(chosen) in best and chosen["compile"]:  # a grid point: its interleaved best
+        auto_sps = best[label(chosen)][0]
+    else:
+        auto_sps = max(probe(chosen, args.steps)[0] for _ in range(args.rounds))
     job_rows = args.job_steps * EFFECTIVE
     auto_total = job_rows / (probe_s + job_rows / auto_sps)
 
