@@ -133,8 +133,7 @@ def bench_shape(name: str, case, args) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
         tic = time.perf_counter()
         result = driver.autotune(plan, probe, Silent(), lambda: False, is_oom, Path(run_dir),
-                                 getattr(driver, "describe", None)
-                                 or (lambda r, p: str(r.chosen)))
+                                 driver.describe)
         probe_s = time.perf_counter() - tic
     chosen = result.chosen
     if label(chosen) in best and chosen["compile"]:  # a grid point: its interleaved best

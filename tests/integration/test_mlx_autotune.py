@@ -45,7 +45,9 @@ def test_tune_auto_chooses_trains_and_a_resume_reuses_the_choice(tmp_path, demo)
     assert [t["outcome"] for t in tune["tried"]] == ["ok"] * 3
     assert all(t["samples_per_s"] > 0 and t["peak_bytes"] > 0 for t in tune["tried"])
     fastest = max(tune["tried"], key=lambda t: t["samples_per_s"])["settings"]
-    assert tune["chosen"] == fastest and tune["message"]
+    assert tune["chosen"] == fastest
+    assert tune["message"].startswith("tried 3 settings: batch 4 × 1")
+    assert "; chose batch" in tune["message"]
     assert tune["baseline_samples_per_s"] > 0 and tune["probe_s"] > 0
     assert read_result(run_dir).chosen == tune["chosen"]
     kinds = [e.type for e in events]

@@ -130,7 +130,7 @@ def tuned(job: JobConfig, events: EventWriter, stop: Callable[[], bool],
     if plan is None:  # a resume may find only tune.json; none at all: nothing to choose from
         plan = TunePlan(candidates=[], baseline={}, budget_bytes=0)
     result = driver.autotune(plan, _Lazy(probe), events, stop, is_oom, job.run_dir,
-                             getattr(driver, "describe", None) or _describe)
+                             driver.describe)
     if result is None:
         if plan.candidates:
             events.emit("log", level="warning", message="tune auto: no setting could be "
@@ -154,7 +154,3 @@ class _Lazy:
         if self.probe is None:
             self.probe = self.build()
         return self.probe(settings, steps)
-
-
-def _describe(result, plan) -> str:  # until workers/tune.py has its shared describe
-    return f"tried {len(result.tried)} settings; chose {result.chosen}"
