@@ -35,6 +35,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, Server, init_home  # noqa: E402
 
@@ -141,12 +143,31 @@ def run_bare(model: str, dataset: str) -> dict:
 
 
 def run_prospect(home: Path, model: str, dataset: str) -> dict:
+    """The job over REST; also the server's own CPU time while the job ran (it shares the
+    machine's cores with the worker: what it spends on the job's events, the worker lacks)."""
     with Server(home) as server:
+        proc = psutil.Process(server.proc.pid)
+        before = sum(proc.cpu_times()[:2])
         job = server.run_job({"name": "peer-bench", "model": model, "dataset": dataset,
                               "params": PARAMS})
+        server_cpu_s = sum(proc.cpu_times()[:2]) - before
     s = job["summary"]
     return {"train_steps_per_second": s["steps_per_s"], "train_runtime": s["train_runtime_s"],
-            "steps": s["steps"]}
+            "steps": s["steps"], "server_cpu_s": server_cpu_s}
+
+
+def with_env(env: dict[str, str], fn, *args):
+    """``fn(*args)`` with ``env`` added to this process's environment, then taken out."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return fn(*args)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def spread(values: list[float]) -> str:
@@ -164,7 +185,11 @@ def main() -> None:
                     help="leave a stack out (repeatable)")
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for all three (default: "
                     "torch's own choice)")
+    ap.add_argument("--prospect-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable for Prospect's server (and so its worker) "
+                    "alone, e.g. MALLOC_TRIM_THRESHOLD_=67108864 (repeatable)")
     args = ap.parse_args()
+    prospect_env = dict(kv.split("=", 1) for kv in args.prospect_env)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     runs: dict[str, list[float]] = {"LLaMA-Factory": [], "bare TRL": [], "Prospect": []}
@@ -178,8 +203,8 @@ def main() -> None:
             stacks = {"LLaMA-Factory": lambda i=i: run_lf(args.lf_python, demo["model"],
                                                           tmp / "lf-data", tmp / f"lf-{i}"),
                       "bare TRL": lambda: run_bare(demo["model"], dataset),
-                      "Prospect": lambda: run_prospect(tmp / "home", demo["model"],
-                                                       dataset)}
+                      "Prospect": lambda: with_env(prospect_env, run_prospect, tmp / "home",
+                                                   demo["model"], dataset)}
             skip = {"lf": "LLaMA-Factory", "bare": "bare TRL", "prospect": "Prospect"}
             for name, run in stacks.items():
                 if name in {skip[s] for s in args.skip}:
@@ -193,7 +218,10 @@ def main() -> None:
                 cpu_ms[name].append(t["cpu_s"] / STEPS * 1e3)
                 print(f"run {i + 1}: {name:<14} {m['train_steps_per_second']:6.2f} steps/s "
                       f"({m['steps']} steps in {m['train_runtime']:.1f} s), "
-                      f"{cpu_ms[name][-1]:.1f} CPU ms/step", flush=True)
+                      f"{cpu_ms[name][-1]:.1f} CPU ms/step, "
+                      f"{t.get('minor_faults', 0) / STEPS:.0f} page faults/step"
+                      + (f" (the server beside it: {m['server_cpu_s']:.2f} CPU s in all)"
+                         if "server_cpu_s" in m else ""), flush=True)
     for name, values in runs.items():
         if values:
             print(f"{name:<14} steps/s: {spread(values)}; CPU ms/step: {spread(cpu_ms[name])}")

@@ -1,7 +1,8 @@
 """Measurement only, for bench/peer_kto.py: put this folder on PYTHONPATH and set
 PEER_TRAIN_TIMES to a file; the process that runs ``transformers.Trainer.train`` (LLaMA-Factory's,
 bare TRL's or Prospect's worker) appends one JSON line there: the training call's wall seconds,
-this process's CPU seconds (all threads) and its global step. The wrapper runs once, around
+this process's CPU seconds (all threads), its minor page faults (memory the allocator handed
+back to the system and took again) and its global step. The wrapper runs once, around
 the whole call, so it adds nothing per step. No effect when PEER_TRAIN_TIMES is unset.
 """
 
@@ -9,6 +10,7 @@ import importlib.abc
 import importlib.util
 import json
 import os
+import resource
 import sys
 import time
 
@@ -27,11 +29,14 @@ class _WrapTrain(importlib.abc.MetaPathFinder):
 
             def timed(self, *args, **kwargs):
                 cpu, wall = time.process_time(), time.perf_counter()
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 try:
                     return train(self, *args, **kwargs)
                 finally:
                     line = {"wall_s": time.perf_counter() - wall,
                             "cpu_s": time.process_time() - cpu,
+                            "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                            - faults,
                             "steps": self.state.global_step}
                     with open(os.environ["PEER_TRAIN_TIMES"], "a") as f:
                         f.write(json.dumps(line) + "\n")

@@ -36,6 +36,7 @@ from workers.runtime import RunResult, StopFlag, loading_model, split_for_eval
 from workers.torch.callback import EventCallback
 from workers.torch.device import DeviceChoice, Platform, choose_device
 from workers.torch.errors import InitAdapterError, checkpoint_disk_full
+from workers.torch.library_overhead import cache_package_checks
 from workers.torch.tune import check_liger, tune
 
 LORA_KNOBS = ("r", "lora_alpha", "lora_dropout", "target_modules")
@@ -44,6 +45,7 @@ LORA_KNOBS = ("r", "lora_alpha", "lora_dropout", "target_modules")
 def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, stop: StopFlag,
           sampler: MemorySampler) -> RunResult:
     """Train one job. ``stop`` is the SIGTERM flag; before training it interrupts at once."""
+    cache_package_checks()  # accelerate re-reads package metadata every step otherwise
     args = job.args
     choice = choose_device(Platform.detect(), args.device, args.dtype)
     sampler.backend_probe = torch_probe(choice.device)
