@@ -45,9 +45,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Server, init_home  # noqa: E402
 
-MID = dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_size=512,
-           intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
-           num_key_value_heads=2, vocab_size=32000, max_position_embeddings=4096,
+MID = dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_size=256,
+           intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+           num_key_value_heads=2, vocab_size=16000, max_position_embeddings=4096,
            rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
 BATCHES = (2, 4, 8, 16, 32, 64)
 
@@ -59,7 +59,7 @@ def assets(kind: str, root: Path, rows: int) -> tuple[str, str, dict]:
         return demo["model"], demo["dataset"], {"max_length": 128, "device": "cpu"}
     import synthetic
 
-    shape, tokens = ("qwen2-0.5b", 500) if kind == "cuda" else ("mid", 250)
+    shape, tokens = ("qwen2-0.5b", 500) if kind == "cuda" else ("mid", 200)
     synthetic.SHAPES.setdefault("mid", MID)
     synthetic.build(root / "synthetic", shape, rows, tokens)
     knobs = {"max_length": 512 if kind == "cuda" else 256, "r": 16, "lora_alpha": 32,
