@@ -43,6 +43,11 @@ class Settings(BaseSettings):
                                    "reads new events.")
     allow_downloads: bool = Field(default=False, description="Let workers download a hub "
                                   "model that is not in the local cache (off: fully offline).")
+    tune_min_probe_s: float = Field(default=10.0, ge=0, description="tune: auto times a "
+                                    "few steps of each candidate within 5% of the job's "
+                                    "expected time; when that budget is below this many "
+                                    "seconds, the memory plan's fastest setting is taken "
+                                    "untimed (0: always time).")
     inference_idle_s: float = Field(default=600.0, gt=0, description="A loaded model "
                                     "(an inference worker) idle this long is unloaded.")
     memory_budget_gb: float | None = Field(default=None, gt=0, description="The most memory "

@@ -57,6 +57,7 @@ class TunePlan:
     probe_budget_s: float = 90.0      # wall time the probe may take, all candidates together
     probe_steps: int = 3              # timed steps per candidate (after one warm-up step)
     effective_batch: int = 0
+    min_timed_s: float = 10.0         # a smaller probe budget: the first candidate, untimed
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +72,7 @@ class TunePlan:
 @dataclass
 class Trial:
     settings: dict[str, Any]
-    outcome: str                      # ok | oom | error | skipped (probe time spent)
+    outcome: str                      # ok | oom | error | skipped | planned (not timed)
     samples_per_s: float | None = None
     peak_bytes: int | None = None
     seconds: float = 0.0

@@ -43,6 +43,8 @@ def autotune(plan: TunePlan, probe: Probe, events: EventWriter, stop: Callable[[
         events.emit("status", phase="tuning",
                     message=f"reusing the tuned settings: {saved.message}")
         return saved
+    if plan.candidates and plan.probe_budget_s < plan.min_timed_s:
+        return _planned(plan, events, run_dir)
     start = time.monotonic()
     tried: list[Trial] = []
     estimates = {_key(c.settings): c.estimate_bytes for c in plan.candidates}
@@ -87,6 +89,21 @@ def autotune(plan: TunePlan, probe: Probe, events: EventWriter, stop: Callable[[
                         baseline_samples_per_s=base.samples_per_s if base else None,
                         probe_s=round(time.monotonic() - start, 2))
     result.message = describe(result, plan)
+    write_result(run_dir, result)
+    events.emit("tune", **result.event_fields())
+    return result
+
+
+def _planned(plan: TunePlan, events: EventWriter, run_dir: Path) -> TuneResult:
+    """The plan's first setting, untimed: timing one setting costs a throwaway trainer and a
+    warm-up (7 s for a 0.5B model on an H200, issue 14), more than a job this short saves."""
+    first = plan.candidates[0]
+    note = (f"not timed: the job is too short ({plan.probe_budget_s:.1f} s of probe budget, "
+            f"5% of its expected time; timing needs {plan.min_timed_s:.0f} s)")
+    result = TuneResult(chosen=dict(first.settings),
+                        tried=[Trial(dict(first.settings), "planned", note=note)])
+    used = f", about {size(first.estimate_bytes)} planned" if first.estimate_bytes else ""
+    result.message = (f"chose {label(first.settings)} from the memory plan, {note}{used}")
     write_result(run_dir, result)
     events.emit("tune", **result.event_fields())
     return result
@@ -155,7 +172,8 @@ def _of_total(peak: int, total: int) -> str:
 def _trial(t: Trial) -> str:
     if t.outcome == "ok":
         return f"{label(t.settings)} {t.samples_per_s:.3g}/s"
-    what = {"oom": "out of memory", "error": "failed", "skipped": "skipped"}.get(t.outcome,
+    what = {"oom": "out of memory", "error": "failed", "skipped": "skipped",
+            "planned": "chosen by the plan"}.get(t.outcome,
                                                                                 t.outcome)
     return f"{label(t.settings)} {what}"
 

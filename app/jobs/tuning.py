@@ -78,7 +78,7 @@ def expected_seconds(job: Job, rows: int | None) -> float | None:
     return est["seconds"] if est else None
 
 
-def prepare_tune_plan(job: Job) -> Path | None:
+def prepare_tune_plan(job: Job, min_timed_s: float = 10.0) -> Path | None:
     """Write ``tune_plan.json`` for a ``tune: auto`` job about to start; None when there is
     nothing to write (tuning off, a saved choice, a model the planner cannot read, or no
     setting that fits now: the worker then trains with the knobs as given). Never raises:
@@ -101,6 +101,7 @@ def prepare_tune_plan(job: Job) -> Path | None:
             log.info("job %s: no tuning plan: no setting fits the memory free now", job.id)
             (run_dir / PLAN_FILE).unlink(missing_ok=True)
             return None
+        plan.min_timed_s = min_timed_s  # the setting PROSPECT_TUNE_MIN_PROBE_S
         path = write_plan(run_dir, plan)
         log.info("job %s: tuning plan with %d candidates, probe budget %.0fs", job.id,
                  len(plan.candidates), plan.probe_budget_s)

@@ -30,7 +30,7 @@ def start_worker(job: Job, settings: Settings) -> tuple[subprocess.Popen, str | 
     config = write_config(run_dir, job_id=job.id, backend=job.backend, method=job.method,
                           model=job.model_path, dataset=job.dataset_path, params=job.params,
                           resume_from_checkpoint=resume)
-    prepare_tune_plan(job)  # tune: auto: the candidates that fit now (tune_plan.json)
+    prepare_tune_plan(job, settings.tune_min_probe_s)  # tune: auto: tune_plan.json
     cmd = [settings.python or sys.executable, "-m", f"workers.{job.backend}",
            "--config", str(config)]
     env = worker_env(os.environ, job.backend)

@@ -6,6 +6,7 @@ again) and a SIGTERM while it times (a clean cancel)."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from contract.events import LOG_FILE
 from contract.knobs import TORCH_KTO
 from contract.tune import PLAN_FILE, RESULT_FILE, Candidate, TunePlan, write_plan
-from tests.helpers.server import sse_events, submit
+from tests.helpers.server import kill_workers, make_server, sse_events, submit
 from tests.helpers.workers import events_of, of_type, run_torch, start_torch, wait_for_event
 from tests.helpers.workers import write_torch_config as write_config
 
@@ -37,9 +38,24 @@ def plan(*settings: dict) -> TunePlan:
                     probe_steps=2, effective_batch=4)
 
 
+@pytest.fixture()
+def timing_server(demo_home, tmp_path):
+    """A real server that times settings even for a job this short: its probe budget (5 % of
+    a few seconds) is below the 10 s default of PROSPECT_TUNE_MIN_PROBE_S, under which the
+    plan's first setting is taken untimed (tests/unit/test_torch_tune.py)."""
+    home = tmp_path / "home"
+    shutil.copytree(demo_home, home)
+    server = make_server(home, PROSPECT_TUNE_MIN_PROBE_S="0")
+    server.start()
+    yield server
+    kill_workers(server)
+    server.stop()
+
+
 @pytest.mark.slow
 def test_the_server_tunes_a_job_which_trains_as_an_untuned_one_with_the_chosen_values(
-        live_server):
+        timing_server):
+    live_server = timing_server
     job = submit(live_server, "tuned", **TUNED)
     stream = sse_events(live_server, job["id"])
     job = live_server.wait_job(job["id"])

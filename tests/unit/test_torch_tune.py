@@ -147,8 +147,23 @@ def test_a_saved_choice_is_reused_without_probing(tmp_path):
     assert json.loads((tmp_path / RESULT_FILE).read_text())["message"] == first.message
 
 
+def test_a_job_too_short_to_time_takes_the_plans_first_setting_untimed(tmp_path):
+    plan = plan_of(torch_setting(16, 1, False), torch_setting(8, 2, False), budget_s=9.9)
+    probe = Probe({16: 30.0, 8: 50.0, 2: 4.0})
+    result = autotune(plan, probe, EventWriter(tmp_path / EVENTS_FILE), lambda: False,
+                      lambda e: False, tmp_path)
+    assert probe.calls == [] and result.chosen == torch_setting(16, 1, False)
+    assert [t.outcome for t in result.tried] == ["planned"]
+    assert result.message.startswith("chose batch 16 × 1, no checkpointing from the memory plan")
+    assert "9.9 s of probe budget" in result.message
+    events = [json.loads(line) for line in (tmp_path / EVENTS_FILE).read_text().splitlines()]
+    assert [e["type"] for e in events] == ["tune"]
+    assert json.loads((tmp_path / RESULT_FILE).read_text())["chosen"] == result.chosen
+
+
 def test_the_budget_stops_probing_after_the_first_setting_seed_defaults_included(tmp_path):
     plan = plan_of(torch_setting(16, 1, False), torch_setting(8, 2, False), budget_s=0.0)
+    plan.min_timed_s = 0.0  # PROSPECT_TUNE_MIN_PROBE_S=0: time even with no budget
     probe = Probe({16: 30.0, 8: 50.0, 2: 4.0})
     result = autotune(plan, probe, EventWriter(tmp_path / EVENTS_FILE), lambda: False,
                       lambda e: False, tmp_path)
