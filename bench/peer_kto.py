@@ -18,7 +18,9 @@ alone: HF Trainer's own ``train_steps_per_second`` (steps / ``train_runtime``), 
 all three. Beside it, the CPU time of the same loop (bench/peer_timing/sitecustomize.py wraps
 ``Trainer.train`` once in each stack's process: no per-step cost), CPU ms per step: on a
 machine shared with other work a wall clock measures the neighbours, a CPU clock much less
-(with ``--threads 1`` no idle OpenMP thread spins either). Runs alternate ``--repeat`` times;
+(with ``--threads 1`` no idle OpenMP thread spins either: with torch's default two threads
+on this 2-core machine while other work ran, every stack ran 10-20x slower, LLaMA-Factory at
+1.8 steps/s and 304 CPU ms a step instead of about 40 and 18). Runs alternate ``--repeat`` times;
 medians and spreads are printed; the last line is "Prospect / LLaMA-Factory = X.XX×" (steps/s).
 
     python bench/peer_kto.py [--repeat 3] [--threads 1] [--lf-python /work/lf-venv/bin/python]
