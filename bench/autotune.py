@@ -9,6 +9,9 @@ For each effective batch E it runs
       memory is reported as such;
   (c) tune: auto (the server plans, the worker times its candidates, then trains), its
       samples/s counted over the probe's time plus the training's.
+Every run's samples/s counts its steps over TRL's train_runtime plus the data preparation
+just before training (tokenizing; with precompute also the reference pass, which TRL's
+runtime leaves out).
 and prints samples/s and peak memory of each (CUDA: the allocator's peak; CPU: the RSS), then,
 last, "auto / best grid point = X.XX×  (auto / seed defaults = Y.YY×)" for the first E.
 
@@ -106,8 +109,10 @@ def run(server: Server, model: str, dataset: str, params: dict) -> dict:
     e = params["per_device_train_batch_size"] * params["gradient_accumulation_steps"]
     tuning = job.get("tuning") or {}
     probe_s = float(tuning.get("probe_s") or 0.0)
-    out.update(samples_per_s=s["steps"] * e / (s["train_runtime_s"] + probe_s),
-               train_samples_per_s=s["steps"] * e / s["train_runtime_s"], probe_s=probe_s,
+    prep_s = preparation_s(Path(job["run_dir"]))
+    out.update(samples_per_s=s["steps"] * e / (s["train_runtime_s"] + probe_s + prep_s),
+               train_samples_per_s=s["steps"] * e / (s["train_runtime_s"] + prep_s),
+               probe_s=probe_s, prep_s=round(prep_s, 2),
                peak_bytes=s.get("peak_backend_bytes") or s.get("peak_rss_bytes"),
                message=tuning.get("message"))
     plan = Path(job["run_dir"]) / "tune_plan.json"
@@ -117,6 +122,21 @@ def run(server: Server, model: str, dataset: str, params: dict) -> dict:
             if all(c["settings"].get(k) == v for k, v in chosen.items()):
                 out["planned_bytes"] = c["estimate_bytes"]
     return out
+
+
+def preparation_s(run_dir: Path) -> float:
+    """Seconds from the status before "training" (tokenizing, or tokenizing and computing the
+    reference log-probs once: precompute's cost, which TRL's train_runtime leaves out) to
+    "training": counted in every run's samples/s, so precompute pays its own way."""
+    statuses = []
+    for raw in (run_dir / "events.jsonl").read_text().splitlines():
+        event = json.loads(raw)
+        if event.get("type") == "status":
+            statuses.append((event["phase"], event["t"]))
+    for (_, before), (phase, t) in zip(statuses, statuses[1:], strict=False):
+        if phase == "training":
+            return max(t - before, 0.0)
+    return 0.0
 
 
 def line(label: str, r: dict) -> str:
