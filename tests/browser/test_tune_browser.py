@@ -6,16 +6,13 @@ its Clone fills the form with the chosen values and tune off. The worker is the 
 
 from __future__ import annotations
 
-import shutil
-import sys
 import time
 
 import pytest
 from playwright.sync_api import expect
 
 from tests.helpers.browser import open_page, shot
-from tests.helpers.server import kill_workers, make_server
-from tests.helpers.workers import FAKE
+from tests.helpers.server import served_copy
 
 pytestmark = [pytest.mark.browser]
 
@@ -23,18 +20,10 @@ pytestmark = [pytest.mark.browser]
 @pytest.fixture(scope="module")
 def server(demo_home, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tune-browser")
-    home = tmp / "home"
-    shutil.copytree(demo_home, home)
-    python = tmp / "fake-python"
-    python.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
-    python.chmod(0o755)
     # The fake worker "times" its candidates for 8 s: the job page is open before its choice.
-    s = make_server(home, PROSPECT_PYTHON=str(python), FAKE_SCENARIO="succeed",
-                    FAKE_TUNE_DELAY_S="8")
-    s.start()
-    yield s
-    kill_workers(s)
-    s.stop()
+    with served_copy(demo_home, tmp, fake=True, FAKE_SCENARIO="succeed",
+                     FAKE_TUNE_DELAY_S="8") as s:
+        yield s
 
 
 def test_the_form_preselects_auto_and_shows_the_effective_batch_live(browser, server):

@@ -191,3 +191,34 @@ def raw_get(server, path: str) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+FAKE_WORKER = ROOT / "tests" / "fake_worker.py"
+
+
+def fake_python(folder: Path) -> Path:
+    """An "interpreter" that runs tests/fake_worker.py whatever module it is asked for: a
+    server given it as PROSPECT_PYTHON starts fake workers that emit protocol lines."""
+    python = Path(folder) / "fake-python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE_WORKER} \"$@\"\n")
+    python.chmod(0o755)
+    return python
+
+
+@contextlib.contextmanager
+def served_copy(demo_home: Path, root: Path, *, fake: bool = False, **extra_env: str):
+    """A real server over a copy of the demo home in ``root`` (with fake workers if asked);
+    its workers are killed and it is stopped afterwards."""
+    import shutil
+
+    home = Path(root) / "home"
+    shutil.copytree(demo_home, home)
+    if fake:
+        extra_env = {"PROSPECT_PYTHON": str(fake_python(root)), **extra_env}
+    server = make_server(home, **extra_env)
+    server.start()
+    try:
+        yield server
+    finally:
+        kill_workers(server)
+        server.stop()

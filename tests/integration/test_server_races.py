@@ -18,8 +18,7 @@ import pytest
 
 from contract.events import EVENTS_FILE, Event, read_events
 from tests.helpers import ROOT
-from tests.helpers.server import kill_workers, make_server, server_env
-from tests.helpers.workers import FAKE
+from tests.helpers.server import make_server, served_copy, server_env
 
 pytestmark = pytest.mark.slow
 TRIES = 15
@@ -27,16 +26,8 @@ TRIES = 15
 
 @pytest.fixture
 def fake_server(demo_home, tmp_path):
-    home = tmp_path / "home"
-    shutil.copytree(demo_home, home)
-    python = tmp_path / "fake-python"
-    python.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
-    python.chmod(0o755)
-    server = make_server(home, PROSPECT_PYTHON=str(python), FAKE_SCENARIO="succeed")
-    server.start()
-    yield server
-    kill_workers(server)
-    server.stop()
+    with served_copy(demo_home, tmp_path, fake=True, FAKE_SCENARIO="succeed") as server:
+        yield server
 
 
 def done_statuses(run_dir: str) -> list[str]:

@@ -6,7 +6,6 @@ again) and a SIGTERM while it times (a clean cancel)."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from contract.events import LOG_FILE
 from contract.knobs import TORCH_KTO
 from contract.tune import PLAN_FILE, RESULT_FILE, Candidate, TunePlan, write_plan
-from tests.helpers.server import kill_workers, make_server, sse_events, submit
+from tests.helpers.server import served_copy, sse_events, submit
 from tests.helpers.workers import events_of, of_type, run_torch, start_torch, wait_for_event
 from tests.helpers.workers import write_torch_config as write_config
 
@@ -43,13 +42,8 @@ def timing_server(demo_home, tmp_path):
     """A real server that times settings even for a job this short: its probe budget (5 % of
     a few seconds) is below the 10 s default of PROSPECT_TUNE_MIN_PROBE_S, under which the
     plan's first setting is taken untimed (tests/unit/test_torch_tune.py)."""
-    home = tmp_path / "home"
-    shutil.copytree(demo_home, home)
-    server = make_server(home, PROSPECT_TUNE_MIN_PROBE_S="0")
-    server.start()
-    yield server
-    kill_workers(server)
-    server.stop()
+    with served_copy(demo_home, tmp_path, PROSPECT_TUNE_MIN_PROBE_S="0") as server:
+        yield server
 
 
 @pytest.mark.slow

@@ -7,16 +7,13 @@ own test is tests/integration/test_torch_autotune.py."""
 
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from contract.tune import PLAN_FILE, RESULT_FILE, read_plan, read_result
 from tests.helpers.pages import controls
-from tests.helpers.server import kill_workers, make_server, raw_get, sse_events
-from tests.helpers.workers import FAKE
+from tests.helpers.server import raw_get, served_copy, sse_events
 
 pytestmark = pytest.mark.slow
 PARAMS = {"max_steps": 3, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4,
@@ -25,16 +22,8 @@ PARAMS = {"max_steps": 3, "per_device_train_batch_size": 2, "gradient_accumulati
 
 @pytest.fixture
 def fake_server(demo_home, tmp_path):
-    home = tmp_path / "home"
-    shutil.copytree(demo_home, home)
-    python = tmp_path / "fake-python"
-    python.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
-    python.chmod(0o755)
-    server = make_server(home, PROSPECT_PYTHON=str(python), FAKE_SCENARIO="succeed")
-    server.start()
-    yield server
-    kill_workers(server)
-    server.stop()
+    with served_copy(demo_home, tmp_path, fake=True, FAKE_SCENARIO="succeed") as server:
+        yield server
 
 
 def submit(server, **params) -> dict:
