@@ -215,17 +215,20 @@
     });
     return names;
   }
-  const loaded = Promise.all([
-    // Only the names the charts draw: a TRL run logs twice as many, each a row per step.
-    load('metrics', api + '/metrics?max_points=' + MAX_POINTS + '&names=' +
-      encodeURIComponent(metricNames().join(',')), function (c) {
-      fill(stores.metrics, c.step, c, ['step']);
-    }),
-    load('progress', api + '/series/progress?max_points=' + MAX_POINTS, function (c) {
-      fill(stores.progress, c.step, c, ['step', 'seq', 't', 'eta_s']);
-    }),
-    load('memory', api + '/series/memory?max_points=' + MAX_POINTS, fillMemory),
-  ]);
+  function loadAll() {
+    return Promise.all([
+      // Only the names the charts draw: a TRL run logs twice as many, each a row per step.
+      load('metrics', api + '/metrics?max_points=' + MAX_POINTS + '&names=' +
+        encodeURIComponent(metricNames().join(',')), function (c) {
+        fill(stores.metrics, c.step, c, ['step']);
+      }),
+      load('progress', api + '/series/progress?max_points=' + MAX_POINTS, function (c) {
+        fill(stores.progress, c.step, c, ['step', 'seq', 't', 'eta_s']);
+      }),
+      load('memory', api + '/series/memory?max_points=' + MAX_POINTS, fillMemory),
+    ]);
+  }
+  const loaded = loadAll();
 
   const SOURCES = { metric: 'metrics', progress: 'progress', memory: 'memory' };
   function onEvent(msg) {
@@ -285,9 +288,15 @@
   // card to look at the database; a card that shows a final status ends the stream.
   const refreshCard = throttle(function () { htmx.trigger('#job-card', 'refresh'); }, 2000);
   live.addEventListener('htmx:sseError', refreshCard);
+  let ended = false; // the stream was stopped: a later final card reads nothing again
   live.addEventListener('htmx:afterSwap', function (evt) {
     if (evt.target.id !== 'job-card') return;
     if (evt.target.querySelector('[data-final="true"]')) {
+      // A job that ended while the stream was down (the server restarted) is final in the
+      // database before the stream comes back: read what the stream missed from there. The
+      // stores keep what they have (an older or equal step adds nothing twice).
+      if (sources.length && !ended) loadAll();
+      ended = true;
       stopStream();
       scheduleLog();
       if (window.htmx) htmx.trigger('#job-artifacts', 'refresh');

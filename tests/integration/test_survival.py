@@ -294,3 +294,39 @@ def test_recover_at_the_start_survives_bad_events_files(world):
     with Session(engine) as s:
         assert s.get(Job, ill_typed).status == JobStatus.interrupted
         assert s.get(Job, unreadable).status == JobStatus.interrupted
+
+
+@pytest.mark.slow
+def test_a_page_whose_stream_misses_the_end_of_a_run_reads_it_from_the_database(
+        demo_home, tmp_path, browser_or_none):
+    """The server dies mid-run and the job ends while it is down; when the server is back the
+    page's card reads the database (final) and ends the stream, maybe before the stream has
+    reconnected (htmx-sse backs off up to a minute). The page then reads the missed steps
+    from the database. Here the stream is kept from reconnecting at all, so only that read
+    can draw the last steps."""
+    if browser_or_none is None:
+        pytest.skip("needs Chromium")
+    home = tmp_path / "home"
+    shutil.copytree(demo_home, home)
+    first = make_server(home)
+    first.start()
+    second = None
+    try:
+        job = submit(first, "unseen end", **SURVIVE)
+        with live_page(browser_or_none, f"{first.url}/jobs/{job['id']}") as page:
+            seen = first.wait_step(job["id"], 3, timeout=120)
+            wait_js(page, f"({LOSS_POINTS})() >= 3", timeout=60_000)
+            page.route("**/api/jobs/*/events*", lambda route: route.abort())
+            first.stop(signal.SIGKILL)
+            wait_for_event(Path(seen["run_dir"]), lambda e: e.type == "done", timeout=240)
+            assert page.evaluate("window.prospectJob.store.x.length") < 40
+            second = LiveServer(home=home, port=first.port)
+            second.start()
+            job = second.wait_job(job["id"], timeout=120)
+            assert job["status"] == "succeeded", (job["error"], job["log_tail"])
+            wait_js(page, "window.prospectJob.store.x.length >= 40", timeout=60_000)
+            steps = page.evaluate("window.prospectJob.store.x")
+            assert steps == list(range(1, 41))
+    finally:
+        kill_workers(second or first)
+        (second or first).stop()
