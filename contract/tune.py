@@ -88,8 +88,7 @@ class TuneResult:
     message: str = ""
 
     def event_fields(self) -> dict[str, Any]:
-        out = asdict(self)
-        return out
+        return asdict(self)
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> TuneResult:
@@ -98,27 +97,30 @@ class TuneResult:
         return cls(**raw)
 
 
-def write_plan(run_dir: Path, plan: TunePlan) -> Path:
-    path = Path(run_dir) / PLAN_FILE
-    path.write_text(json.dumps(plan.to_json(), indent=2))
+def _write(run_dir: Path, name: str, data: dict[str, Any]) -> Path:
+    path = Path(run_dir) / name
+    path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def _read(run_dir: Path, name: str) -> dict[str, Any] | None:
+    path = Path(run_dir) / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def write_plan(run_dir: Path, plan: TunePlan) -> Path:
+    return _write(run_dir, PLAN_FILE, plan.to_json())
 
 
 def read_plan(run_dir: Path) -> TunePlan | None:
-    path = Path(run_dir) / PLAN_FILE
-    if not path.is_file():
-        return None
-    return TunePlan.from_json(json.loads(path.read_text(encoding="utf-8")))
+    raw = _read(run_dir, PLAN_FILE)
+    return None if raw is None else TunePlan.from_json(raw)
 
 
 def write_result(run_dir: Path, result: TuneResult) -> Path:
-    path = Path(run_dir) / RESULT_FILE
-    path.write_text(json.dumps(result.event_fields(), indent=2))
-    return path
+    return _write(run_dir, RESULT_FILE, result.event_fields())
 
 
 def read_result(run_dir: Path) -> TuneResult | None:
-    path = Path(run_dir) / RESULT_FILE
-    if not path.is_file():
-        return None
-    return TuneResult.from_json(json.loads(path.read_text(encoding="utf-8")))
+    raw = _read(run_dir, RESULT_FILE)
+    return None if raw is None else TuneResult.from_json(raw)

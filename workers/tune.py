@@ -30,14 +30,12 @@ class SkipSetting(Exception):  # noqa: N818 - not an error: the setting cannot r
 
 
 def autotune(plan: TunePlan, probe: Probe, events: EventWriter, stop: Callable[[], bool],
-             is_oom: Callable[[BaseException], bool], run_dir: Path,
-             describe: Callable[[TuneResult, TunePlan], str] | None = None) -> TuneResult | None:
+             is_oom: Callable[[BaseException], bool], run_dir: Path) -> TuneResult | None:
     """The choice (also written to ``<run_dir>/tune.json`` and emitted as a ``tune`` event),
     or None when nothing could be measured (the job then trains with its knobs as given).
     A saved choice (a resume, a restart) is reused without probing. ``stop`` is the SIGTERM
     flag (workers.runtime.StopFlag is callable); a signal while a probe runs raises Cancelled
     out of it (the flag's interrupt is on before training), which this lets through."""
-    describe = describe or globals()["describe"]
     saved = read_result(run_dir)
     if saved is not None:
         events.emit("status", phase="tuning",

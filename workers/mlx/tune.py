@@ -129,8 +129,7 @@ def tuned(job: JobConfig, events: EventWriter, stop: Callable[[], bool],
         return job
     if plan is None:  # a resume may find only tune.json; none at all: nothing to choose from
         plan = TunePlan(candidates=[], baseline={}, budget_bytes=0)
-    result = driver.autotune(plan, _Lazy(probe), events, stop, is_oom, job.run_dir,
-                             driver.describe)
+    result = driver.autotune(plan, _Lazy(probe), events, stop, is_oom, job.run_dir)
     if result is None:
         if plan.candidates:
             events.emit("log", level="warning", message="tune auto: no setting could be "
