@@ -15,14 +15,15 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
-
-import httpx
 
 from app.hub.inspect import hub_cache_dir
 from app.units import fmt_bytes
 from contract.hub_files import NoWeights, pick_files
+
+if TYPE_CHECKING:
+    import httpx
 
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 15.0
@@ -89,6 +90,8 @@ class RepoFiles:
 
 
 def _client() -> httpx.Client:
+    import httpx  # here, not at import: 40 ms of the server's start for a page few open
+
     headers = {"User-Agent": "prospect"}
     token = hub_token()
     if token:
@@ -98,6 +101,8 @@ def _client() -> httpx.Client:
 
 
 def _get(client: httpx.Client, url: str, repo_id: str, **kw: Any) -> httpx.Response:
+    import httpx
+
     try:
         response = client.get(url, **kw)
     except httpx.TimeoutException as exc:
