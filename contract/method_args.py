@@ -125,6 +125,9 @@ class TorchKTOArgs(MethodArgs):
     device: str
     dtype: str
     tune: str
+    num_processes: int
+    gpu_ids: str
+    distributed: str
     init_adapter: str
     eval_fraction: float
     eval_steps: int
@@ -142,6 +145,7 @@ class MLXSFTArgs(MethodArgs):
     grad_checkpoint: bool
     compile: bool
     tune: str
+    hosts: str
     mask_prompt: bool
     fine_tune_type: str
     num_layers: int
@@ -170,6 +174,7 @@ class MLXKTOArgs(MethodArgs):
     grad_checkpoint: bool
     compile: bool
     tune: str
+    hosts: str
     num_layers: int
     rank: int
     scale: float
