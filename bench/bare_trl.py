@@ -6,6 +6,7 @@ Prints one JSON line of TRL's own train metrics. Used by bench/overhead.py; runn
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -70,7 +71,8 @@ def main() -> None:
     m["steps"] = trainer.state.global_step
     if cuda:
         m["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
-    print(json.dumps(m))
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch: rank 0 reports
+        print(json.dumps(m))
 
 
 if __name__ == "__main__":
