@@ -71,3 +71,50 @@ def read_launch_plan(run_dir: Path) -> LaunchPlan | None:
         return LaunchPlan(**data)
     except (OSError, ValueError, TypeError):
         return None
+
+
+# --- mlx.launch -------------------------------------------------------------------------------
+# The backends mlx.launch starts over Macs: ring (TCP over each host's "ips"; needs no setup),
+# jaccl / jaccl-ring (RDMA over Thunderbolt 5; each host lists its "rdma" devices) and mpi
+# (mpirun, which must be installed on every Mac). nccl is for CUDA machines, not Macs.
+MLX_BACKENDS = ("ring", "jaccl", "jaccl-ring", "mpi")
+# Set in every rank, remote ones included: ssh starts a remote rank with a bare environment,
+# so what the server's own environment gives a local worker has to travel in the hostfile.
+MLX_RANK_ENVS = ("PYTHONUNBUFFERED=1", "TOKENIZERS_PARALLELISM=false")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The `mlx.launch` console script's body, through the job's interpreter: the module has no
+# __main__ guard (so `python -m` would do nothing), and the script's own path is not needed.
+MLX_LAUNCH = "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"
+
+
+def mlx_command(plan: LaunchPlan, python: str, config_path: Path, run_dir: Path) -> list[str]:
+    """Write ``<run_dir>/hostfile.json`` in mlx.launch's own format and return the command
+    that launches the MLX worker on every host of it (rank i on hosts[i]). Every Mac runs
+    ``python -m workers.mlx`` from this repository's folder with this interpreter, so each
+    needs the same paths (a remote Mac's checkout and venv where this one has them); the run
+    folder must be one every rank can write (ranks/<r>.json). ValueError names what is
+    missing from the plan."""
+    if plan.mlx_backend not in MLX_BACKENDS:
+        raise ValueError(f"MLX backend {plan.mlx_backend!r} is not one mlx.launch starts over "
+                         f"Macs: pick one of {', '.join(MLX_BACKENDS)}")
+    if not plan.hosts:
+        raise ValueError("the launch plan lists no hosts: an MLX job on this Mac alone is "
+                         "started without mlx.launch")
+    for host in plan.hosts:
+        if not host.get("ssh"):
+            raise ValueError(f"a host of the plan has no ssh name: {host}")
+        if plan.mlx_backend in ("ring", "jaccl", "jaccl-ring") and not host.get("ips") \
+                and (plan.mlx_backend == "ring" or host is plan.hosts[0]):
+            raise ValueError(f"host {host['ssh']!r} has no IP address: the {plan.mlx_backend} "
+                             "backend connects the processes over the hosts' IPs; give it "
+                             "one in the Hosts setting")
+    envs = [*plan.envs, *(e for e in MLX_RANK_ENVS
+                          if not any(v.startswith(e.split("=")[0] + "=") for v in plan.envs))]
+    hostfile = Path(run_dir) / HOSTFILE
+    hostfile.write_text(json.dumps({"backend": plan.mlx_backend, "envs": envs,
+                                    "hosts": plan.hosts}, indent=1), encoding="utf-8")
+    port = ["--starting-port", str(plan.starting_port)] if plan.starting_port else []
+    return [python, "-c", MLX_LAUNCH, "--hostfile", str(hostfile),
+            "--backend", plan.mlx_backend, *port, "--cwd", str(REPO_ROOT), "--",
+            python, "-m", "workers.mlx", "--config", str(config_path)]
+
