@@ -118,3 +118,71 @@ def mlx_command(plan: LaunchPlan, python: str, config_path: Path, run_dir: Path)
             "--backend", plan.mlx_backend, *port, "--cwd", str(REPO_ROOT), "--",
             python, "-m", "workers.mlx", "--config", str(config_path)]
 
+
+# --- accelerate launch ------------------------------------------------------------------------
+# FSDP over a LoRA model: every decoder layer its own shard unit (the model's _no_split_modules
+# say which class that is), the original parameters kept so the frozen base and the trainable
+# LoRA weights can share a unit, and full state dicts so that a checkpoint holds the usual
+# adapter_model.safetensors (our intactness check and a resume with another process count
+# read that file; a sharded dict would leave only FSDP's own shards).
+FSDP_CONFIG = {
+    "fsdp_version": 1,
+    "fsdp_sharding_strategy": "FULL_SHARD",
+    "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    "fsdp_use_orig_params": True,
+    "fsdp_state_dict_type": "FULL_STATE_DICT",
+    "fsdp_offload_params": False,
+    "fsdp_sync_module_states": True,  # every rank starts from rank 0's weights
+    "fsdp_cpu_ram_efficient_loading": False,
+    "fsdp_forward_prefetch": False,
+    "fsdp_backward_prefetch": "BACKWARD_PRE",
+}
+
+
+def accelerate_config(plan: LaunchPlan) -> dict[str, Any]:
+    """The run's own accelerate config: everything ``accelerate launch`` would otherwise read
+    from the user's ~/.cache/huggingface/accelerate/default_config.yaml is set here."""
+    if plan.processes < 2:
+        raise ValueError(f"accelerate launches 2 or more processes, the plan has "
+                         f"{plan.processes}: a job of one process is started without it")
+    if plan.gpu_ids and len(plan.gpu_ids) != plan.processes:
+        raise ValueError(f"the plan names {len(plan.gpu_ids)} GPUs for {plan.processes} "
+                         "processes: one process per GPU")
+    return {
+        "compute_environment": "LOCAL_MACHINE",
+        "distributed_type": "FSDP" if plan.fsdp else "MULTI_GPU",
+        "num_machines": 1,
+        "machine_rank": 0,
+        "num_processes": plan.processes,
+        # On a machine without CUDA, MULTI_GPU with every "GPU" still starts torchrun's
+        # processes, which train on the CPU over gloo (the worker asks for device cpu); the
+        # launcher's own CPU mode would go through mpirun instead.
+        "gpu_ids": ",".join(str(i) for i in plan.gpu_ids) if plan.gpu_ids else "all",
+        "use_cpu": False,
+        "main_process_port": plan.main_process_port,  # 0: accelerate picks a free one
+        "rdzv_backend": "static",
+        "same_network": True,
+        # The worker's TrainingArguments set bf16/fp16 themselves, and an Accelerator's own
+        # mixed_precision argument wins over this launcher default.
+        "mixed_precision": "no",
+        "downcast_bf16": "no",
+        "debug": False,
+        "enable_cpu_affinity": False,
+        "dynamo_config": {},
+        **({"fsdp_config": dict(FSDP_CONFIG)} if plan.fsdp else {}),
+    }
+
+
+def accelerate_command(plan: LaunchPlan, python: str, config_path: Path,
+                       run_dir: Path) -> list[str]:
+    """Write ``<run_dir>/accelerate_config.yaml`` and return the ``accelerate launch``
+    command that starts ``python -m workers.torch`` once per process. The file is JSON, which
+    YAML reads as is (accelerate reads it with yaml.safe_load). ValueError names what is
+    wrong with the plan."""
+    if plan.launcher != "accelerate":
+        raise ValueError(f"the plan is for {plan.launcher!r}, not accelerate")
+    config = accelerate_config(plan)
+    path = Path(run_dir) / ACCELERATE_CONFIG
+    path.write_text(json.dumps(config, indent=1), encoding="utf-8")
+    return [python, "-m", "accelerate.commands.launch", "--config_file", str(path),
+            "-m", "workers.torch", "--config", str(config_path)]
