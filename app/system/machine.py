@@ -67,8 +67,8 @@ def nvidia_smi_csv() -> str | None:
     with _smi_lock:
         now = time.monotonic()
         if _smi_cache is None or now - _smi_cache[0] > NVIDIA_SMI_TTL_S:
-            text = run_command(["nvidia-smi", "--query-gpu=index,name,memory.total,memory.free",
-                                "--format=csv,noheader,nounits"])
+            text = run_command(["nvidia-smi", "--query-gpu=index,name,memory.total,memory.free,"
+                                "memory.used", "--format=csv,noheader,nounits"])
             _smi_cache = (now, text)
         return _smi_cache[1]
 
@@ -133,6 +133,9 @@ class Probes:
     version: Callable[[str], str | None] = dist_version
     torch_cuda: Callable[[], str | None] = torch_cuda_build
     cpu_count: Callable[[], int | None] = os.cpu_count
+    # GPU index -> ids of the running jobs on it; the server hands in one that reads its
+    # jobs (app/system/gpus.py), so this module stays free of the database.
+    gpu_jobs: Callable[[], dict[int, list[int]]] = dict
 
 
 # --- parsers (pure: text in, numbers out) --------------------------------------------------
@@ -190,18 +193,23 @@ def mac_memory(memsize: str | None, vm_stat_text: str | None,
 
 
 def parse_nvidia_smi(text: str | None) -> list[dict[str, Any]]:
-    """'0, NVIDIA H100 80GB HBM3, 81559, 80900' lines → devices with byte counts."""
+    """'0, NVIDIA H100 80GB HBM3, 81559, 80900, 120' lines (index, name, MiB total, free,
+    used) → devices with byte counts. Without the used column it is total less free (the
+    driver reserves a little, so nvidia-smi's own number is preferred)."""
     devices = []
     for line in (text or "").splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 4 or not parts[0].isdigit():
+        if len(parts) not in (4, 5) or not parts[0].isdigit():
             continue
         try:
-            total, free = int(float(parts[2])) * _MIB, int(float(parts[3])) * _MIB
+            mib = [int(float(p)) * _MIB for p in parts[2:]]
         except ValueError:
             continue
+        total, free = mib[0], mib[1]
+        used = mib[2] if len(mib) == 3 else max(0, total - free)
         devices.append({"index": int(parts[0]), "name": parts[1],
-                        "memory_total_bytes": total, "memory_free_bytes": free})
+                        "memory_total_bytes": total, "memory_free_bytes": free,
+                        "memory_used_bytes": used})
     return devices
 
 
@@ -263,7 +271,8 @@ def system_info(probes: Probes | None = None) -> dict[str, Any]:
     Keys: memory_total_bytes, memory_available_bytes, memory_used_bytes, swap_total_bytes,
     swap_used_bytes, platform ('Darwin', 'Linux', …), machine ('arm64', 'x86_64'),
     apple_silicon, unified_memory (CPU and GPU share memory: Apple silicon), cpu_count,
-    cuda_devices [{index, name, memory_total_bytes, memory_free_bytes}],
+    cuda_devices [{index, name, memory_total_bytes, memory_free_bytes, memory_used_bytes,
+    in_use_by: [ids of the running jobs on it]}],
     backends {cpu|cuda|mps|mlx: {available, reason, …}}, available_backends [names],
     versions {library: version or None}, python.
     """
@@ -272,6 +281,9 @@ def system_info(probes: Probes | None = None) -> dict[str, Any]:
     apple = is_apple_silicon(probes)
     mem = memory(probes, system == "Darwin")
     cuda_devices = parse_nvidia_smi(probes.nvidia_smi())
+    in_use = probes.gpu_jobs() if cuda_devices else {}
+    for dev in cuda_devices:
+        dev["in_use_by"] = sorted(in_use.get(dev["index"], []))
     found = backends(probes, apple, cuda_devices)
     return {
         "memory_total_bytes": mem["total"],

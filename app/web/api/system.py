@@ -12,21 +12,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from app.system.doctor_cache import cached_doctor
-from app.system.machine import system_info
+from app.system.gpus import system_info_with_gpus
 from app.web.deps import SettingsDep
 
 router = APIRouter()
 
 
 @router.get("/api/system", tags=["system"])
-async def system() -> dict[str, Any]:
-    """Memory now (total, available, swap), platform, CUDA devices, which backends (cpu, cuda,
-    mps, mlx) can train here and why not, and the installed library versions."""
-    return await run_in_threadpool(system_info)
+async def system(request: Request) -> dict[str, Any]:
+    """Memory now (total, available, swap), platform, CUDA devices (each with
+    memory_total/free/used_bytes and in_use_by: the ids of the running jobs on it), which
+    backends (cpu, cuda, mps, mlx) can train here and why not, and the installed library
+    versions."""
+    return await run_in_threadpool(system_info_with_gpus, request.app.state)
 
 
 @router.get("/api/system/doctor", tags=["system"])
