@@ -41,6 +41,7 @@ from app.web.api import (
     series,
     system,
 )
+from app.web.api import settings as settings_api
 from app.web.deps import FormRefused
 from app.web.pages import arenas as arena_pages
 from app.web.pages import datasets as dataset_pages
@@ -154,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    model_download_pages.router, runs.api,
                    run_pages.router, adapters.router, datasets.router,
                    dataset_pages.router, system.router, system_pages.router, plan.router,
+                   settings_api.router,
                    plan_pages.router, jobs_pages.router, new_job.router, job.router,
                    artifacts.router, series.router, library.router,
                    model_folder_pages.router, library.api,
