@@ -126,6 +126,9 @@ class MemorySampler:
         self._system = system
         self.peak_rss_bytes = 0
         self.peak_backend_bytes: int | None = None
+        # Every rank's numbers in a distributed run ({rank, host, active_bytes, peak_bytes,
+        # driver_bytes}), set by rank 0 after each step's gather; emitted as backend.ranks.
+        self.ranks: list[dict[str, Any]] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -142,6 +145,10 @@ class MemorySampler:
                     backend["error"] = f"{type(exc).__name__}: {exc}"
             self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
             seen = [backend.get("peak_bytes"), backend.get("active_bytes")]
+            if self.ranks is not None:
+                backend["ranks"] = [dict(r) for r in self.ranks]
+                if self.backend_probe is not None:  # a device's peak: the fullest rank's
+                    seen += [r.get("peak_bytes") for r in self.ranks]
             seen = [v for v in seen if isinstance(v, int)]
             if seen:
                 self.peak_backend_bytes = max([*seen, self.peak_backend_bytes or 0])

@@ -37,10 +37,12 @@ from contract.eval_split import EVAL_SPLIT_FILE, split_rows, write_split
 from contract.events import EVENTS_FILE, EventWriter
 from contract.job_config import ConfigError, JobConfig, parse_config, read_config_file
 from contract.knobs import ParamError
+from contract.ranks import failure_event, write_rank_end, write_rank_start
 from contract.rows import DatasetError, Row, kto_stats, load_kto_dataset
 from workers.checkpoints import NoIntactCheckpoint, resume_from_intact
 from workers.keep_awake import KeepAwake, keep_awake
 from workers.memory import MemorySampler
+from workers.world import ONE_PROCESS, World, culprit, single, started_at
 
 # Read by huggingface_hub / datasets / tokenizers at import time: set before any of them loads.
 OFFLINE_ENVIRONMENT = {
@@ -221,6 +223,7 @@ class Session:
     sampler: MemorySampler
     stop: StopFlag
     awake: KeepAwake = field(default_factory=KeepAwake)
+    world: World = ONE_PROCESS  # which process of a distributed run this is
 
     def keep_awake(self) -> None:
         self.awake = keep_awake()  # on macOS: no idle sleep until this process ends
@@ -237,19 +240,26 @@ class Backend:
     is_checkpoint: Callable[[Path], bool]  # whether a folder is a resumable checkpoint
     body: Callable[[JobConfig, Session], RunResult]  # the work; imports the ML libraries
     describe: Callable[[BaseException, dict], dict[str, Any]]  # (error, raw config) -> fields
+    rank: Callable[[], World] = single  # this process's place, from its launcher's environment
 
 
 def run_worker(backend: Backend, argv: list[str] | None = None, *, silent: bool = False) -> int:
     """``python -m workers.<backend> --config <run_dir>/config.json``: every failure becomes
-    an ``error`` event with a hint, and every run ends with one ``done`` event. ``silent``:
-    write no events (a rank other than 0 of a distributed launch)."""
+    an ``error`` event with a hint, and every run ends with one ``done`` event. Under a
+    distributed launch (``backend.rank``) only rank 0 writes events, and every rank leaves
+    its start and end in ranks/ (contract/ranks.py). ``silent``: write no events at all."""
     stop = StopFlag().install()  # first: a cancel that comes early is still seen
     cli = parse_cli(f"python -m workers.{backend.name}", backend.doc, argv, backend.environment)
+    world = backend.rank()
     raw, error = read_raw(cli.config)
     folder = run_dir_of(raw, cli.config)
     folder.mkdir(parents=True, exist_ok=True)
-    events = SilentEvents() if silent else EventWriter(folder / EVENTS_FILE)
-    session = Session(events, MemorySampler(events.emit, interval=cli.memory_interval), stop)
+    quiet = silent or world.rank != 0
+    events = SilentEvents() if quiet else EventWriter(folder / EVENTS_FILE)
+    session = Session(events, MemorySampler(events.emit, interval=cli.memory_interval), stop,
+                      world=world)
+    if world.distributed:
+        write_rank_start(folder, world.rank, world.size, world.local_rank, started_at())
     try:
         stop.arm()
         if error is not None:
@@ -264,9 +274,37 @@ def run_worker(backend: Backend, argv: list[str] | None = None, *, silent: bool 
         stop.interrupt = False
         traceback.print_exc()
         sys.stderr.flush()
-        events.emit("error", **backend.describe(exc, raw))
-        finish(session, RunResult("failed", {}))
-        return 1
+        return fail(session, folder, backend.describe(exc, raw), exc)
+    return end(session, folder, result)
+
+
+def fail(session: Session, folder: Path, fields: dict[str, Any], exc: BaseException) -> int:
+    """The ``error`` event and ``done`` failed. In a distributed run this rank's end file
+    first (the others may be asking who failed); rank 0 reports the rank that failed first
+    when its own error is only the consequence (contract/ranks.py, workers/world.py)."""
+    world = session.world
+    if world.distributed:
+        write_rank_end(folder, world.rank, "failed", fields)
+        if world.rank == 0 and (other := culprit(folder, world.rank, exc)) is not None:
+            print(f"rank {other.rank} failed first: reporting its error", flush=True)
+            fields = failure_event(other)
+    session.events.emit("error", **fields)
+    finish(session, RunResult("failed", {}))
+    return 1
+
+
+def end(session: Session, folder: Path, result: RunResult) -> int:
+    """``done`` with the body's result; a distributed rank 0 that was stopped because another
+    rank failed or died reports that rank's error and ``done`` failed instead."""
+    world = session.world
+    if world.distributed:
+        write_rank_end(folder, world.rank, result.status)
+        if world.rank == 0 and result.status == "cancelled" \
+                and (other := culprit(folder, world.rank, None)) is not None:
+            print(f"stopped because rank {other.rank} failed: reporting its error", flush=True)
+            session.events.emit("error", **failure_event(other))
+            finish(session, RunResult("failed", result.summary))
+            return 1
     finish(session, result)
     return 0
 

@@ -92,17 +92,21 @@ def autotune(plan: TunePlan, probe: Probe, events: EventWriter, stop: Callable[[
     return result
 
 
-def _planned(plan: TunePlan, events: EventWriter, run_dir: Path) -> TuneResult:
+def _planned(plan: TunePlan, events: EventWriter, run_dir: Path, note: str | None = None,
+             record: bool = True) -> TuneResult:
     """The plan's first setting, untimed: timing one setting costs a throwaway trainer and a
-    warm-up (7 s for a 0.5B model on an H200, issue 14), more than a job this short saves."""
+    warm-up (7 s for a 0.5B model on an H200, issue 14), more than a job this short saves.
+    ``note``: why it is not timed (default: the job is too short); ``record``: write
+    tune.json (under a distributed launch every rank takes the choice, rank 0 records it)."""
     first = plan.candidates[0]
-    note = (f"not timed: the job is too short ({plan.probe_budget_s:.1f} s of probe budget, "
-            f"5% of its expected time; timing needs {plan.min_timed_s:.0f} s)")
+    note = note or (f"not timed: the job is too short ({plan.probe_budget_s:.1f} s of probe "
+                    f"budget, 5% of its expected time; timing needs {plan.min_timed_s:.0f} s)")
     result = TuneResult(chosen=dict(first.settings),
                         tried=[Trial(dict(first.settings), "planned", note=note)])
     used = f", about {size(first.estimate_bytes)} planned" if first.estimate_bytes else ""
     result.message = (f"chose {label(first.settings)} from the memory plan, {note}{used}")
-    write_result(run_dir, result)
+    if record:
+        write_result(run_dir, result)
     events.emit("tune", **result.event_fields())
     return result
 

@@ -10,8 +10,6 @@ the end of the current step, then the adapter, and the run ends ``cancelled``.
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from contract.sft_rows import load_sft_splits
 from workers import runtime
 from workers.checkpoints import MLX_FILES
 from workers.mlx.errors import describe_error
+from workers.world import mlx_world
 
 
 def run_job(job: JobConfig, session: runtime.Session) -> runtime.RunResult:
@@ -72,34 +71,14 @@ def is_checkpoint(path: Path) -> bool:
     return (path / "state.json").is_file()
 
 
+# Under `mlx.launch` only rank 0 reports and saves: rank= reads which one this is.
 MLX = runtime.Backend(name="mlx", doc=__doc__, environment=runtime.OFFLINE_ENVIRONMENT,
                       checkpoint_files=MLX_FILES, is_checkpoint=is_checkpoint, body=run_job,
-                      describe=describe_error)
-
-
-def hang_up_as_cancel() -> None:
-    """A rank on another Mac runs under ``ssh -tt``: when that session closes (the launcher
-    stopped, the network dropped) the rank gets SIGHUP, whose default would kill it before
-    the other ranks agree to stop. It becomes a cancel instead, and the rank's output, whose
-    terminal is gone, goes to /dev/null: a print to the closed terminal would raise (EIO)
-    in the middle of the step."""
-
-    def on_hangup(signum, frame):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        for fd in (1, 2):
-            os.dup2(devnull, fd)
-        os.close(devnull)
-        os.kill(os.getpid(), signal.SIGTERM)  # the stop flag's own handler takes it
-
-    signal.signal(signal.SIGHUP, on_hangup)
+                      describe=describe_error, rank=mlx_world)
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Under `mlx.launch` (data-parallel over processes or Macs) only rank 0 reports and saves.
-    rank = int(os.environ.get("MLX_RANK", "0"))
-    if rank != 0:
-        hang_up_as_cancel()
-    return runtime.run_worker(MLX, argv, silent=rank != 0)
+    return runtime.run_worker(MLX, argv)
 
 
 if __name__ == "__main__":

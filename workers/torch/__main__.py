@@ -17,6 +17,7 @@ from contract.job_config import JobConfig
 from workers import runtime
 from workers.checkpoints import TORCH_FILES
 from workers.torch.errors import describe_error
+from workers.world import torch_world
 
 # Read by torch / huggingface_hub / datasets at import time, so set before any of them loads.
 ENVIRONMENT = {
@@ -47,12 +48,12 @@ def run_job(job: JobConfig, session: runtime.Session) -> runtime.RunResult:
 
     from workers.torch import kto  # torch, transformers, trl and peft load here
 
-    return kto.train(job, rows, session.events, session.stop, session.sampler)
+    return kto.train(job, rows, session.events, session.stop, session.sampler, session.world)
 
 
 TORCH = runtime.Backend(name="torch", doc=__doc__, environment=ENVIRONMENT,
                         checkpoint_files=TORCH_FILES, is_checkpoint=Path.is_dir, body=run_job,
-                        describe=describe_error)
+                        describe=describe_error, rank=torch_world)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,16 +35,19 @@ from workers.model_source import model_source
 from workers.runtime import RunResult, StopFlag, loading_model, split_for_eval
 from workers.torch.callback import EventCallback
 from workers.torch.device import DeviceChoice, Platform, choose_device
+from workers.torch.distributed import RankSync
 from workers.torch.errors import InitAdapterError, checkpoint_disk_full
 from workers.torch.library_overhead import cache_package_checks
 from workers.torch.tune import check_liger, tune
+from workers.world import ONE_PROCESS, World
 
 LORA_KNOBS = ("r", "lora_alpha", "lora_dropout", "target_modules")
 
 
 def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, stop: StopFlag,
-          sampler: MemorySampler) -> RunResult:
-    """Train one job. ``stop`` is the SIGTERM flag; before training it interrupts at once."""
+          sampler: MemorySampler, world: World = ONE_PROCESS) -> RunResult:
+    """Train one job. ``stop`` is the SIGTERM flag; before training it interrupts at once.
+    ``world``: this process's place under ``accelerate launch`` (one process by default)."""
     cache_package_checks()  # accelerate re-reads package metadata every step otherwise
     args = job.args
     choice = choose_device(Platform.detect(), args.device, args.dtype)
@@ -64,14 +67,17 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
     # puts the weights back, and the trainer below starts from the same seed) and returns
     # the job with the fastest speed knobs; the effective batch and all else are kept.
     job, reload = tune(job, choice, model, tokenizer, peft_config, rows, events, stop,
-                       lambda a, **over: kto_config(job, choice, args=a, **over))
+                       lambda a, **over: kto_config(job, choice, args=a, **over), world)
     args = job.args
     if reload:  # a probe swapped module kernels (Liger): start from a freshly loaded model
         tokenizer, model = load_model(job.model, choice)
         model, peft_config = start_adapter(job, model, events)
     check_liger(args, choice.device)
     config = kto_config(job, choice, evaluate=bool(held))
-    callback = EventCallback(events, stop_requested=stop)
+    # Several processes stop at the step where any of them was asked to (workers/torch/
+    # distributed.py); one process reads its own flag, as always.
+    sync = RankSync(stop, world, sampler, job.run_dir) if world.distributed else None
+    callback = EventCallback(events, stop_requested=sync if sync is not None else stop)
 
     if args.precompute_ref_log_probs:
         events.emit(
@@ -89,7 +95,7 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
         eval_dataset=datasets.Dataset.from_list(held) if held else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[callback],
+        callbacks=[sync, callback] if sync else [callback],
     )
     # TRL already counts the non-padding tokens of every batch for its num_tokens metric.
     callback.token_count = lambda: getattr(trainer, "_total_train_tokens", 0)
@@ -118,9 +124,7 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
         trainer.evaluate()  # its metrics reach the events through the callback's on_log
 
     events.emit("status", phase="saving", message=f"saving the adapter to {job.adapter_dir}")
-    # The policy alone: with init_adapter the model also holds the frozen "ref" copy.
-    trainer.model.save_pretrained(job.adapter_dir, selected_adapters=["default"])
-    tokenizer.save_pretrained(job.adapter_dir)
+    save_adapter(trainer, tokenizer, job.adapter_dir)
     events.emit("artifact", kind="adapter", path=str(job.adapter_dir))
 
     m = output.metrics
@@ -136,10 +140,25 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
         "device": choice.device,
         "dtype": choice.dtype,
         "adapter_path": str(job.adapter_dir),
+        "processes": world.size,
     }
     if callback.last_eval_loss is not None:
         summary["eval_loss"] = callback.last_eval_loss
     return RunResult("cancelled" if callback.cancelled else "succeeded", summary)
+
+
+def save_adapter(trainer: KTOTrainer, tokenizer, folder: Path) -> None:
+    """The policy adapter alone (with init_adapter the model also holds the frozen "ref"
+    copy) and the tokenizer, written by the world's process zero. Under FSDP every process
+    first takes part in gathering the full state dict (the weights are sharded across
+    them); under DDP each holds all of it and the others have nothing to do."""
+    state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled \
+        else None
+    if not trainer.is_world_process_zero():
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.save_pretrained(folder, selected_adapters=["default"], state_dict=state)
+    tokenizer.save_pretrained(folder)
 
 
 def load_model(model_id: str, choice: DeviceChoice):
@@ -242,6 +261,9 @@ def kto_config(job: JobConfig[TorchKTOArgs], choice: DeviceChoice, evaluate: boo
         use_cpu=choice.use_cpu,
         report_to=[],
         disable_tqdm=True,
+        # DDP: a LoRA's trainable weights are all used in every forward pass, so DDP need
+        # not walk the graph looking for unused ones (it warns when asked to).
+        ddp_find_unused_parameters=False,
         **evaluation,
     )
     return KTOConfig(**{**config, **overrides})

@@ -38,22 +38,33 @@ from contract.tune import SPEED_KNOBS, TunePlan, read_plan, read_result
 from workers.memory import process_rss_bytes, torch_probe
 from workers.runtime import HintedError
 from workers.torch.device import DeviceChoice
-from workers.tune import SkipSetting, autotune
+from workers.tune import SkipSetting, _planned, autotune
+from workers.world import ONE_PROCESS, World
+
+DISTRIBUTED_NOTE = "not timed under a distributed launch: the plan's choice per GPU"
 
 
 def tune(job: JobConfig[TorchKTOArgs], choice: DeviceChoice, model, tokenizer, peft_config,
-         rows: list[Row], events: EventWriter, stop, config_for
+         rows: list[Row], events: EventWriter, stop, config_for, world: World = ONE_PROCESS
          ) -> tuple[JobConfig[TorchKTOArgs], bool]:
     """(the job with the chosen speed knobs, whether the model must be loaded again). Runs
     the probe when the job asks for ``tune: auto`` and the server left a plan; a saved
     choice (tune.json: a resume, a restart) is reused. A resume without a saved choice is
     not tuned (its checkpoint was made with the knobs as given), nor is a run without a plan;
-    nothing measured: the job as given."""
+    nothing measured: the job as given. Under a distributed launch nothing is timed (each
+    rank would time its own probe, at its own speed, and the ranks could choose apart):
+    every rank takes the plan's first setting, which the planner sized per GPU."""
     if job.args.tune != "auto":
         return job, False
     saved, plan = read_result(job.run_dir), read_plan(job.run_dir)
     if saved is None and (plan is None or job.resume_from_checkpoint):
         return job, False
+    if world.distributed:
+        if saved is None and not (plan and plan.candidates):
+            return job, False
+        result = saved or _planned(plan, events, job.run_dir, note=DISTRIBUTED_NOTE,
+                                   record=world.rank == 0)
+        return _with(job, result.chosen, events), False
     probe = TorchProbe(job, choice, model, tokenizer, peft_config, rows, config_for)
     result = autotune(plan or TunePlan([], {}, 0), probe, events, stop, is_oom, job.run_dir)
     probe.cleanup()
@@ -61,13 +72,19 @@ def tune(job: JobConfig[TorchKTOArgs], choice: DeviceChoice, model, tokenizer, p
         events.emit("log", level="warning", message="auto-tuning measured no setting; "
                     "training with the knobs as given")
         return job, probe.patched
-    chosen = {k: v for k, v in result.chosen.items() if k in SPEED_KNOBS[("torch", "kto")]}
+    return _with(job, result.chosen, events), probe.patched
+
+
+def _with(job: JobConfig[TorchKTOArgs], chosen: dict[str, Any],
+          events: EventWriter) -> JobConfig[TorchKTOArgs]:
+    """The job with the chosen speed knobs, unless they would change the effective batch."""
+    chosen = {k: v for k, v in chosen.items() if k in SPEED_KNOBS[("torch", "kto")]}
     args = dataclasses.replace(job.args, **chosen)
     if _effective(args) != _effective(job.args):  # never: auto keeps the effective batch
         events.emit("log", level="warning", message=f"ignored the tuned settings {chosen}: "
                     "they change the effective batch")
-        return job, probe.patched
-    return dataclasses.replace(job, args=args), probe.patched
+        return job
+    return dataclasses.replace(job, args=args)
 
 
 def _effective(args: TorchKTOArgs) -> int:
