@@ -10,6 +10,8 @@ the end of the current step, then the adapter, and the run ends ``cancelled``.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -77,7 +79,28 @@ MLX = runtime.Backend(name="mlx", doc=__doc__, environment=runtime.OFFLINE_ENVIR
                       describe=describe_error, rank=mlx_world)
 
 
+def hang_up_as_cancel() -> None:
+    """A rank on another Mac runs under ``ssh -tt``: when that session closes (the launcher
+    stopped, the network dropped) the rank gets SIGHUP, whose default would kill it before
+    the other ranks agree to stop. It becomes a cancel instead, and the rank's output, whose
+    terminal is gone, goes to /dev/null: a print to the closed terminal would raise (EIO)
+    in the middle of the step."""
+
+    def on_hangup(signum, frame):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        os.kill(os.getpid(), signal.SIGTERM)  # the stop flag's own handler takes it
+
+    signal.signal(signal.SIGHUP, on_hangup)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Under `mlx.launch` (data-parallel over processes or Macs) only rank 0 reports and saves.
+    rank = int(os.environ.get("MLX_RANK", "0"))
+    if rank != 0:
+        hang_up_as_cancel()
     return runtime.run_worker(MLX, argv)
 
 
