@@ -169,6 +169,23 @@ def check_fits(model: str, backend: str, method: str, params: dict[str, Any],
     return result
 
 
+def choose_sharding(model: str, backend: str, method: str, params: dict[str, Any],
+                    system: dict[str, Any] | None = None) -> str:
+    """"ddp" or "fsdp" for a torch job on several processes (``distributed`` auto decided
+    by the per-GPU plan: ddp when it fits the smallest chosen GPU, else fsdp); DoesNotFit
+    when neither fits. A model that cannot be read is not planned: ddp, the default."""
+    asked = params.get("distributed", "auto")
+    if asked in ("ddp", "fsdp"):
+        return asked
+    facts, _ = model_facts(model)
+    if facts is None or backend != "torch":
+        return "ddp"
+    result = plan(facts, backend, method, params, machine() if system is None else system)
+    if result["verdict"] == NO_FIT:
+        raise DoesNotFit(result)
+    return result["estimate"].get("sharding", "ddp")
+
+
 # --- what Prospect itself holds ------------------------------------------------------------
 # Loaded inference models are Prospect's to stop: a job about to start unloads them when it
 # needs the room (app/inference/manager.py registers how much they hold). So the memory the

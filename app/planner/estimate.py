@@ -31,13 +31,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.system.machine import metal_working_set
+# The budgets and verdicts live in budget.py; callers import them from here as before.
+from app.planner.budget import (  # noqa: F401
+    FIT_RATIO,
+    FITS,
+    NO_FIT,
+    TIGHT,
+    budget_for,
+    cpu_budget,
+    cuda_budget,
+    mac_budget,
+    target_device,
+    verdict,
+)
+from app.planner.scale import need_text, per_gpu_rows, processes, sharding_of, spread
+from app.system.machine import metal_working_set  # noqa: F401
 from app.units import fmt_bytes, fmt_count
 
 GB = 1e9  # the calibrated constants below were written in 1e9 bytes; shown in GiB (app.units)
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-FITS, TIGHT, NO_FIT = "fits", "tight", "won't fit"
-FIT_RATIO = 0.8  # above 80 % of the budget a job is "tight": estimates are good to ±20 %
 
 # Framework overhead, bytes (the tiny demo model's measured peak RSS, bench/planner.py).
 OVERHEAD = {"torch": 0.50 * GB, "mlx": 0.36 * GB}
@@ -203,6 +215,9 @@ def estimate(m: dict[str, Any], backend: str, method: str, params: dict[str, Any
         else:
             rows.append(("logits", logits * act * 3, "batch×seq×vocab logits, their "
                          "log-softmax and gradient, in the model's dtype"))
+    n, sharding = processes(backend, params), sharding_of(params)
+    if n > 1 and device == "cuda":  # each process on a GPU of its own
+        rows = per_gpu_rows(rows, n, sharding, lora_n, layers)
     allocated = sum(r[1] for r in rows)
     if device == "cuda":
         overhead = CUDA_CONTEXT + ALLOCATOR_SLACK * allocated
@@ -213,10 +228,11 @@ def estimate(m: dict[str, Any], backend: str, method: str, params: dict[str, Any
     rows.append(("overhead", overhead, note))
     total = allocated + overhead
     device_bytes = total if device == "cuda" else allocated
-    return {"total_bytes": total, "allocated_bytes": allocated, "device_bytes": device_bytes,
-            "breakdown": [{"name": n, "bytes": int(v), "note": t} for n, v, t in rows],
-            "settings": {**s, "device": device, "compute_dtype": dtype,
-                         "adapter_params": lora_n}}
+    out = {"total_bytes": total, "allocated_bytes": allocated, "device_bytes": device_bytes,
+           "breakdown": [{"name": r, "bytes": int(v), "note": t} for r, v, t in rows],
+           "settings": {**s, "device": device, "compute_dtype": dtype,
+                        "adapter_params": lora_n}}
+    return spread(out, n, sharding, device) if n > 1 else out
 
 
 def _dtype_note(m: dict[str, Any], backend: str, dtype: str) -> str:
@@ -226,75 +242,23 @@ def _dtype_note(m: dict[str, Any], backend: str, dtype: str) -> str:
     return dtype
 
 
-# --- the budget ------------------------------------------------------------------------------
-def mac_budget(total: int, available: int, wired_limit_mb: int = 0) -> dict[str, Any]:
-    """Unified memory: the GPU part must stay under the working-set limit, everything under
-    what is free now (macOS and open apps keep the rest)."""
-    ws = metal_working_set(total, wired_limit_mb)
-    return {"kind": "unified", "bytes": min(ws, available), "device_limit": ws,
-            "available": available, "total": total,
-            "note": f"{_gb(total)} unified memory: the Metal working-set limit is {_gb(ws)}, "
-                    f"{_gb(available)} is free now"}
-
-
-def cuda_budget(devices: list[dict[str, Any]]) -> dict[str, Any]:
-    best = max(devices, key=lambda d: d.get("memory_free_bytes") or 0)
-    free, total = best.get("memory_free_bytes") or 0, best.get("memory_total_bytes") or 0
-    return {"kind": "cuda", "bytes": free, "device_limit": free, "available": free,
-            "total": total, "note": f"GPU {best.get('index', 0)} ({best.get('name', 'CUDA')}):"
-                                    f" {_gb(free)} free of {_gb(total)}"}
-
-
-def cpu_budget(available: int, total: int) -> dict[str, Any]:
-    return {"kind": "cpu", "bytes": available, "device_limit": None, "available": available,
-            "total": total, "note": f"{_gb(available)} of {_gb(total)} RAM free now"}
-
-
-def target_device(backend: str, params: dict[str, Any], system: dict[str, Any]) -> str:
-    """Where the job will run on this machine: the torch worker's auto choice, or MLX's."""
-    cuda = bool(system.get("cuda_devices")) and \
-        system.get("backends", {}).get("cuda", {}).get("available", True)
-    apple = bool(system.get("apple_silicon"))
-    if backend == "mlx":
-        return "gpu" if apple else "cpu"
-    device = params.get("device", "auto")
-    if device != "auto":
-        return device
-    return "cuda" if cuda else "mps" if apple else "cpu"
-
-
-def budget_for(device: str, system: dict[str, Any]) -> dict[str, Any]:
-    total = int(system.get("memory_total_bytes") or 0)
-    available = int(system.get("memory_available_bytes") or 0)
-    if device == "cuda" and system.get("cuda_devices"):
-        return cuda_budget(system["cuda_devices"])
-    if device in ("mps", "gpu") or system.get("apple_silicon"):
-        return mac_budget(total, available, int(system.get("iogpu_wired_limit_mb") or 0))
-    return cpu_budget(available, total)
-
-
-def verdict(est: dict[str, Any], budget: dict[str, Any]) -> tuple[str, float]:
-    """fits / tight / won't fit, and the fraction of the budget used (the worse of the
-    device limit and the free memory on a Mac)."""
-    ratios = [est["total_bytes"] / max(budget["available"], 1)]
-    if budget.get("device_limit"):
-        ratios.append(est["device_bytes"] / max(budget["device_limit"], 1))
-    ratio = max(ratios)
-    return (FITS if ratio <= FIT_RATIO else TIGHT if ratio <= 1.0 else NO_FIT), ratio
-
-
 # --- suggestions -----------------------------------------------------------------------------
 def candidates(backend: str, method: str, params: dict[str, Any], m: dict[str, Any],
-               mac: bool = False):
+               mac: bool = False, *, gpus: bool = False):
     """(text, backend, params, model facts) to try, least disruptive first; each step keeps
-    what the earlier ones changed."""
+    what the earlier ones changed. ``gpus``: the job's processes train on CUDA GPUs."""
     p = dict(params)
     min_batch = 2 if method == "kto" else 1
+    done: list[str] = []
+    if gpus and processes(backend, p) > 1 and sharding_of(p) == "ddp":
+        p["distributed"] = "fsdp"
+        done.append(f"set distributed to fsdp (the model sharded over {processes(backend, p)} "
+                    "GPUs)")
+        yield "; ".join(done), backend, dict(p), m
     batch_key = "per_device_train_batch_size" if backend == "torch" else "batch_size"
     seq_key = "max_length" if backend == "torch" else "max_seq_length"
     ckpt_key = "gradient_checkpointing" if backend == "torch" else "grad_checkpoint"
     default_seq = 2048 if backend == "mlx" and method == "sft" else 512
-    done: list[str] = []
     if not p.get(ckpt_key, backend == "torch"):
         p[ckpt_key] = True
         done.append(f"turn {ckpt_key} on")
@@ -336,31 +300,40 @@ def plan(m: dict[str, Any], backend: str, method: str, params: dict[str, Any],
     """The estimate, the budget, the verdict and, unless it fits, the first change that
     does (``suggestion``: text and the params to use, or None when nothing tried fits)."""
     device = target_device(backend, params, system)
+    asked = params
+    if processes(backend, params) > 1 and params.get("distributed", "auto") == "auto":
+        params = {**params, "distributed": sharding_for(m, backend, method, params, system)}
     est = estimate(m, backend, method, params, device)
-    budget = budget_for(device, system)
+    budget = budget_for(device, system, params)
     word, ratio = verdict(est, budget)
     out = {"verdict": word, "ratio": round(ratio, 3), "device": device, "estimate": est,
            "budget": budget, "suggestion": None, "message": "", "advice": ""}
     if word == FITS:
-        out["message"] = f"needs about {_gb(est['total_bytes'])} of {_gb(budget['bytes'])}"
+        out["message"] = f"needs about {need_text(est)} of {_gb(budget['bytes'])}"
+        return out
+    if budget.get("problem"):  # too few GPUs here: no smaller setting changes that
+        out["advice"] = out["message"] = budget["problem"]
         return out
     best = None
     mac = budget["kind"] == "unified"
-    for text, b2, p2, m2 in candidates(backend, method, params, m, mac):
+    for text, b2, p2, m2 in candidates(backend, method, params, m, mac, gpus=device == "cuda"):
         e2 = estimate(m2, b2, method, p2, target_device(b2, p2, system))
         w2, r2 = verdict(e2, budget)
         if w2 == FITS:
+            if asked.get("distributed", "auto") == "auto" and "distributed" in p2:
+                p2 = {**p2, "distributed": "auto"}  # auto decides again at launch
             out["suggestion"] = {"text": text, "backend": b2, "params": p2,
-                                 "total_bytes": int(e2["total_bytes"]), "verdict": w2}
+                                 "total_bytes": int(e2["total_bytes"]), "verdict": w2,
+                                 "need": need_text(e2)}
             break
         if best is None or r2 < best[1]:
             best = (text, r2, e2)
-    need = f"needs about {_gb(est['total_bytes'])}, {budget['note']}"
+    need = f"needs about {need_text(est)}, {budget['note']}"
     # ``advice``: what to do, once (the form shows it beside the numbers; the API's message
     # is the need and the advice in one sentence).
     if out["suggestion"]:
         out["advice"] = f"To fit: {out['suggestion']['text']} " \
-                        f"(about {_gb(out['suggestion']['total_bytes'])})."
+                        f"(about {out['suggestion']['need']})."
     elif word == NO_FIT and mac and est["total_bytes"] <= FIT_RATIO * budget["available"]:
         mb = int(min(budget["total"] - 4 * 2**30, 1.25 * est["device_bytes"]) / 2**20)
         out["advice"] = ("It fits in the free memory but not under Metal's working-set "
@@ -376,6 +349,27 @@ def plan(m: dict[str, Any], backend: str, method: str, params: dict[str, Any],
         out["advice"] = "Close to the limit: it may swap or run out."
     out["message"] = f"{need}. {out['advice']}"
     return out
+
+
+def sharding_for(m: dict[str, Any], backend: str, method: str, params: dict[str, Any],
+                 system: dict[str, Any]) -> str:
+    """``distributed`` resolved: ddp or fsdp as asked; auto is ddp when its per-GPU estimate
+    fits the smallest chosen GPU, else fsdp (which fits, or is refused with the plan's
+    advice). Processes on a CPU share one memory: sharding saves nothing there, so ddp."""
+    asked = params.get("distributed", "auto")
+    if asked in ("ddp", "fsdp"):
+        return asked
+    device = target_device(backend, params, system)
+    if processes(backend, params) <= 1 or device != "cuda":
+        return "ddp"
+    budget = budget_for(device, system, params)
+    ddp = verdict(estimate(m, backend, method, {**params, "distributed": "ddp"}, device),
+                  budget)[0]
+    if ddp == FITS:
+        return "ddp"
+    fsdp = verdict(estimate(m, backend, method, {**params, "distributed": "fsdp"}, device),
+                   budget)[0]
+    return "ddp" if ddp == TIGHT and fsdp == NO_FIT else "fsdp"
 
 
 _gb = fmt_bytes  # every size in a plan is binary, GiB/MiB (app/units.py)

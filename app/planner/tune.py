@@ -16,6 +16,12 @@ always keeping the job's effective batch E = per-device batch × accumulation:
 The dtype is not varied: auto is already bf16 on CUDA, and on a CPU or MPS bf16 changes
 the numbers more than it speeds them up.
 
+A torch job on N processes (``num_processes``) keeps per-device batch × accumulation × N:
+N is fixed, so the grid is the one above, each setting estimated per GPU (ddp or fsdp as the
+launch decides, app/planner/scale.py) against the smallest chosen GPU; N processes on a CPU
+share its memory. The worker does not time probes under several processes: it trains with
+the plan's first setting.
+
 Each setting is estimated with ``estimate()`` and kept only when it fits with a margin:
 ``FIT_RATIO`` of the budget on CUDA (a probe that runs out of memory there is caught), a
 stricter ``HOST_RATIO`` on a CPU or a Mac, where running out of memory may kill the worker.
@@ -34,7 +40,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.planner.estimate import FIT_RATIO, budget_for, estimate, target_device, verdict
+from app.planner.estimate import (
+    FIT_RATIO,
+    budget_for,
+    estimate,
+    sharding_for,
+    target_device,
+    verdict,
+)
+from app.planner.scale import processes
 from contract.knobs import method_for
 from contract.tune import BATCH_KNOBS, Candidate, TunePlan, effective_batch
 
@@ -174,7 +188,10 @@ def tune_plan(m: dict[str, Any], backend: str, method: str, params: dict[str, An
     time from past runs (else the model's); ``rows`` the dataset's training rows;
     ``kernels`` whether liger-kernel is installed."""
     device = target_device(backend, params, system)
-    budget = budget_for(device, system)
+    n = processes(backend, params)
+    if n > 1 and params.get("distributed", "auto") == "auto":  # as the launch will decide
+        params = {**params, "distributed": sharding_for(m, backend, method, params, system)}
+    budget = budget_for(device, system, params)
     limit = FIT_RATIO if device == "cuda" else HOST_RATIO
     e = effective_batch(backend, params)
     seq = int(params.get("max_length") or params.get("max_seq_length") or 512)
@@ -222,7 +239,7 @@ def tune_plan(m: dict[str, Any], backend: str, method: str, params: dict[str, An
     return TunePlan(candidates=chosen, baseline=base, budget_bytes=int(limit_bytes),
                     device_total_bytes=int(budget.get("total") or 0),
                     probe_budget_s=probe_budget(expected_s), probe_steps=PROBE_STEPS,
-                    effective_batch=e)
+                    effective_batch=e * n)
 
 
 def _samples(params: dict[str, Any], backend: str, rows: int | None, e: int) -> int | None:
