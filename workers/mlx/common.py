@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import time
 from collections import deque
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import load
@@ -239,14 +241,56 @@ def prepare_training(job: JobConfig[MLXTrainArgs], model: nn.Module):
     return optimizer, start, tokens
 
 
+HOST_BYTES = 64  # a host name's room in the gathered array (longer ones are cut)
+
+
+class RankMemory:
+    """Every process's MLX memory, for rank 0's ``memory`` events (backend.ranks) in a
+    distributed launch. ``gather()`` is a collective: every rank calls it at the same steps
+    (the report steps, which all ranks share); rank 0 hands the list to the sampler
+    (MemorySampler.ranks), whose memory events carry it from then on. Host names are
+    gathered once, here."""
+
+    def __init__(self, world, sampler):
+        self.world, self.sampler = world, sampler
+        name = np.frombuffer(socket.gethostname().encode()[:HOST_BYTES].ljust(HOST_BYTES,
+                                                                              b"\0"), np.uint8)
+        names = mx.distributed.all_gather(mx.array(name)[None], stream=mx.cpu)
+        self.hosts = [bytes(np.array(row)).rstrip(b"\0").decode(errors="replace")
+                      for row in names]
+
+    def gather(self) -> list[dict[str, Any]]:
+        from workers.memory import process_rss_bytes
+
+        active, cache = mx.get_active_memory(), mx.get_cache_memory()
+        mine = mx.array([[active, mx.get_peak_memory(), active + cache, process_rss_bytes()]],
+                        dtype=mx.int64)
+        table = mx.distributed.all_gather(mine, stream=mx.cpu).tolist()
+        ranks = [{"rank": r, "host": self.hosts[r], "active_bytes": a, "peak_bytes": p,
+                  "driver_bytes": d, "rss_bytes": rss}
+                 for r, (a, p, d, rss) in enumerate(table)]
+        if self.world.rank() == 0:
+            self.sampler.ranks = ranks  # the memory events carry them from now on
+        return ranks
+
+
+def rank_memory(world, sampler) -> RankMemory | None:
+    """The gatherer of a distributed launch; None in one process (nothing to gather)."""
+    return RankMemory(world, sampler) if world.size() > 1 else None
+
+
 def report_and_checkpoint(job: JobConfig[MLXTrainArgs], events: EventWriter, reporter: Reporter,
                           model: nn.Module, optimizer, config: dict[str, Any], it: int,
-                          cancelled: bool, rank: int, between=None) -> None:
+                          cancelled: bool, rank: int, between=None,
+                          memory: RankMemory | None = None) -> None:
     """After step ``it``: the interval's metrics every ``steps_per_report`` (and at the end or
-    on cancel), then ``between`` (SFT's validation), then a checkpoint every ``steps_per_save``
-    and on cancel, written by rank 0 only."""
+    on cancel) with every rank's memory (``memory``, several processes), then ``between``
+    (SFT's validation), then a checkpoint every ``steps_per_save`` and on cancel, written by
+    rank 0 only."""
     args = job.args
     if it % args.steps_per_report == 0 or it == args.iters or cancelled:
+        if memory is not None:
+            memory.gather()
         reporter.report(it, {"learning_rate": optimizer.learning_rate.item()})
     if between is not None:
         between(it)

@@ -51,6 +51,7 @@ from workers.mlx.common import (
     finish,
     load_for_training,
     prepare_training,
+    rank_memory,
     report_and_checkpoint,
     trainable_count,
 )
@@ -290,6 +291,7 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
     # batch, with its own KL pairs); z0 and the gradients are averaged over the processes.
     world = mx.distributed.init()
     rank, size = world.rank(), world.size()
+    memory = rank_memory(world, sampler)  # every rank's memory in rank 0's memory events
     rows, held_rows = held_out(job, rows, events, rank)
     model, tokenizer, num_layers, config = load_for_training(
         job, events, sampler, add_layers=add_init_adapter if args.init_adapter else None)
@@ -353,7 +355,8 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
             stopping = mx.distributed.all_sum(mx.array(int(stopping)), stream=mx.cpu).item() > 0
         cancelled = stopping and it < iters
         report_and_checkpoint(job, events, reporter, model, optimizer, config, it, cancelled,
-                              rank, between=partial(evaluate, cancelled=cancelled))
+                              rank, between=partial(evaluate, cancelled=cancelled),
+                              memory=memory)
         if cancelled:
             break
     extra = {"eval_loss": held.last_loss} if held_examples else {}

@@ -41,6 +41,7 @@ from workers.mlx.common import (
     finish,
     load_for_training,
     prepare_training,
+    rank_memory,
     report_and_checkpoint,
     trainable_count,
 )
@@ -141,6 +142,7 @@ def train(job: JobConfig[MLXSFTArgs], train_rows: list[dict], valid_rows: list[d
     # Under `mlx.launch -n N` each process takes 1/N of every batch; gradients are averaged.
     world = mx.distributed.init()
     rank, size = world.rank(), world.size()
+    memory = rank_memory(world, sampler)  # every rank's memory in rank 0's memory events
 
     # tune auto: the fastest measured split of the same effective batch (workers/mlx/tune.py)
     job = tuned(job, events, stop, partial(sft_probe, model, train_set, args), processes=size)
@@ -201,7 +203,7 @@ def train(job: JobConfig[MLXSFTArgs], train_rows: list[dict], valid_rows: list[d
         reporter.step_done(it, int(ntoks.item()), time.perf_counter() - tic)
         cancelled = stopping and it < iters
         report_and_checkpoint(job, events, reporter, model, optimizer, config, it, cancelled,
-                              rank, between=validate_now)
+                              rank, between=validate_now, memory=memory)
         if cancelled:
             break
     return finish(job, events, reporter, model, config, start=start, it=it,
