@@ -1,0 +1,185 @@
+"""The ranks/ files of a distributed run (contract/ranks.py) and who is blamed when it fails
+(workers/world.py), with real files and real processes: a child that writes its own start
+file, then is killed, or writes its end file late."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pytest
+
+from contract.ranks import (
+    failure_event,
+    first_failure,
+    ranks_dir,
+    read_ranks,
+    write_rank_end,
+    write_rank_start,
+)
+from tests.helpers import ROOT
+from workers.world import alive, culprit, is_communication_error, mlx_world, torch_world
+
+GLOO_CLOSED = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection "
+                           "closed by peer [127.0.0.1]:29500")
+
+
+def _rank(run_dir: Path, rank: int, then: str = "time.sleep(120)") -> subprocess.Popen:
+    """A real process that writes ranks/<rank>.json as a worker does, then does ``then``."""
+    code = textwrap.dedent(f"""
+        import sys, time, psutil
+        from contract.ranks import write_rank_end, write_rank_start
+        write_rank_start(sys.argv[1], {rank}, 2, {rank}, psutil.Process().create_time())
+        print("started", flush=True)
+        {then}
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    return proc
+
+
+@pytest.fixture
+def procs():
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def _me(run_dir: Path) -> None:
+    write_rank_start(run_dir, 0, 2, 0, psutil.Process().create_time())
+
+
+def test_start_and_end_files_read_back(tmp_path):
+    write_rank_start(tmp_path, 1, 2, 1, 123.0)
+    write_rank_start(tmp_path, 0, 2, 0, 122.0)
+    write_rank_end(tmp_path, 1, "failed", {"error_type": "out_of_memory", "message": "m",
+                                           "hint": "h"})
+    (ranks_dir(tmp_path) / "7.json").write_text("{half")  # a torn file is skipped
+    zero, one = read_ranks(tmp_path)
+    assert (zero.rank, zero.status, zero.pid, zero.host) == (0, None, os.getpid(),
+                                                            socket.gethostname())
+    assert (one.rank, one.local_rank, one.status, one.started_at) == (1, 1, "failed", 123.0)
+    assert one.error["error_type"] == "out_of_memory" and one.ended_at > 0
+
+
+def test_first_failure_is_the_earliest_error_else_a_silent_death(tmp_path):
+    for r in (0, 1, 2):
+        write_rank_start(tmp_path, r, 3, r, 1.0)
+    write_rank_end(tmp_path, 2, "failed", {"error_type": "a", "message": "late"})
+    time.sleep(0.01)
+    write_rank_end(tmp_path, 1, "failed", {"error_type": "b", "message": "later"})
+    ranks = read_ranks(tmp_path)
+    assert first_failure(ranks, lambda r: True, exclude=0).rank == 2
+    assert first_failure(ranks, lambda r: True, exclude=2).rank == 1
+    write_rank_end(tmp_path, 1, "succeeded")
+    write_rank_end(tmp_path, 2, "cancelled")
+    ranks = read_ranks(tmp_path)
+    assert first_failure(ranks, lambda r: True, exclude=0) is None
+    assert first_failure(ranks, lambda r: r.rank != 0) is not None  # 0: no end, not alive
+
+
+def test_failure_event_names_the_rank(tmp_path):
+    write_rank_start(tmp_path, 1, 2, 1, 1.0)
+    (died,) = read_ranks(tmp_path)
+    event = failure_event(died)
+    assert event["error_type"] == "rank_died" and event["rank"] == 1
+    assert "rank 1 of 2" in event["message"] and event["hint"]
+    write_rank_end(tmp_path, 1, "failed", {"error_type": "out_of_memory", "message": "CUDA "
+                                           "out of memory", "hint": "lower the batch"})
+    (failed,) = read_ranks(tmp_path)
+    event = failure_event(failed)
+    assert event["error_type"] == "out_of_memory" and event["hint"] == "lower the batch"
+    assert event["message"].startswith("rank 1 of 2") and "CUDA out of memory" in event["message"]
+
+
+def test_alive_sees_a_running_a_killed_and_a_reaped_process(tmp_path, procs):
+    procs.append(proc := _rank(tmp_path, 1))
+    (info,) = read_ranks(tmp_path)
+    assert info.pid == proc.pid and alive(info)
+    assert not alive(replace(info, started_at=info.started_at - 60))  # a reused PID
+    assert alive(replace(info, host="another-mac"))  # cannot be seen from here: alive
+    os.kill(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not alive(info)  # killed, not yet reaped by its parent
+    proc.wait()
+    assert not alive(info)
+
+
+def test_own_real_error_stands_against_a_later_communication_error(tmp_path, procs):
+    _me(tmp_path)
+    procs.append(_rank(tmp_path, 1, then=(
+        "time.sleep(0.3); write_rank_end(sys.argv[1], 1, 'failed', {'error_type': "
+        "'RuntimeError', 'message': 'Connection closed by peer'}); time.sleep(120)")))
+    assert culprit(tmp_path, 0, MemoryError("out of memory")) is None
+
+
+def test_communication_error_waits_for_the_peer_that_failed_first(tmp_path, procs):
+    _me(tmp_path)
+    # The peer is still unwinding its own error: its end file comes 0.5 s after ours.
+    procs.append(_rank(tmp_path, 1, then=(
+        "time.sleep(0.5); write_rank_end(sys.argv[1], 1, 'failed', {'error_type': "
+        "'out_of_memory', 'message': 'CUDA out of memory', 'hint': 'lower the batch'}); "
+        "time.sleep(120)")))
+    t0 = time.monotonic()
+    found = culprit(tmp_path, 0, GLOO_CLOSED, wait_s=10)
+    assert found is not None and found.rank == 1 and found.status == "failed"
+    assert time.monotonic() - t0 < 8
+    assert failure_event(found)["error_type"] == "out_of_memory"
+
+
+def test_a_killed_peer_is_blamed_for_a_communication_error_or_a_stop(tmp_path, procs):
+    _me(tmp_path)
+    procs.append(proc := _rank(tmp_path, 1))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for own in (GLOO_CLOSED, None):  # None: rank 0 was stopped (cancelled)
+        found = culprit(tmp_path, 0, own, wait_s=10)
+        assert found is not None and found.rank == 1 and found.status is None
+        assert failure_event(found)["error_type"] == "rank_died"
+
+
+def test_a_stop_with_every_peer_running_is_a_plain_cancel_without_waiting(tmp_path, procs):
+    _me(tmp_path)
+    procs.append(_rank(tmp_path, 1))
+    t0 = time.monotonic()
+    assert culprit(tmp_path, 0, None, wait_s=30) is None
+    assert time.monotonic() - t0 < 5
+
+
+def test_the_wait_is_bounded_when_the_peer_never_answers(tmp_path, procs):
+    _me(tmp_path)
+    procs.append(_rank(tmp_path, 1))
+    t0 = time.monotonic()
+    assert culprit(tmp_path, 0, GLOO_CLOSED, wait_s=0.5) is None
+    assert 0.5 <= time.monotonic() - t0 < 5
+
+
+def test_communication_errors_are_told_apart():
+    assert is_communication_error(GLOO_CLOSED)
+    assert is_communication_error(RuntimeError("NCCL communicator was aborted on rank 1"))
+    assert not is_communication_error(ValueError("row 3 has no label"))
+    assert not is_communication_error(None)
+
+
+def test_each_launchers_environment_gives_the_place(tmp_path):
+    assert torch_world({}) == (0, 1, 0) and not torch_world({}).distributed
+    assert torch_world({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (3, 4, 1)
+    ring = tmp_path / "ring.json"
+    ring.write_text('[["10.0.0.1:5000"], ["10.0.0.2:5000"], ["10.0.0.3:5000"]]')
+    assert mlx_world({"MLX_RANK": "2", "MLX_HOSTFILE": str(ring)}) == (2, 3, 0)
+    assert mlx_world({}) == (0, 1, 0)
+    assert mlx_world({"MLX_RANK": "1", "MLX_WORLD_SIZE": "2"}).distributed
