@@ -24,6 +24,7 @@ from app.errors import JobInputError
 from app.hub.cache import cached_models, downloads_allowed, missing_model
 from app.models import DatasetEntry, Job, ModelEntry
 from app.units import number
+from app.web.scale_form import NO_SCALE, scale_shown
 from contract.knobs import METHODS, Knob, Method, ParamError, method_for
 from contract.model_ref import hub_id_problem, is_folder_path
 from contract.tune import BATCH_KNOBS, SPEED_KNOBS
@@ -32,7 +33,7 @@ DEMO_MODEL, DEMO_DATASET = "tiny-demo", "demo-kto"
 GROUP_TITLES = {
     "training": "Training", "kto": "KTO loss", "memory": "Memory", "lora": "LoRA adapter",
     "logging": "Logging and checkpoints", "hardware": "Hardware", "data": "Data",
-    "start": "Start from", "evaluation": "Held-out evaluation",
+    "start": "Start from", "evaluation": "Held-out evaluation", "scale": "Scale",
 }
 # fuse: from an adapter; generate: an arena's answers; download, convert: the Models page
 NOT_IN_FORM = ("fuse", "generate", "download", "convert")
@@ -79,19 +80,24 @@ def form_defaults(spec: Method, model: str) -> dict[str, Any]:
 
 
 def effective_batch_of(spec: Method, values: dict[str, Any]) -> dict[str, int] | None:
-    """{batch, accumulation, effective} from the form's values (as typed), or None when the
-    method has no such knobs or a value is not a whole number yet."""
+    """{batch, accumulation, processes, effective} from the form's values (as typed), or None
+    when the method has no such knobs or a value is not a whole number yet. Each of torch's
+    num_processes takes its own per-device batch, so they multiply the effective batch; MLX
+    hosts split one batch between them, which leaves it as it is."""
     if (spec.backend, spec.method) not in SPEED_KNOBS:
         return None
     batch_key, accum_key = BATCH_KNOBS[spec.backend]
     try:
         batch = int(str(values.get(f"params.{batch_key}", "")).strip())
         accum = int(str(values.get(f"params.{accum_key}", "")).strip())
+        processes = int(str(values.get("params.num_processes", "1")).strip() or 1) \
+            if spec.knob("num_processes") is not None else 1
     except ValueError:
         return None
-    if batch < 1 or accum < 1:
+    if batch < 1 or accum < 1 or processes < 1:
         return None
-    return {"batch": batch, "accumulation": accum, "effective": batch * accum,
+    return {"batch": batch, "accumulation": accum, "processes": processes,
+            "effective": batch * accum * processes,
             "batch_knob": batch_key, "accumulation_knob": accum_key}
 
 
@@ -99,10 +105,14 @@ def chosen_model(values: dict[str, Any]) -> str:
     return str(values.get("model_text", "")).strip() or str(values.get("model_choice", ""))
 
 
-def knob_groups(spec: Method) -> list[tuple[str, str, list[Knob]]]:
-    """(group, title, knobs) in the order the groups first appear in contract.knobs."""
+def knob_groups(spec: Method, scale: dict[str, Any] | None = None,
+                values: dict[str, Any] | None = None) -> list[tuple[str, str, list[Knob]]]:
+    """(group, title, knobs) in the order the groups first appear in contract.knobs; the
+    scale group only where it can do something here (app/web/scale_form.py)."""
     groups: dict[str, list[Knob]] = {}
     for knob in spec.knobs:
+        if knob.group == "scale" and not scale_shown(spec, scale, values or {}):
+            continue  # not on the form: its default (one process) applies
         groups.setdefault(knob.group, []).append(knob)
     return [(g, GROUP_TITLES.get(g, g.replace("_", " ").capitalize()), knobs)
             for g, knobs in groups.items()]
@@ -266,15 +276,18 @@ def model_status(session: Session, model: str, settings: Settings | None
 
 
 def form_context(session: Session, spec: Method, values: dict | None = None,
-                 errors: dict[str, str] | None = None,
-                 settings: Settings | None = None) -> dict[str, Any]:
+                 errors: dict[str, str] | None = None, settings: Settings | None = None,
+                 scale: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the form's templates draw. ``scale`` ({gpus, hosts}: scale_facts) says whether
+    the scale knobs are offered; without it they are not (a single-process form)."""
     models = list(session.exec(select(ModelEntry).order_by(ModelEntry.id)))
     datasets = list(session.exec(select(DatasetEntry).order_by(DatasetEntry.id)))
     values = values or blank_form(spec, models, datasets)
     errors = errors or {}
     shown = {"name", "method", "model", "dataset"} | {f"params.{k.name}" for k in spec.knobs}
     return {
-        "spec": spec, "groups": knob_groups(spec), "method_help": METHOD_HELP,
+        "spec": spec, "groups": knob_groups(spec, scale, values), "method_help": METHOD_HELP,
+        "scale": scale or NO_SCALE,
         "methods": [m for m in METHODS.values() if m.method not in NOT_IN_FORM],
         "method_key": method_key, "models": models, "datasets": datasets, "values": values,
         "demo_defaults": is_demo(chosen_model(values)),

@@ -36,6 +36,7 @@ from app.web.job_form import (
     set_knob_defaults,
     swap_values,
 )
+from app.web.scale_form import scale_facts
 from app.web.templating import hx_redirect, is_htmx, page
 from contract.knobs import Method, method_for
 
@@ -64,8 +65,9 @@ def new_job_page(request: Request, session: SessionDep, settings: SettingsDep,
         if from_ is None and values.get(KNOBS_MODEL) != chosen_model(values):
             set_knob_defaults(values, spec)  # "Train" on a real model: its defaults
         values[KNOBS_MODEL] = chosen_model(values)  # a clone keeps its job's values
-    return page(request, "new_job.html", **form_context(session, spec, values,
-                                                        settings=settings))
+    return page(request, "new_job.html", **form_context(
+        session, spec, values, settings=settings,
+        scale=scale_facts(request.app.state, settings)))
 
 
 @router.post("/fragments/job-form/knobs", response_class=HTMLResponse)
@@ -80,8 +82,9 @@ async def knobs_fragment(request: Request, session: SessionDep,
         spec = method_for("torch", "kto")
     old = drawn_for(form) or spec
     values = swap_values(form, old, spec)
+    scale = await run_in_threadpool(scale_facts, request.app.state, settings)
     response = page(request, "_knobs_swap.html", **form_context(
-        session, spec, values, settings=settings))
+        session, spec, values, settings=settings, scale=scale))
     response.headers["HX-Trigger-After-Swap"] = "knobs-changed"
     return response
 
@@ -149,7 +152,8 @@ async def submit_job(request: Request, form: CsrfForm, session: SessionDep,
     swaps); a plain form POST gets a 303 to the job page (or the whole page with a 422)."""
     job, values, errors, spec = await run_in_threadpool(_submit, session, form, settings)
     if job is None:
-        context = form_context(session, spec, values, errors, settings)
+        scale = await run_in_threadpool(scale_facts, request.app.state, settings)
+        context = form_context(session, spec, values, errors, settings, scale)
         if is_htmx(request):
             return page(request, "_job_form.html", **context)
         return page(request, "new_job.html", 422, **context)

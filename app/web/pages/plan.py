@@ -28,6 +28,7 @@ from app.web.job_form import (
     read_form,
     set_knob_defaults,
 )
+from app.web.scale_form import scale_facts
 from app.web.templating import page
 from contract.knobs import method_for
 
@@ -79,5 +80,6 @@ def preset_form(request: Request, session: SessionDep, settings: SettingsDep,
             knob = spec.knob(name)
             if knob is not None:
                 values[f"params.{name}"] = knob_value(knob, value)
-    context = form_context(session, spec, values, settings=settings)
+    context = form_context(session, spec, values, settings=settings,
+                           scale=scale_facts(request.app.state, settings))
     return page(request, "_job_form.html", **context, preset_id=preset_id)
