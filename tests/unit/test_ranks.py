@@ -183,3 +183,16 @@ def test_each_launchers_environment_gives_the_place(tmp_path):
     assert mlx_world({"MLX_RANK": "2", "MLX_HOSTFILE": str(ring)}) == (2, 3, 0)
     assert mlx_world({}) == (0, 1, 0)
     assert mlx_world({"MLX_RANK": "1", "MLX_WORLD_SIZE": "2"}).distributed
+
+
+def test_a_torch_ranks_communication_failure_says_where_to_look():
+    from workers.torch.errors import describe_error
+
+    lost = describe_error(GLOO_CLOSED)
+    assert lost["error_type"] == "distributed" and "Root Cause" in lost["hint"]
+    # Out of memory stays out of memory, even in NCCL's words.
+    assert describe_error(RuntimeError("NCCL error: CUDA out of memory"))["error_type"] == \
+        "out_of_memory"
+    port = describe_error(OSError(98, "Address already in use"))
+    assert port["error_type"] == "port_in_use" and "free port" in port["hint"]
+    assert describe_error(ValueError("row 3"))["error_type"] == "ValueError"

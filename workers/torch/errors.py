@@ -15,6 +15,7 @@ from typing import Any
 
 from workers import runtime
 from workers.runtime import DiskFull, HintedError
+from workers.world import is_communication_error
 
 OOM_HINT = (
     "The model ran out of {where} memory. Lower per_device_train_batch_size (keep it "
@@ -50,8 +51,30 @@ def memory_hint(exc: BaseException, lowered: str) -> str | None:
     return None
 
 
+DISTRIBUTED_HINT = (
+    "The processes of this run lost each other: another one failed or was stopped first "
+    "(worker.log has each rank's traceback, and torchrun's \"Root Cause\" section names the "
+    "first). Fix that one's error and resume the job. If none failed, check that no other "
+    "program uses these GPUs (nvidia-smi), and run with NCCL_DEBUG=INFO in the server's "
+    "environment for NCCL's own account."
+)
+PORT_HINT = (
+    "Another program holds the port the processes of this run meet on: launch the job "
+    "again (each launch picks a free port), or stop the program that holds it."
+)
+
+
 def describe_error(exc: BaseException, raw: dict | None = None) -> dict[str, Any]:
-    """The fields of a torch job's ``error`` event: error_type, message, hint."""
+    """The fields of a torch job's ``error`` event: error_type, message, hint. A failure of
+    the processes' communication (gloo, NCCL, the rendezvous) names the way to the rank that
+    failed first; running out of memory is still out of memory, whatever reported it."""
+    message = str(exc) or type(exc).__name__
+    lowered = message.lower()
+    if memory_hint(exc, lowered) is None:
+        if "address already in use" in lowered or getattr(exc, "errno", None) == errno.EADDRINUSE:
+            return {"error_type": "port_in_use", "message": message, "hint": PORT_HINT}
+        if is_communication_error(exc):
+            return {"error_type": "distributed", "message": message, "hint": DISTRIBUTED_HINT}
     return runtime.describe_error(exc, memory_hint)
 
 
