@@ -139,8 +139,10 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def request_resume(session: Session, job: Job) -> Job:
-    """Queue a stopped job again; its worker continues from the last checkpoint."""
+def request_resume(session: Session, job: Job, params: dict | None = None) -> Job:
+    """Queue a stopped job again; its worker continues from the last checkpoint. ``params``:
+    the job's params with other scale knobs, checked by app/jobs/scale_checks.py; stored in
+    the same compare-and-set as the move to queued."""
     if job.status not in (JobStatus.cancelled, JobStatus.failed, JobStatus.interrupted):
         raise JobStateError(f"job {job.id} is {job.status.value}; only cancelled, failed or "
                             "interrupted jobs can be resumed")
@@ -152,6 +154,8 @@ def request_resume(session: Session, job: Job) -> Job:
                                      or not _exists(Path(job.last_checkpoint))):
         raise JobStateError(f"job {job.id} has no checkpoint to resume from; clone it instead")
     check_inputs_exist(job)
+    if params is not None and params != job.params:
+        job.params = dict(params)
     if not set_status(session, job, JobStatus.queued, Job.pid.is_(None),
                       finished_at=None, cancel_requested_at=None, error=None, error_type=None,
                       hint=None, log_tail=None, exit_code=None, pid=None, pid_started_at=None):

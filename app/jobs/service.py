@@ -13,6 +13,7 @@ from app.config import Settings
 from app.errors import JobInputError
 from app.hub.cache import downloads_allowed, missing_message, missing_model
 from app.hub.inspect import resolve_model_dir
+from app.jobs.scale_checks import check_scale
 from app.models import DatasetEntry, Job, JobCreate, JobStatus, ModelEntry
 from app.paths import local_path
 from app.planner.check import DoesNotFit, check_fits, machine, model_facts
@@ -152,6 +153,7 @@ def validate_job(session: Session, data: JobCreate, settings: Settings) -> Job:
         raise JobInputError("method", "a generate job answers an arena's prompts: start one "
                             "from the Arena page, POST /api/arenas or POST /api/jobs")
     dataset_path = resolve_dataset(session, data.dataset, settings)
+    check_scale(data.backend, params, settings)  # GPUs and hosts that exist
     check_dataset_kind(session, data.dataset, data.method)
     if data.method == "kto":
         check_eval_split(check_kto_dataset(dataset_path), params)

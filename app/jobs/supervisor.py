@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import subprocess
 import time
@@ -27,9 +26,11 @@ from sqlmodel import Session, select
 from app.config import Settings
 from app.jobs.ingest import ingest, log_tail
 from app.jobs.lifecycle import HANG_HINT, JobGone, queued_jobs, set_status
+from app.jobs.ranks_watch import distributed, explain_failure, kill_leftover_ranks, signal_job
 from app.jobs.worker_proc import RUN_FOLDER_HINT, run_folder_lost, same_process, start_worker
 from app.models import Job, JobStatus, utcnow
 from contract.events import EVENTS_FILE
+from contract.knob_core import ParamError
 
 log = logging.getLogger("prospect.supervisor")
 
@@ -188,7 +189,9 @@ class Supervisor:
         ended = None
         if not job.status.is_final:
             ended = self._ended_without_done(job, exit_code, adopted)
-        elif job.status in (JobStatus.failed, JobStatus.interrupted) and not job.log_tail:
+        if distributed(job):  # after the blame: a rank killed here did not fail by itself
+            kill_leftover_ranks(job)
+        if job.status in (JobStatus.failed, JobStatus.interrupted) and not job.log_tail:
             job.log_tail = log_tail(job.run_dir)  # the worker said why; the log says more
         job.pid = None
         job.finished_at = job.finished_at or utcnow()
@@ -212,6 +215,8 @@ class Supervisor:
                 job.error = job.error or "the worker did not stop by itself after the " \
                                          "cancel and was killed"
             return JobStatus.cancelled
+        if job.error_type != "Hung" and distributed(job) and explain_failure(job):
+            return JobStatus.failed  # the rank that failed first, from ranks/ or torchrun
         if job.error_type == "Hung" or adopted:
             # A hung worker we stopped, or one started by an earlier server (not our child,
             # so its exit code is unknown): either way it ended without saying done.
@@ -316,10 +321,7 @@ class Supervisor:
     def _signal(self, job: Job, sig: signal.Signals) -> None:
         if not job.pid:
             return
-        try:
-            os.killpg(job.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
+        signal_job(job, sig)  # several processes: app/jobs/ranks_watch.py
         if sig == signal.SIGKILL:
             log.warning("job %s: no exit %.0fs after SIGTERM, sent SIGKILL", job.id,
                         self.settings.cancel_grace_s)
@@ -339,7 +341,7 @@ class Supervisor:
             return False
         try:
             proc, resume = start_worker(job, self.settings)
-        except OSError as exc:
+        except (OSError, ParamError) as exc:  # ParamError: the Hosts setting changed
             set_status(session, job, JobStatus.failed, error_type="WorkerStartFailed",
                        error=f"could not start the worker: {exc}", finished_at=utcnow())
             log.error("job %s: could not start its worker (%s)", job_id, exc)
@@ -381,16 +383,20 @@ class Supervisor:
             self.adopted.add(job.id)
             return
         job.pid = None
+        blamed = not job.status.is_final and distributed(job) and explain_failure(job)
+        if distributed(job):
+            kill_leftover_ranks(job)
         if job.status.is_final:
             session.add(job)
             session.commit()
             return
         job.log_tail = log_tail(job.run_dir)
-        job.error_type = "Interrupted"
-        job.error = "the worker was gone when the server started, without a done event"
-        job.hint = "resume the job from its last checkpoint"
+        if not blamed:
+            job.error_type = "Interrupted"
+            job.error = "the worker was gone when the server started, without a done event"
+            job.hint = "resume the job from its last checkpoint"
         job.finished_at = utcnow()
-        set_status(session, job, JobStatus.interrupted)
+        set_status(session, job, JobStatus.failed if blamed else JobStatus.interrupted)
 
     def cancel_now(self, job: Job) -> None:
         """Send SIGTERM right away (the API's cancel), so the worker starts saving. Without

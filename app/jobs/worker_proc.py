@@ -12,17 +12,20 @@ import psutil
 
 from app.config import Settings
 from app.db import ROOT
+from app.jobs.launching import launch_plan_for
 from app.jobs.tuning import prepare_tune_plan
 from app.models import Job
 from contract.events import CONFIG_FILE, EVENTS_FILE, LOG_FILE
 from contract.job_config import write_config
 from contract.launch_env import worker_env
+from contract.launch_plan import LAUNCH_FILE, write_launch_plan
 
 
 def start_worker(job: Job, settings: Settings) -> tuple[subprocess.Popen, str | None]:
-    """Write the worker's config.json and start it in its own session (so a signal reaches
-    its children too); returns the process and the checkpoint it resumes from. OSError when
-    the folder cannot be written or the interpreter not started."""
+    """Write the worker's config.json (and launch.json for several processes) and start it
+    in its own session (so a signal reaches its children too); returns the process and the
+    checkpoint it resumes from. OSError when the folder cannot be written or the interpreter
+    not started; ParamError when the Hosts setting no longer has the job's hosts."""
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = job.last_checkpoint if job.last_checkpoint and \
@@ -31,8 +34,17 @@ def start_worker(job: Job, settings: Settings) -> tuple[subprocess.Popen, str | 
                           model=job.model_path, dataset=job.dataset_path, params=job.params,
                           resume_from_checkpoint=resume)
     prepare_tune_plan(job, settings.tune_min_probe_s)  # tune: auto: tune_plan.json
-    cmd = [settings.python or sys.executable, "-m", f"workers.{job.backend}",
-           "--config", str(config)]
+    # Several processes: the launcher wrapper (workers/launch.py) reads the plan and runs
+    # accelerate launch or mlx.launch. One: the worker itself, and no plan left from an
+    # earlier start with other scale knobs.
+    plan = launch_plan_for(job, settings)
+    if plan is None:
+        (run_dir / LAUNCH_FILE).unlink(missing_ok=True)
+        module = f"workers.{job.backend}"
+    else:
+        write_launch_plan(run_dir, plan)
+        module = "workers.launch"
+    cmd = [settings.python or sys.executable, "-m", module, "--config", str(config)]
     env = worker_env(os.environ, job.backend)
     env.pop("PROSPECT_API_TOKEN", None)  # the worker needs no secret of the server
     # Workers default to offline (HF_HUB_OFFLINE=1); a download job is the person's own

@@ -6,17 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import select
 
 from app.jobs import history as runs
 from app.jobs.generate import create_generate
 from app.jobs.lifecycle import delete_job, request_cancel, request_resume
 from app.jobs.metrics import columnar
+from app.jobs.scale_checks import resume_params
 from app.jobs.service import create_job
 from app.jobs.stream import events_after, read_log
 from app.models import Job, JobCreate, JobPublic, JobStatus, ModelEntry
@@ -72,9 +74,20 @@ def cancel(job: JobDep, session: SessionDep, supervisor: SupervisorDep) -> Job:
     return job
 
 
+class ResumeBody(BaseModel):
+    """A resume's optional body: other scale knobs for the rest of the run."""
+
+    model_config = ConfigDict(extra="forbid")
+    params: dict[str, Any] = Field(default_factory=dict)
+    force: bool = False  # resume even when the planner says the new setting won't fit
+
+
 @router.post("/jobs/{job_id}/resume", response_model=JobPublic)
-def resume(job: JobDep, session: SessionDep, supervisor: SupervisorDep) -> Job:
-    job = request_resume(session, job)
+def resume(job: JobDep, session: SessionDep, settings: SettingsDep,
+           supervisor: SupervisorDep, body: ResumeBody | None = None) -> Job:
+    body = body or ResumeBody()
+    params = resume_params(job, body.params, settings, force=body.force)
+    job = request_resume(session, job, params)
     supervisor.wake()
     return job
 
