@@ -62,7 +62,7 @@ def test_each_gpu_says_its_memory_and_jobs(two_gpus, client, monkeypatch):
     assert gpu1["memory_used_bytes"] == 500 * MiB and gpu1["in_use_by"] == [both]
     strip = client.get("/fragments/system").text
     assert 'data-testid="sys-gpu-1"' in strip
-    assert "42.5 GiB of 140 GiB" in strip
+    assert "42.5 GiB of 140 GiB" in strip and strip.count(">NVIDIA H200<") == 1  # the name once
     assert f'<a href="/jobs/{both}">job {both}</a>' in strip
 
 
