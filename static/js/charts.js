@@ -147,12 +147,21 @@
     system_used: 'system used', system_available: 'available', swap_used: 'swap',
     system_total: 'total' };
 
+  // A job on several processes: one memory column per rank (app/jobs/series.py), drawn as a
+  // line per GPU (or Mac) in place of rank 0's allocator lines, once there are two or more.
+  const RANK = /^rank(\d+)_active$/;
+  const RANK_HIDES = ['backend_active', 'backend_driver']; // rank 0's own, drawn as rank 0
+  const RANK_COLORS = ['--c2', '--c6', '--c1', '--c3', '--c4', '--c5'];
+  function rankOf(name) { const m = RANK.exec(name); return m ? parseInt(m[1], 10) : null; }
+
   // --- charts ---------------------------------------------------------------------------------
   // A chart over one store's columns; the element's data-series names the columns it draws
-  // and data-source the store. ``backend`` names the allocator for the memory legend.
-  function Chart(key, stores, backend) {
+  // and data-source the store. ``backend`` names the allocator for the memory legend and
+  // ``rankLabel(rank)`` a rank's line.
+  function Chart(key, stores, backend, rankLabel) {
     this.key = key;
     this.backend = backend || function () { return null; };
+    this.rankLabel = rankLabel || function (r) { return 'rank ' + r; };
     this.el = document.getElementById('chart-' + key);
     this.empty = document.getElementById('chart-' + key + '-empty');
     this.source = this.el.dataset.source || 'metrics';
@@ -167,11 +176,19 @@
   Chart.prototype.present = function () {
     const cols = this.store.cols;
     const only = this.only;
-    return this.wanted.filter(function (name) {
-      if (only && only.indexOf(name) < 0) return false;
+    const drawn = function (name) {
       const col = cols[name];
       return col && col.some(function (v) { return v != null; });
-    });
+    };
+    const ranks = this.source !== 'memory' ? [] : Object.keys(cols)
+      .filter(function (n) { return rankOf(n) != null && drawn(n); })
+      .sort(function (a, b) { return rankOf(a) - rankOf(b); });
+    const perRank = ranks.length > 1;
+    return this.wanted.filter(function (name) {
+      if (only && only.indexOf(name) < 0) return false;
+      if (perRank && RANK_HIDES.indexOf(name) >= 0) return false;
+      return drawn(name);
+    }).concat(perRank ? ranks : []); // the process's own: kept by "scale to the process"
   };
 
   // Held-out metrics (TRL's eval_ prefix, mlx-lm's val_loss) read "held-out …" in a legend;
@@ -194,7 +211,18 @@
       }
       return s;
     }
+    const rank = rankOf(name);
+    if (rank != null) { // ranks 0 and 1 in the allocator's colours they replace, then dashed
+      const color = css(RANK_COLORS[rank % RANK_COLORS.length]);
+      const s = { label: this.rankLabel(rank), stroke: color, width: 2, spanGaps: true,
+        points: { show: false }, value: gbValue };
+      if (rank >= 2) s.dash = rank >= 2 + RANK_COLORS.length ? [2, 3] : [6, 3];
+      return s;
+    }
     let label = MEMORY_LABELS[name] || name;
+    if (name === 'rss' && this.names.some(function (n) { return rankOf(n) != null; })) {
+      label = 'rank 0 process'; // its host memory, beside every rank's allocator
+    }
     const backendName = this.backend();
     if (backendName && name.indexOf('backend_') === 0) label = backendName + ' ' + label;
     if (name === 'system_total') {

@@ -53,14 +53,33 @@
   const started = parseFloat(live.dataset.started);
   let t0 = isNaN(started) ? null : started; // memory x: seconds since the job started
 
+  // A job on several processes: rank 0's memory events carry every rank's numbers
+  // (backend.ranks); each becomes a column rank<r>_active, as the series API answers.
+  const rankHosts = {};
+  function noteRank(rank, host) {
+    if (Number.isInteger(rank) && rank >= 0 && !(rank in rankHosts)) rankHosts[rank] = host || '';
+  }
+  function rankLabel(rank) {
+    const hosts = Object.keys(rankHosts).map(function (r) { return rankHosts[r]; });
+    const several = hosts.some(function (h) { return h !== hosts[0]; }); // Macs, not GPUs
+    const host = rankHosts[rank];
+    return (backendName === 'cuda' ? 'GPU rank ' : 'rank ') + rank +
+      (several && host ? ' (' + host + ')' : '');
+  }
   function memoryValues(ev) {
     const b = ev.backend || {};
     const s = ev.system || {};
     const gib = function (v) { return typeof v === 'number' ? v / GiB : null; };
-    return { rss: gib(ev.rss_bytes), backend_active: gib(b.active_bytes),
+    const values = { rss: gib(ev.rss_bytes), backend_active: gib(b.active_bytes),
       backend_driver: gib(b.driver_bytes), system_used: gib(s.used),
       system_available: gib(s.available), swap_used: gib(s.swap_used),
       system_total: gib(s.total) };
+    (Array.isArray(b.ranks) ? b.ranks : []).forEach(function (r) {
+      if (!r || !Number.isInteger(r.rank) || r.rank < 0) return;
+      noteRank(r.rank, r.host);
+      values['rank' + r.rank + '_active'] = gib(r.active_bytes);
+    });
+    return values;
   }
   let backendName = null;
   function addMemory(seq, t, values) {
@@ -74,7 +93,7 @@
   const charts = {};
   ['loss', 'rewards', 'eval', 'lr', 'tps', 'mem'].forEach(function (k) {
     if (document.getElementById('chart-' + k)) {
-      charts[k] = new PC.Chart(k, stores, function () { return backendName; });
+      charts[k] = new PC.Chart(k, stores, function () { return backendName; }, rankLabel);
     }
   });
   function eachChart(fn) { Object.keys(charts).forEach(function (k) { fn(charts[k]); }); }
@@ -184,9 +203,10 @@
   }
   function fillMemory(c) {
     backendName = c.backend_name || null;
+    (c.ranks || []).forEach(function (r) { noteRank(r.rank, r.host); });
     const gib = {};
     Object.keys(c).forEach(function (k) {
-      if (['seq', 't', 'elapsed_s', 'backend_name', 'backend_peak'].indexOf(k) < 0) {
+      if (['seq', 't', 'elapsed_s', 'backend_name', 'backend_peak', 'ranks'].indexOf(k) < 0) {
         gib[k] = c[k].map(function (v) { return v == null ? null : v / GiB; });
       }
     });
