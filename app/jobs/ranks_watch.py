@@ -119,8 +119,11 @@ def root_cause_error(cause: dict[str, str]) -> dict[str, str]:
     else:
         how = f"exited with code {code}"
         hint = "worker.log has that rank's traceback; fix the cause and resume the job."
-    said = f": {cause['traceback']}" if cause["traceback"] and \
-        cause["traceback"] != "<N/A>" and not cause["traceback"].startswith("Signal") else ""
+    # A signal's traceback line repeats the signal; an exit code's only points at torch's
+    # docs on enabling tracebacks: neither says more than the line above.
+    trace = cause["traceback"]
+    said = f": {trace}" if trace and trace != "<N/A>" and \
+        not trace.startswith(("Signal", "To enable traceback")) else ""
     return {"error_type": "rank_died" if code < 0 else "rank_failed",
             "message": f"rank {cause['rank']}{pid} {how} first (torchrun's root cause){said}",
             "hint": hint}
