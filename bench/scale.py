@@ -85,8 +85,10 @@ def bare(model: str, dataset: str, gpus: int, batch: int, steps: int) -> dict:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                "--num_processes", str(gpus), "--num_machines", "1", "--mixed_precision", "no",
                "--dynamo_backend", "no", *script]
+    # One process with two GPUs visible would be nn.DataParallel, which KTOTrainer refuses.
+    visible = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(gpus))}
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", **visible})
     lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
     if out.returncode != 0 or not lines:
         raise SystemExit(f"bare run failed ({out.returncode}):\n{out.stderr[-3000:]}")
