@@ -171,3 +171,14 @@ def test_tune_on_cpu_processes_counts_every_process():
     for c in plan2.candidates:
         one = estimate(m, "torch", "kto", {**params, **c.settings, "num_processes": 1}, "cpu")
         assert c.estimate_bytes == pytest.approx(2 * one["total_bytes"], abs=2)
+
+
+def test_the_plan_panel_says_per_gpu():
+    from app.web.templating import templates
+
+    result = plan(shape_facts("qwen3-14b"), "torch", "kto", dict(KTO, num_processes=4),
+                  gpus(24, 24, 24, 24))
+    html = templates.env.get_template("_plan.html").render(plan=result, request=None)
+    assert '<span data-testid="plan-per-gpu">per GPU × 4 (fsdp)</span>' in html
+    assert "Each row is what one GPU holds" in html and "in all" in html
+    assert "per GPU of 24.0 GiB</a>" in html  # the chip at the top of the form
