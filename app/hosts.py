@@ -167,7 +167,11 @@ def resolve_hosts(names_text: str, settings: Settings) -> list[dict[str, Any]]:
     """A job's ``hosts`` knob ("studio,here" or "all") as mlx hostfile entries
     [{"ssh", "ips"(, "rdma")}], this Mac first: it is rank 0, which writes the run's events.
     ParamError("hosts", …) names what is wrong and the fix."""
-    setting = read_hosts(settings)
+    try:
+        setting = read_hosts(settings)
+    except ParamError as exc:  # a job names its hosts knob; the file's own field is in words
+        raise ParamError("hosts", f"the Hosts setting cannot be used: {exc.field}: "
+                         f"{exc.message}") from None
     known = setting.get("hosts", [])
     known_names = ", ".join(h["name"] for h in known) or "no hosts"
     asked = parse_hosts(names_text or "")

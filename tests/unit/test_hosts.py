@@ -82,6 +82,9 @@ def test_hand_broken_file_is_a_clear_error(settings):
     with pytest.raises(ParamError) as err:
         read_hosts(settings)
     assert err.value.field == "hosts[0].ips[0]" and "hosts.json" in err.value.message
+    with pytest.raises(ParamError) as err:  # a job's knob is named, the file's field told
+        resolve_hosts("all", settings)
+    assert err.value.field == "hosts" and "hosts[0].ips[0]" in err.value.message
 
 
 def test_resolve_puts_this_mac_first(settings):
