@@ -20,7 +20,8 @@ def job_series(job_id: JobId, kind: Literal["memory", "progress"], session: Sess
                max_points: Annotated[int | None, Query(ge=10, le=100_000)] = 2000,
                after_seq: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0) -> dict[str, Any]:
     """A job's memory samples (process RSS, backend allocator, system used/available/total,
-    swap; bytes, over ``elapsed_s``) or throughput (tokens/s and ETA by ``step``), from the
-    stored events; downsampled to ``max_points`` keeping each bucket's peaks and dips."""
+    swap; bytes, over ``elapsed_s``; a job on several processes adds ``rank<r>_active`` per
+    rank and ``ranks``, [{rank, host}]) or throughput (tokens/s and ETA by ``step``), from
+    the stored events; downsampled to ``max_points`` keeping each bucket's peaks and dips."""
     get_job(session, job_id)
     return series(session, job_id, kind, max_points, after_seq)
