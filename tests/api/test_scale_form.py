@@ -95,3 +95,15 @@ def test_mlx_hosts_knob_needs_two_hosts(app, client):
     sft = client.get("/jobs/new?backend=mlx&method=sft").text
     assert "params.hosts" in sft
     assert "params.num_processes" not in sft  # torch's knob, not MLX's
+
+
+def test_an_unknown_host_is_refused_beside_the_knob(app, client):
+    write_hosts(app.state.settings, HOSTS)
+    data = {"name": "", "method": "mlx/kto", "model_choice": "tiny-demo", "model_text": "",
+            "dataset_choice": "demo-kto", "dataset_text": "", "knobs_method": "mlx/kto",
+            "knobs_model": "tiny-demo", "params.hosts": "here,laptop"}
+    r = client.post("/jobs/new", data=data, headers=HX)
+    assert r.status_code == 200 and "HX-Redirect" not in r.headers
+    assert 'id="err-params-hosts"' in r.text
+    assert "unknown host laptop; the Hosts setting has here, studio" in r.text
+    assert controls(r.text)["params.hosts"]["value"] == "here,laptop"
