@@ -25,6 +25,9 @@ What is counted, and why (checked against TRL 1.16's KTOTrainer and mlx-lm 0.32)
 - framework overhead: the Python process with torch/TRL or mlx-lm loaded; on CUDA the
   context and the caching allocator's slack.
 The constants were calibrated with bench/planner.py (README, "Memory planner").
+A torch job on several processes (``num_processes``) is estimated per GPU on CUDA (ddp or
+fsdp) and as N processes elsewhere: app/planner/scale.py; ``plan()`` decides
+``distributed: auto`` with ``sharding_for``.
 """
 
 from __future__ import annotations
