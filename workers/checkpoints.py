@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 # What each backend's resume reads (HF Trainer's checkpoint of a PEFT model; ours for MLX).
-TORCH_FILES = ("adapter_model.safetensors", "optimizer.pt", "trainer_state.json")
+# "a|b": either file. Under FSDP the optimizer state is accelerate's optimizer.bin; the
+# checkpoints of several processes also hold rng_state_<rank>.pth, which HF does without
+# when a resume runs with another number of processes (it only warns).
+TORCH_FILES = ("adapter_model.safetensors", "optimizer.pt|optimizer.bin", "trainer_state.json")
 MLX_FILES = ("adapters.safetensors", "optimizer.safetensors", "state.json")
 STEP = re.compile(r"^checkpoint-(\d+)$")
 
@@ -32,8 +35,9 @@ def damage(folder: Path, required: tuple[str, ...]) -> str | None:
     if not folder.is_dir():
         return "is gone"
     for name in required:
-        if not (folder / name).is_file():
-            return f"has no {name}"
+        names = name.split("|")
+        if not any((folder / n).is_file() for n in names):
+            return f"has no {' or '.join(names)}"
     for path in sorted(folder.iterdir()):
         problem = _file_damage(path) if path.is_file() else None
         if problem:

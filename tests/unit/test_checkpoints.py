@@ -41,6 +41,19 @@ def test_a_whole_checkpoint_is_taken_as_is(tmp_path):
     assert damage(two, TORCH_FILES) is None and pick(four, TORCH_FILES) == (four, [])
 
 
+def test_a_checkpoint_of_several_processes_is_whole(tmp_path):
+    # Under FSDP accelerate writes the optimizer as optimizer.bin; every rank its RNG state.
+    import torch
+
+    ckpt = torch_checkpoint(tmp_path, 2)
+    (ckpt / "optimizer.pt").rename(ckpt / "optimizer.bin")
+    for rank in (0, 1):
+        torch.save({"python": rank}, ckpt / f"rng_state_{rank}.pth")
+    assert damage(ckpt, TORCH_FILES) is None
+    (ckpt / "optimizer.bin").unlink()
+    assert damage(ckpt, TORCH_FILES) == "has no optimizer.pt or optimizer.bin"
+
+
 @pytest.mark.parametrize("harm, expected", [
     (lambda c: truncate(c / "adapter_model.safetensors"), "adapter_model.safetensors"),
     (lambda c: flip_byte_inside(c / "optimizer.pt"), "optimizer.pt"),

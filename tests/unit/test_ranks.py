@@ -196,3 +196,6 @@ def test_a_torch_ranks_communication_failure_says_where_to_look():
     port = describe_error(OSError(98, "Address already in use"))
     assert port["error_type"] == "port_in_use" and "free port" in port["hint"]
     assert describe_error(ValueError("row 3"))["error_type"] == "ValueError"
+    fsdp = describe_error(RuntimeError("There are currently no available devices found, must "
+                                       "be one of 'XPU', 'CUDA', 'MLU', 'NPU', 'MUSA', or 'HPU'."))
+    assert fsdp["error_type"] == "device" and "ddp" in fsdp["hint"]

@@ -44,16 +44,20 @@ class RankSync(TrainerCallback):
     def __call__(self) -> bool:
         return self.agreed
 
-    def _device(self) -> torch.device:
-        # NCCL moves CUDA tensors only; gloo works on CPU tensors.
-        if dist.get_backend() == "nccl":
-            return torch.device("cuda", torch.cuda.current_device())
+    @staticmethod
+    def _device(training: torch.device) -> torch.device:
+        # NCCL moves CUDA tensors only; gloo works on CPU tensors. Under FSDP accelerate may
+        # start both ("cuda:nccl,cpu:gloo"), which picks by the tensor's device.
+        if "nccl" in str(dist.get_backend()) and training.type == "cuda":
+            return training
         return torch.device("cpu")
 
-    def _memory(self, device: torch.device) -> list[int]:
-        if device.type == "cuda":
-            return [torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device),
-                    torch.cuda.memory_reserved(device)]
+    def _memory(self, training: torch.device) -> list[int]:
+        """The numbers of the device this rank trains on (not the collective's)."""
+        if training.type == "cuda":
+            return [torch.cuda.memory_allocated(training),
+                    torch.cuda.max_memory_allocated(training),
+                    torch.cuda.memory_reserved(training)]
         rss = psutil.Process().memory_info().rss
         self._cpu_peak = max(self._cpu_peak, rss)
         return [rss, self._cpu_peak, NONE]
@@ -62,8 +66,9 @@ class RankSync(TrainerCallback):
         if not (dist.is_available() and dist.is_initialized()):
             self.agreed = self.agreed or bool(self.stop_requested())
             return
-        device = self._device()
-        mine = torch.tensor([int(bool(self.stop_requested())), *self._memory(device)],
+        training = torch.device(args.device)
+        device = self._device(training)
+        mine = torch.tensor([int(bool(self.stop_requested())), *self._memory(training)],
                             dtype=torch.int64, device=device)
         gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, mine)

@@ -58,6 +58,11 @@ DISTRIBUTED_HINT = (
     "program uses these GPUs (nvidia-smi), and run with NCCL_DEBUG=INFO in the server's "
     "environment for NCCL's own account."
 )
+FSDP_HINT = (
+    "FSDP shards the model across GPUs and this machine has none that PyTorch sees: set "
+    "distributed to ddp (or auto), which trains the processes on the CPU, or run on a CUDA "
+    "machine."
+)
 PORT_HINT = (
     "Another program holds the port the processes of this run meet on: launch the job "
     "again (each launch picks a free port), or stop the program that holds it."
@@ -73,6 +78,8 @@ def describe_error(exc: BaseException, raw: dict | None = None) -> dict[str, Any
     if memory_hint(exc, lowered) is None:
         if "address already in use" in lowered or getattr(exc, "errno", None) == errno.EADDRINUSE:
             return {"error_type": "port_in_use", "message": message, "hint": PORT_HINT}
+        if "no available devices found" in lowered:  # accelerate's FSDP without a GPU
+            return {"error_type": "device", "message": message, "hint": FSDP_HINT}
         if is_communication_error(exc):
             return {"error_type": "distributed", "message": message, "hint": DISTRIBUTED_HINT}
     return runtime.describe_error(exc, memory_hint)

@@ -149,15 +149,15 @@ def train(job: JobConfig[TorchKTOArgs], rows: list[Row], events: EventWriter, st
 
 def save_adapter(trainer: KTOTrainer, tokenizer, folder: Path) -> None:
     """The policy adapter alone (with init_adapter the model also holds the frozen "ref"
-    copy) and the tokenizer, written by the world's process zero. Under FSDP every process
-    first takes part in gathering the full state dict (the weights are sharded across
-    them); under DDP each holds all of it and the others have nothing to do."""
-    state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled \
-        else None
-    if not trainer.is_world_process_zero():
+    copy) and the tokenizer, written by the world's process zero. Under FSDP the weights
+    are sharded across the processes: HF Trainer's save_model gathers the full state dict
+    (every process takes part) and saves the adapters from it, "ref" in its own subfolder."""
+    if trainer.is_fsdp_enabled:
+        trainer.save_model(str(folder))
         return
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    model.save_pretrained(folder, selected_adapters=["default"], state_dict=state)
+    if not trainer.is_world_process_zero():
+        return  # under DDP every process holds the same weights: one writes them
+    trainer.model.save_pretrained(folder, selected_adapters=["default"])
     tokenizer.save_pretrained(folder)
 
 
