@@ -75,7 +75,9 @@ def torch_scale_problem(params: dict[str, Any],
 def check_scale(backend: str, params: dict[str, Any], settings: Settings,
                 gpus: list[dict[str, Any]] | None = None) -> None:
     """JobInputError naming the knob and the fix when the job cannot launch here."""
-    if backend == "torch" and ("num_processes" in params or "gpu_ids" in params):
+    several = int(params.get("num_processes", 1) or 1) > 1
+    if backend == "torch" and (several or str(params.get("gpu_ids", "") or "").strip()):
+        # Only then is nvidia-smi asked (up to half a second on a machine with GPUs).
         problem = torch_scale_problem(params, cuda_gpus() if gpus is None else gpus)
         if problem is not None:
             raise problem
