@@ -19,6 +19,7 @@ from contract.events import CONFIG_FILE, LOG_FILE
 from contract.knobs import TORCH_KTO
 from contract.launch_plan import LaunchPlan, accelerate_command
 from contract.ranks import read_ranks
+from contract.tune import RESULT_FILE, Candidate, TunePlan, write_plan
 from tests.helpers import ROOT
 from tests.helpers.workers import FAST, events_of, of_type, wait_for_event
 from tests.helpers.workers import run_torch as run_one_process
@@ -78,8 +79,20 @@ def _two_process_config(run_dir: Path, demo, **knobs) -> None:
     write_config(run_dir, demo, params=TORCH_KTO.validate({**knobs, "num_processes": 2}))
 
 
+def _speed(checkpointing: bool) -> dict:
+    return {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
+            "gradient_checkpointing": checkpointing, "precompute_ref_log_probs": False,
+            "use_liger_kernel": False}
+
+
 def test_two_processes_train_once_and_rank_zero_alone_reports(tmp_path, demo, launched):
-    _two_process_config(tmp_path, demo, **FAST)  # 6 steps, a checkpoint every 3
+    # tune: auto with a plan: under several processes nothing is timed, the plan's first
+    # setting is taken (here with gradient checkpointing, under DDP).
+    first, second = _speed(True), _speed(False)
+    write_plan(tmp_path, TunePlan(candidates=[Candidate(first), Candidate(second)],
+                                  baseline=second, budget_bytes=4 << 30, probe_budget_s=60,
+                                  probe_steps=2, effective_batch=2))
+    _two_process_config(tmp_path, demo, **FAST, tune="auto")  # 6 steps, a checkpoint every 3
     launched.append(proc := _launch(tmp_path))
     assert _wait(proc, tmp_path) == 0, _log(tmp_path)
 
@@ -87,6 +100,10 @@ def test_two_processes_train_once_and_rank_zero_alone_reports(tmp_path, demo, la
     assert [p["step"] for p in of_type(events, "progress")] == [1, 2, 3, 4, 5, 6]
     assert [m["step"] for m in of_type(events, "metric")] == [1, 2, 3, 4, 5, 6]
     assert [c["step"] for c in of_type(events, "checkpoint")] == [3, 6]
+    (tune,) = of_type(events, "tune")
+    assert tune["chosen"] == first and [t["outcome"] for t in tune["tried"]] == ["planned"]
+    assert "not timed under a distributed launch" in tune["tried"][0]["note"]
+    assert (tmp_path / RESULT_FILE).is_file()
     (done,) = [e for e in events if e.type == "done"]
     assert events[-1] is done and done.data["status"] == "succeeded"
     assert done.data["summary"]["processes"] == 2 and done.data["summary"]["steps"] == 6
