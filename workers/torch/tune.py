@@ -34,7 +34,7 @@ from contract.events import EventWriter
 from contract.job_config import JobConfig
 from contract.method_args import TorchKTOArgs
 from contract.rows import Row
-from contract.tune import SPEED_KNOBS, TunePlan, read_plan, read_result
+from contract.tune import SPEED_KNOBS, TunePlan, TuneResult, read_plan, read_result
 from workers.memory import process_rss_bytes, torch_probe
 from workers.runtime import HintedError
 from workers.torch.device import DeviceChoice
@@ -56,7 +56,7 @@ def tune(job: JobConfig[TorchKTOArgs], choice: DeviceChoice, model, tokenizer, p
     every rank takes the plan's first setting, which the planner sized per GPU."""
     if job.args.tune != "auto":
         return job, False
-    saved, plan = read_result(job.run_dir), read_plan(job.run_dir)
+    saved, plan = _saved(job, world), read_plan(job.run_dir)
     if saved is None and (plan is None or job.resume_from_checkpoint):
         return job, False
     if world.distributed:
@@ -73,6 +73,18 @@ def tune(job: JobConfig[TorchKTOArgs], choice: DeviceChoice, model, tokenizer, p
                     "training with the knobs as given")
         return job, probe.patched
     return _with(job, result.chosen, events), probe.patched
+
+
+def _saved(job: JobConfig[TorchKTOArgs], world: World) -> TuneResult | None:
+    """The saved choice. Under several processes rank 0 may be writing tune.json (the plan's
+    first setting) while another rank reads it: a half-written file there is no choice yet,
+    and that rank takes the plan's first setting too, the same one."""
+    try:
+        return read_result(job.run_dir)
+    except (ValueError, TypeError, KeyError):
+        if not world.distributed:
+            raise
+        return None
 
 
 def _with(job: JobConfig[TorchKTOArgs], chosen: dict[str, Any],
