@@ -89,17 +89,37 @@ def read_ranks(run_dir: Path) -> list[RankInfo]:
     return sorted(out, key=lambda r: r.rank)
 
 
+# What a process sees when a peer of the run is gone or stopped answering: torch.distributed
+# (gloo, NCCL, the TCP store) and MLX's ring all say it in these words.
+COMMUNICATION_MARKERS = (
+    "connection closed by peer", "connection reset", "broken pipe", "connection refused",
+    "socket timeout", "timed out", "nccl", "gloo", "distbackenderror", "distnetworkerror",
+    "processgroup", "[ring]",
+)
+
+
+def communication_failure(info: RankInfo) -> bool:
+    """Whether the rank's recorded error is only a peer gone (a consequence, not a cause)."""
+    error = info.error or {}
+    text = f"{error.get('error_type', '')}: {error.get('message', '')}".lower()
+    return error.get("error_type") == "distributed" or \
+        any(m in text for m in COMMUNICATION_MARKERS)
+
+
 def first_failure(ranks: list[RankInfo], alive: Callable[[RankInfo], bool],
                   exclude: int | None = None) -> RankInfo | None:
-    """The rank whose failure ended the run: the earliest that ended with an error, else one
-    that is gone without an end file (``alive`` says whether a rank's process still runs; a
-    rank on another host it cannot see counts as alive). ``exclude``: the asking rank."""
+    """The rank whose failure ended the run: the earliest that ended with an error of its
+    own, else one that is gone without an end file (``alive`` says whether a rank's process
+    still runs; a rank on another host it cannot see counts as alive), else the earliest
+    that failed of a peer gone (every failure a communication error). A rank that died
+    without a word comes before the others' "connection lost" errors, which it caused.
+    ``exclude``: the asking rank."""
     others = [r for r in ranks if r.rank != exclude]
     failed = sorted((r for r in others if r.status == "failed"),
                     key=lambda r: r.ended_at or 0.0)
-    if failed:
-        return failed[0]
-    return next((r for r in others if r.status is None and not alive(r)), None)
+    own = [r for r in failed if not communication_failure(r)]
+    dead = [r for r in others if r.status is None and not alive(r)]
+    return next(iter(own or dead or failed), None)
 
 
 def failure_event(info: RankInfo) -> dict[str, Any]:

@@ -26,7 +26,13 @@ from typing import NamedTuple
 
 import psutil
 
-from contract.ranks import RankInfo, first_failure, read_ranks
+from contract.ranks import (
+    COMMUNICATION_MARKERS,
+    RankInfo,
+    communication_failure,
+    first_failure,
+    read_ranks,
+)
 
 
 class World(NamedTuple):
@@ -98,15 +104,6 @@ def alive(info: RankInfo) -> bool:
         return False
 
 
-# What a process sees when a peer of the run is gone or stopped answering: torch.distributed
-# (gloo, NCCL, the TCP store) and MLX's ring all say it in these words.
-COMMUNICATION_MARKERS = (
-    "connection closed by peer", "connection reset", "broken pipe", "connection refused",
-    "socket timeout", "timed out", "nccl", "gloo", "distbackenderror", "distnetworkerror",
-    "processgroup", "[ring]",
-)
-
-
 def is_communication_error(exc: BaseException | None) -> bool:
     if exc is None:
         return False
@@ -133,7 +130,7 @@ def culprit(run_dir: Path, me: int, own_error: BaseException | None, *,
         ranks = [r for r in read_ranks(run_dir) if r.rank != me]
         dead = [r for r in ranks if r.status is None and not is_alive(r)]
         real = sorted((r for r in ranks if r.status == "failed"
-                       and not _communication_fields(r)), key=lambda r: r.ended_at or 0.0)
+                       and not communication_failure(r)), key=lambda r: r.ended_at or 0.0)
         if consequence:
             if dead:
                 return dead[0]
@@ -149,10 +146,3 @@ def culprit(run_dir: Path, me: int, own_error: BaseException | None, *,
         return None
     # Every other failure is a communication error too: the earliest of them (or a dead one).
     return first_failure(read_ranks(run_dir), is_alive, exclude=me)
-
-
-def _communication_fields(info: RankInfo) -> bool:
-    error = info.error or {}
-    text = f"{error.get('error_type', '')}: {error.get('message', '')}".lower()
-    return error.get("error_type") == "distributed" or \
-        any(m in text for m in COMMUNICATION_MARKERS)

@@ -128,14 +128,17 @@ def test_a_host_ssh_cannot_reach_fails_the_job_naming_it(server):
     assert not read_ranks(Path(job["run_dir"]))  # no rank was started
 
 
-def test_a_rank_that_dies_fails_the_job_naming_it_and_leaves_no_rank(server):
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_rank_that_dies_fails_the_job_naming_it_and_leaves_no_rank(server, victim):
+    """Rank 1 dead: rank 0 reports it. Rank 0 dead (no done event, and mlx.launch exits 0
+    whatever its ranks did): the server reads it from the rank files."""
     job = submit(server, "here,twin", LONG)
     server.wait_step(job["id"], 3, timeout=240)
-    rank1 = next(r for r in read_ranks(Path(job["run_dir"])) if r.rank == 1)
-    os.kill(rank1.pid, signal.SIGKILL)  # as the kernel's OOM killer would
+    dead = next(r for r in read_ranks(Path(job["run_dir"])) if r.rank == victim)
+    os.kill(dead.pid, signal.SIGKILL)  # as the kernel's OOM killer would
     job = server.wait_job(job["id"])
     assert job["status"] == "failed", (job["error"], job["log_tail"])
-    assert "rank 1" in job["error"], job["error"]
+    assert f"rank {victim} " in job["error"], job["error"]
     assert job["error_type"] == "rank_died", job["error"]
     assert_no_rank_left(job)
 

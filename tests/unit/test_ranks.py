@@ -89,6 +89,21 @@ def test_first_failure_is_the_earliest_error_else_a_silent_death(tmp_path):
     assert first_failure(ranks, lambda r: r.rank != 0) is not None  # 0: no end, not alive
 
 
+def test_a_silent_death_comes_before_the_peer_lost_errors_it_caused(tmp_path):
+    """Rank 0 killed: rank 1 then fails of "connection lost" and writes its end file; the
+    cause is rank 0. A failure of a rank's own still comes first."""
+    for r in (0, 1, 2):
+        write_rank_start(tmp_path, r, 3, r, 1.0)
+    write_rank_end(tmp_path, 1, "failed", {"error_type": "RuntimeError",
+                                           "message": "[ring] connection to a peer was lost"})
+    gone = lambda r: r.rank != 0  # noqa: E731 - rank 0's process is gone
+    assert first_failure(read_ranks(tmp_path), gone).rank == 0
+    assert first_failure(read_ranks(tmp_path), lambda r: True).rank == 1  # none dead: it
+    time.sleep(0.01)
+    write_rank_end(tmp_path, 2, "failed", {"error_type": "out_of_memory", "message": "oom"})
+    assert first_failure(read_ranks(tmp_path), gone).rank == 2
+
+
 def test_failure_event_names_the_rank(tmp_path):
     write_rank_start(tmp_path, 1, 2, 1, 1.0)
     (died,) = read_ranks(tmp_path)
