@@ -214,3 +214,17 @@ def test_a_torch_ranks_communication_failure_says_where_to_look():
     fsdp = describe_error(RuntimeError("There are currently no available devices found, must "
                                        "be one of 'XPU', 'CUDA', 'MLU', 'NPU', 'MUSA', or 'HPU'."))
     assert fsdp["error_type"] == "device" and "ddp" in fsdp["hint"]
+
+
+def test_an_adapter_saved_without_weights_is_a_failure(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from workers.runtime import HintedError
+    from workers.torch.kto import check_saved_weights
+
+    save_file({"w.lora_A.weight": torch.ones(2, 2)}, str(tmp_path / "adapter_model.safetensors"))
+    check_saved_weights(tmp_path)
+    save_file({}, str(tmp_path / "adapter_model.safetensors"))
+    with pytest.raises(HintedError, match="holds no weights"):
+        check_saved_weights(tmp_path)

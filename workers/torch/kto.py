@@ -32,7 +32,7 @@ from contract.method_args import TorchKTOArgs
 from contract.rows import Row
 from workers.memory import MemorySampler, torch_probe
 from workers.model_source import model_source
-from workers.runtime import RunResult, StopFlag, loading_model, split_for_eval
+from workers.runtime import HintedError, RunResult, StopFlag, loading_model, split_for_eval
 from workers.torch.callback import EventCallback
 from workers.torch.device import DeviceChoice, Platform, choose_device
 from workers.torch.distributed import RankSync
@@ -154,11 +154,25 @@ def save_adapter(trainer: KTOTrainer, tokenizer, folder: Path) -> None:
     (every process takes part) and saves the adapters from it, "ref" in its own subfolder."""
     if trainer.is_fsdp_enabled:
         trainer.save_model(str(folder))
+        if trainer.is_world_process_zero():
+            check_saved_weights(folder)
         return
     if not trainer.is_world_process_zero():
         return  # under DDP every process holds the same weights: one writes them
     trainer.model.save_pretrained(folder, selected_adapters=["default"])
     tokenizer.save_pretrained(folder)
+
+
+def check_saved_weights(folder: Path) -> None:
+    """An adapter file without tensors is a failure, not an artifact: seen once on 2 GPUs
+    under FSDP, when the adapter was saved from a state dict gathered outside HF's save."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as saved:
+        if next(iter(saved.keys()), None) is not None:
+            return
+    raise HintedError(f"the adapter saved in {folder} holds no weights (FSDP)",
+                      "Set distributed to ddp and resume the job from its last checkpoint.")
 
 
 def load_model(model_id: str, choice: DeviceChoice):
