@@ -12,7 +12,7 @@ import psutil
 
 from app.config import Settings
 from app.db import ROOT
-from app.jobs.launching import launch_plan_for
+from app.jobs.launching import launch_plan_for, one_gpu_env
 from app.jobs.tuning import prepare_tune_plan
 from app.models import Job
 from contract.events import CONFIG_FILE, EVENTS_FILE, LOG_FILE
@@ -47,6 +47,7 @@ def start_worker(job: Job, settings: Settings) -> tuple[subprocess.Popen, str | 
     cmd = [settings.python or sys.executable, "-m", module, "--config", str(config)]
     env = worker_env(os.environ, job.backend)
     env.pop("PROSPECT_API_TOKEN", None)  # the worker needs no secret of the server
+    env.update(one_gpu_env(job, env))  # one process sees one GPU (no nn.DataParallel)
     # Workers default to offline (HF_HUB_OFFLINE=1); a download job is the person's own
     # request to fetch a model, so its worker is online.
     if settings.allow_downloads or job.backend == "hub":

@@ -71,3 +71,25 @@ def test_a_port_range_is_free_now():
     for port in range(base, base + 3):
         with socket.socket() as s:
             s.bind(("", port))  # raises if it was taken
+
+
+def test_one_process_on_a_machine_of_several_gpus_sees_one():
+    """Two visible GPUs make HF Trainer wrap the model in nn.DataParallel, which KTOTrainer
+    refuses: a single-process job is given one GPU."""
+    from app.jobs.launching import one_gpu_env
+
+    assert one_gpu_env(torch_job(), {}, GPUS) == {"CUDA_VISIBLE_DEVICES": "0"}
+    assert one_gpu_env(torch_job(gpu_ids="2"), {}, GPUS) == {"CUDA_VISIBLE_DEVICES": "2"}
+    assert one_gpu_env(torch_job(), {}, GPUS[:1]) == {}  # one GPU: nothing to narrow
+    assert one_gpu_env(torch_job(), {}, []) == {}
+    assert one_gpu_env(torch_job(device="cpu"), {}, GPUS) == {}
+    assert one_gpu_env(torch_job(num_processes=2), {}, GPUS) == {}  # the launcher places ranks
+    # the person's own CUDA_VISIBLE_DEVICES is narrowed to one of its GPUs, never widened
+    assert one_gpu_env(torch_job(), {"CUDA_VISIBLE_DEVICES": "3,1"}, GPUS) == \
+        {"CUDA_VISIBLE_DEVICES": "3"}
+    assert one_gpu_env(torch_job(gpu_ids="1"), {"CUDA_VISIBLE_DEVICES": "3,1"}, GPUS) == \
+        {"CUDA_VISIBLE_DEVICES": "1"}
+    assert one_gpu_env(torch_job(), {"CUDA_VISIBLE_DEVICES": "2"}, GPUS) == {}
+    mlx = Job(id=2, name="j", backend="mlx", method="kto", model="m", dataset="d",
+              params=MLX_KTO.defaults())
+    assert one_gpu_env(mlx, {}, GPUS) == {}

@@ -29,6 +29,7 @@ from app.errors import JobInputError
 from app.jobs.adapters import fuse_adapter
 from app.jobs.artifacts import list_artifacts
 from app.jobs.lifecycle import delete_job, request_cancel, request_resume
+from app.jobs.scale_checks import resume_params
 from app.jobs.tuning import tuning_view
 from app.models import Event, Job, JobStatus
 from app.units import number
@@ -227,10 +228,12 @@ def cancel_action(job_id: JobId, request: Request, session: SessionDep,
 
 @router.post("/jobs/{job_id}/resume", response_class=HTMLResponse)
 def resume_action(job_id: JobId, request: Request, session: SessionDep,
-                  supervisor: SupervisorDep, _form: CsrfForm) -> Response:
-    """Resume: the page loads again, so its event stream starts again."""
+                  settings: SettingsDep, supervisor: SupervisorDep,
+                  _form: CsrfForm) -> Response:
+    """Resume: the page loads again, so its event stream starts again. The machine is
+    checked as at submission (its GPUs or the Hosts setting may have changed since)."""
     def resume(job: Job) -> Response:
-        request_resume(session, job)
+        request_resume(session, job, resume_params(job, {}, settings))
         supervisor.wake()
         return hx_redirect(request, f"/jobs/{job_id}")
 
