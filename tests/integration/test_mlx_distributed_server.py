@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -154,3 +155,25 @@ def test_a_remote_rank_whose_session_hangs_up_ends_the_job_cancelled(server):
     assert job["status"] == "cancelled", (job["error"], job["log_tail"])
     assert job["step"] == int(Path(job["last_checkpoint"]).name.removeprefix("checkpoint-"))
     assert_no_rank_left(job)
+
+
+@pytest.mark.parametrize("how", ["server", "rank 1 alone"])
+def test_a_cancel_while_the_ranks_start_ends_the_job_cancelled(server, how):
+    """Before training a rank asked to stop goes on to the next point where all ranks ask
+    (after starting, after loading) and they all stop there: one that left at once would
+    have the others fail in their next collective, or wait in mx.distributed.init forever.
+    "rank 1 alone": only a remote rank heard of it (its ssh session closed)."""
+    job = submit(server, "here,twin", LONG)
+    run_dir = Path(job["run_dir"])
+    deadline = time.monotonic() + 120
+    while len(read_ranks(run_dir)) < 2:  # both ranks are up, neither is training yet
+        assert time.monotonic() < deadline, server.get(f"/api/jobs/{job['id']}")
+        time.sleep(0.05)
+    if how == "server":
+        assert server.post(f"/api/jobs/{job['id']}/cancel")[0] == 200
+    else:
+        os.kill(read_ranks(run_dir)[1].pid, signal.SIGTERM)
+    job = server.wait_job(job["id"], timeout=120)
+    assert job["status"] == "cancelled", (job["error"], job["log_tail"])
+    assert job["step"] < LONG["iters"]
+    assert [r.status for r in assert_no_rank_left(job)] == ["cancelled", "cancelled"]

@@ -26,6 +26,12 @@ from workers.world import mlx_world
 
 def run_job(job: JobConfig, session: runtime.Session) -> runtime.RunResult:
     events, sampler = session.events, session.sampler
+    if session.world.distributed:
+        # A rank that stopped at once would leave the others waiting for it in their next
+        # collective, mx.distributed.init forever: a cancel only sets the flag, and the ranks
+        # stop together where they all ask (workers/mlx/common.py agreed_stop): after
+        # starting, after loading, at each step's end.
+        session.stop.interrupt = False
     session.keep_awake()
     print(f"job {job.job_id}: mlx {job.method} of {job.model} on {job.dataset}", flush=True)
     if job.method == "generate":  # an arena's answers: two variants, the same prompts

@@ -241,6 +241,25 @@ def prepare_training(job: JobConfig[MLXTrainArgs], model: nn.Module):
     return optimizer, start, tokens
 
 
+def agreed_stop(stop, size: int) -> bool:
+    """Whether any process was asked to stop (``stop()``, the local flag): a collective in a
+    distributed launch, so every rank calls it at the same point and all stop together.
+    A rank never stops on its own there: the others would wait for it in their next
+    collective (``mx.distributed.init`` forever)."""
+    if size == 1:
+        return stop()
+    return mx.distributed.all_sum(mx.array(int(stop())), stream=mx.cpu).item() > 0
+
+
+def stop_if_asked(stop, size: int, when: str) -> None:
+    """Before training, in a distributed launch: every rank ends cancelled together if any
+    was asked to stop (the load went on meanwhile: see workers/mlx/__main__.py)."""
+    from workers.runtime import Cancelled
+
+    if size > 1 and agreed_stop(stop, size):
+        raise Cancelled(f"stopped by a signal {when}")
+
+
 HOST_BYTES = 64  # a host name's room in the gathered array (longer ones are cut)
 
 

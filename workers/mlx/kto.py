@@ -48,11 +48,13 @@ from contract.rows import Row
 from workers.memory import MemorySampler
 from workers.mlx.common import (
     Reporter,
+    agreed_stop,
     finish,
     load_for_training,
     prepare_training,
     rank_memory,
     report_and_checkpoint,
+    stop_if_asked,
     trainable_count,
 )
 from workers.mlx.data import tokenize_kto
@@ -291,6 +293,7 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
     # batch, with its own KL pairs); z0 and the gradients are averaged over the processes.
     world = mx.distributed.init()
     rank, size = world.rank(), world.size()
+    stop_if_asked(stop, size, "while the processes started")
     memory = rank_memory(world, sampler)  # every rank's memory in rank 0's memory events
     rows, held_rows = held_out(job, rows, events, rank)
     model, tokenizer, num_layers, config = load_for_training(
@@ -337,6 +340,7 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
             reporter.restart_clock(it)
 
     stop.interrupt = False  # from here on SIGTERM only sets the flag; the loop acts on it
+    stop_if_asked(stop, size, "while the processes loaded")
     events.emit("status", phase="training",
                 message=f"resuming at step {start} from {job.resume_from_checkpoint}" if start
                 else f"training {trainable_count(model):,} adapter parameters")
@@ -350,9 +354,7 @@ def train(job: JobConfig[MLXKTOArgs], rows: list[Row], events: EventWriter,
         reporter.add(step(micro))
         reporter.step_done(it, batch_tokens(chosen, args.max_seq_length),
                            time.perf_counter() - tic)
-        stopping = stop()
-        if size > 1:  # every process stops at the same step
-            stopping = mx.distributed.all_sum(mx.array(int(stopping)), stream=mx.cpu).item() > 0
+        stopping = agreed_stop(stop, size)  # every process stops at the same step
         cancelled = stopping and it < iters
         report_and_checkpoint(job, events, reporter, model, optimizer, config, it, cancelled,
                               rank, between=partial(evaluate, cancelled=cancelled),

@@ -38,11 +38,13 @@ from contract.method_args import MLXSFTArgs
 from workers.memory import MemorySampler
 from workers.mlx.common import (
     Reporter,
+    agreed_stop,
     finish,
     load_for_training,
     prepare_training,
     rank_memory,
     report_and_checkpoint,
+    stop_if_asked,
     trainable_count,
 )
 from workers.mlx.tune import probe_with, tuned
@@ -142,6 +144,7 @@ def train(job: JobConfig[MLXSFTArgs], train_rows: list[dict], valid_rows: list[d
     # Under `mlx.launch -n N` each process takes 1/N of every batch; gradients are averaged.
     world = mx.distributed.init()
     rank, size = world.rank(), world.size()
+    stop_if_asked(stop, size, "while the processes loaded")
     memory = rank_memory(world, sampler)  # every rank's memory in rank 0's memory events
 
     # tune auto: the fastest measured split of the same effective batch (workers/mlx/tune.py)
@@ -196,9 +199,7 @@ def train(job: JobConfig[MLXSFTArgs], train_rows: list[dict], valid_rows: list[d
         if size > 1:  # every process reports the whole batch, and stops at the same step
             loss = mx.distributed.all_sum(loss, stream=mx.cpu) / size
             ntoks = mx.distributed.all_sum(ntoks, stream=mx.cpu)
-            stopping = mx.distributed.all_sum(mx.array(int(stop())), stream=mx.cpu).item() > 0
-        else:
-            stopping = stop()
+        stopping = agreed_stop(stop, size)
         reporter.add({"loss": loss.item()})
         reporter.step_done(it, int(ntoks.item()), time.perf_counter() - tic)
         cancelled = stopping and it < iters
