@@ -91,6 +91,9 @@ def test_a_job_over_two_hosts_trains_once_and_reports_every_rank(server):
     for rank in ranked[-1]:
         assert rank["host"] and rank["peak_bytes"] > 0 and rank["driver_bytes"] > 0
     assert [r["rank"] for r in ranked[-1]] == [0, 1]
+    chart = server.get(f"/api/jobs/{job['id']}/series/memory")  # the job page's memory chart
+    assert [r["rank"] for r in chart["ranks"]] == [0, 1]
+    assert any(v for v in chart["rank1_active"]), chart
     assert Path(job["adapter_path"], "adapters.safetensors").is_file()
     assert job["id"] in [a["job_id"] for a in server.get("/api/adapters")]
     assert_no_rank_left(job)
