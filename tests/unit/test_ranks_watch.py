@@ -119,11 +119,12 @@ def test_leftovers_of_this_machine_are_killed_and_no_one_else(tmp_path):
             proc.wait()
 
 
+# The handler is in place before the PID is printed: the test signals as soon as it reads it.
 WRAPPER = """
 import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 child = subprocess.Popen(["sleep", "60"])
 print(child.pid, flush=True)
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 while True:
     time.sleep(1)
 """
