@@ -109,22 +109,19 @@ def one_gpu_env(job: Job, env: dict[str, str],
     """The CUDA_VISIBLE_DEVICES a single-process torch job needs on a machine with several
     GPUs: one. With two or more visible, HF Trainer wraps the model in nn.DataParallel, which
     TRL's KTOTrainer refuses ("does not support nn.DataParallel"; seen on a 2 × H200 box), so
-    the job would fail at once. The GPU is ``gpu_ids``' one entry, else the first visible one.
-    Returns the variables to set (none where one GPU or none is visible, on the CPU, or for a
-    distributed job, whose launcher places the ranks)."""
+    the job would fail at once. The GPU is ``gpu_ids``' one entry (nvidia-smi's index, as
+    everywhere: the scale checks validate it so), else the first of the person's own
+    CUDA_VISIBLE_DEVICES, else GPU 0. Returns the variables to set (none where one GPU or
+    none is visible, on the CPU, or for a distributed job, whose launcher places the ranks)."""
     params = job.params or {}
     if job.backend != "torch" or is_distributed(job.backend, params) or \
             params.get("device", "auto") not in ("auto", "cuda"):
         return {}
     chosen = parse_gpu_ids(str(params.get("gpu_ids", "") or ""))
-    visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if "CUDA_VISIBLE_DEVICES" in env:  # the person's own choice, narrowed to one
-        if len(visible) <= 1 and not chosen:
-            return {}
-        pick = visible[chosen[0]] if chosen and chosen[0] < len(visible) else \
-            (visible[0] if visible else "")
-        return {"CUDA_VISIBLE_DEVICES": pick}
+    if chosen:
+        return {"CUDA_VISIBLE_DEVICES": str(chosen[0])}
+    if "CUDA_VISIBLE_DEVICES" in env:  # the person's own choice, narrowed to its first GPU
+        visible = [v.strip() for v in env["CUDA_VISIBLE_DEVICES"].split(",") if v.strip()]
+        return {"CUDA_VISIBLE_DEVICES": visible[0]} if len(visible) > 1 else {}
     gpus = cuda_gpus() if gpus is None else gpus
-    if len(gpus) < 2 and not chosen:
-        return {}
-    return {"CUDA_VISIBLE_DEVICES": str(chosen[0] if chosen else gpus[0]["index"])}
+    return {"CUDA_VISIBLE_DEVICES": str(gpus[0]["index"])} if len(gpus) >= 2 else {}

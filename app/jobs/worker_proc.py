@@ -48,6 +48,8 @@ def start_worker(job: Job, settings: Settings) -> tuple[subprocess.Popen, str | 
     env = worker_env(os.environ, job.backend)
     env.pop("PROSPECT_API_TOKEN", None)  # the worker needs no secret of the server
     env.update(one_gpu_env(job, env))  # one process sees one GPU (no nn.DataParallel)
+    if plan is not None:  # the wrapper gives torchrun as long as the supervisor gives a cancel
+        env["PROSPECT_CANCEL_GRACE_S"] = f"{settings.cancel_grace_s:g}"
     # Workers default to offline (HF_HUB_OFFLINE=1); a download job is the person's own
     # request to fetch a model, so its worker is online.
     if settings.allow_downloads or job.backend == "hub":

@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from app.models import Job, JobStatus
 from app.system.machine import Probes, system_info
+from contract.knobs_scale import parse_gpu_ids
 from contract.launch_plan import is_distributed, read_launch_plan
 
 
@@ -35,7 +36,8 @@ def job_gpus(job: Job) -> list[int]:
         plan = read_launch_plan(job.run_dir) if job.run_dir else None
         return list(plan.gpu_ids) if plan is not None and plan.launcher == "accelerate" else []
     if params.get("device", "auto") in ("auto", "cuda"):
-        return [first_visible_gpu()]
+        chosen = parse_gpu_ids(str(params.get("gpu_ids", "") or ""))  # what one_gpu_env gives
+        return [chosen[0]] if chosen else [first_visible_gpu()]
     return []
 
 

@@ -87,8 +87,9 @@ def test_one_process_on_a_machine_of_several_gpus_sees_one():
     # the person's own CUDA_VISIBLE_DEVICES is narrowed to one of its GPUs, never widened
     assert one_gpu_env(torch_job(), {"CUDA_VISIBLE_DEVICES": "3,1"}, GPUS) == \
         {"CUDA_VISIBLE_DEVICES": "3"}
-    assert one_gpu_env(torch_job(gpu_ids="1"), {"CUDA_VISIBLE_DEVICES": "3,1"}, GPUS) == \
-        {"CUDA_VISIBLE_DEVICES": "1"}
+    # gpu_ids is nvidia-smi's index everywhere (the scale checks hold it to the listed GPUs)
+    assert one_gpu_env(torch_job(gpu_ids="2"), {"CUDA_VISIBLE_DEVICES": "3,1"}, GPUS) == \
+        {"CUDA_VISIBLE_DEVICES": "2"}
     assert one_gpu_env(torch_job(), {"CUDA_VISIBLE_DEVICES": "2"}, GPUS) == {}
     mlx = Job(id=2, name="j", backend="mlx", method="kto", model="m", dataset="d",
               params=MLX_KTO.defaults())
