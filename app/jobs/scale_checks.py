@@ -10,6 +10,7 @@ checkpoint was trained with: clone the job for that.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from app.config import Settings
@@ -17,7 +18,7 @@ from app.errors import JobInputError
 from app.hosts import resolve_hosts
 from app.jobs.launching import cuda_gpus
 from app.models import Job
-from app.planner.check import DoesNotFit, check_fits
+from app.planner.check import DoesNotFit, check_fits, choose_sharding
 from contract.knob_core import ParamError
 from contract.knobs import method_for
 from contract.knobs_scale import parse_gpu_ids
@@ -114,6 +115,7 @@ def resume_params(job: Job, given: dict[str, Any], settings: Settings,
         raise JobInputError(f"params.{errors[0].field}", errors[0].message)
     params = spec.validate(merged)
     check_scale(job.backend, params, settings)
+    check_same_sharding(job, params)
     if not force:
         try:
             check_fits(job.model_path, job.backend, job.method, params)
@@ -122,3 +124,29 @@ def resume_params(job: Job, given: dict[str, Any], settings: Settings,
                                 f"{exc.result['message']} Change them, or send force: true to "
                                 "resume anyway.", extra={"plan": exc.result}) from None
     return params
+
+
+def check_same_sharding(job: Job, params: dict[str, Any]) -> None:
+    """An FSDP checkpoint (HF Trainer's optimizer.bin, sharded state) resumes only under FSDP,
+    and a DDP or one-process checkpoint (optimizer.pt) only without it: HF Trainer loads each
+    from its own file, and a switch would fail at the load."""
+    ckpt = Path(job.last_checkpoint) if job.last_checkpoint else None
+    if job.backend != "torch" or ckpt is None or not ckpt.is_dir():
+        return
+    was_fsdp = (ckpt / "optimizer.bin").is_file() and not (ckpt / "optimizer.pt").is_file()
+    n = int(params.get("num_processes", 1) or 1)
+    wanted = params.get("distributed", "auto")
+    if n > 1 and wanted == "auto":
+        try:
+            wanted = choose_sharding(job.model_path, job.backend, job.method, params)
+        except DoesNotFit:
+            wanted = "fsdp"
+    now_fsdp = n > 1 and wanted == "fsdp"
+    if was_fsdp and not now_fsdp:
+        raise JobInputError("params.distributed", f"{ckpt.name} was saved under fsdp (its "
+                            "optimizer state is sharded): resume it with distributed fsdp on 2 "
+                            "or more processes, or clone the job to start over under ddp")
+    if now_fsdp and not was_fsdp:
+        raise JobInputError("params.distributed", f"{ckpt.name} was saved without fsdp: resume "
+                            "it with distributed ddp (or one process), or clone the job to "
+                            "train under fsdp from the start")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from sqlmodel import Session
 
+from app.errors import JobInputError
 from app.jobs.launching import cuda_gpus
 from app.jobs.scale_checks import torch_scale_problem
 from app.models import Job, JobStatus
@@ -134,3 +135,28 @@ def test_resume_checks_the_machine_like_a_submission(app, client, tmp_path):
     r = client.post(f"/api/jobs/{job.id}/resume", json={"settings": {}})
     assert r.status_code == 422  # only params (and force) in the body
     assert status_of(app, job.id) == JobStatus.cancelled
+
+
+def test_a_resume_keeps_the_checkpoint_s_sharding(tmp_path):
+    """HF Trainer reads an FSDP checkpoint's optimizer.bin only under FSDP and a DDP one's
+    optimizer.pt only without: a switch is refused before the run fails at the load."""
+    from app.jobs.scale_checks import check_same_sharding
+
+    ckpt = tmp_path / "checkpoint-4"
+    ckpt.mkdir()
+    job = Job(id=1, name="j", backend="torch", method="kto", model="m", dataset="d",
+              model_path=str(tmp_path / "no-model"), last_checkpoint=str(ckpt),
+              params=TORCH_KTO.defaults())
+    fsdp2 = {**TORCH_KTO.defaults(), "num_processes": 2, "distributed": "fsdp"}
+    ddp2 = {**fsdp2, "distributed": "ddp"}
+    (ckpt / "optimizer.bin").write_bytes(b"x")  # saved under fsdp
+    check_same_sharding(job, fsdp2)
+    for params in (TORCH_KTO.defaults(), ddp2):
+        with pytest.raises(JobInputError, match="was saved under fsdp"):
+            check_same_sharding(job, params)
+    (ckpt / "optimizer.bin").unlink()
+    (ckpt / "optimizer.pt").write_bytes(b"x")  # saved under ddp or by one process
+    check_same_sharding(job, ddp2)
+    check_same_sharding(job, TORCH_KTO.defaults())
+    with pytest.raises(JobInputError, match="was saved without fsdp"):
+        check_same_sharding(job, fsdp2)

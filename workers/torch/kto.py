@@ -172,7 +172,8 @@ def check_saved_weights(folder: Path) -> None:
         if next(iter(saved.keys()), None) is not None:
             return
     raise HintedError(f"the adapter saved in {folder} holds no weights (FSDP)",
-                      "Set distributed to ddp and resume the job from its last checkpoint.")
+                      "An FSDP checkpoint resumes only under FSDP: clone the job with "
+                      "distributed set to ddp (the model must fit one GPU) to train it again.")
 
 
 def load_model(model_id: str, choice: DeviceChoice):
