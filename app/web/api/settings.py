@@ -1,6 +1,6 @@
 """Settings kept in the home folder and changed while the server runs: the Hosts setting
 (app/hosts.py), the Macs an MLX job may spread over with mlx.launch. The System page's Hosts
-section (app/web/pages/system_hosts.py) edits the same file through the same functions."""
+section (app/web/pages/system.py) edits the same file through the same functions."""
 
 from __future__ import annotations
 
