@@ -115,6 +115,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--out", type=Path, default=None, help="append each result as a JSON line")
     ap.add_argument("--skip-bare", action="store_true")
+    ap.add_argument("--gpus", type=int, default=2, choices=(1, 2),
+                    help="1: only the one-GPU runs (a machine of one GPU: Prospect vs bare)")
     args = ap.parse_args()
     import synthetic  # torch and transformers load here
 
@@ -140,10 +142,17 @@ def main() -> None:
 
         with Server(root / "home") as server:
             one = record(prospect(server, model, dataset, 1, 32, args.steps))
-            two = record(prospect(server, model, dataset, 2, 32, args.steps))
-            half = record(prospect(server, model, dataset, 2, 16, args.steps))
+            if args.gpus == 2:
+                two = record(prospect(server, model, dataset, 2, 32, args.steps))
+                half = record(prospect(server, model, dataset, 2, 16, args.steps))
         if not args.skip_bare:
             bare1 = record(bare(model, dataset, 1, 32, args.steps))
+        if args.gpus == 1:
+            if not args.skip_bare:
+                print(f"Prospect 1 GPU / bare 1 GPU = "
+                      f"{one['samples_per_s'] / bare1['samples_per_s']:.3f}")
+            return
+        if not args.skip_bare:
             bare2 = record(bare(model, dataset, 2, 32, args.steps))
         print("loss, 2 GPUs × 16 against 1 GPU × 32 (global batch 32, seed 42): "
               + compare_curves(one["loss"], half["loss"]))
