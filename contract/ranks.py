@@ -68,25 +68,67 @@ def write_rank_end(run_dir: Path, rank: int, status: str,
                 {"rank": rank, "status": status, "error": error, "t": time.time()})
 
 
+def _int(value: Any, least: int) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
+    return value if ok else None
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok else None
+
+
+def _error_fields(error: Any) -> dict[str, str] | None:
+    """An end file's error as {error_type?, message?, hint?} of strings, whatever was there:
+    a bare string is the message; anything else that is not a dict is no error at all."""
+    if isinstance(error, str):
+        return {"message": error}
+    if not isinstance(error, dict):
+        return None
+    return {k: error[k] for k in ("error_type", "message", "hint")
+            if isinstance(error.get(k), str)}
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _rank_info(path: Path) -> RankInfo | None:
+    """One rank from its files; None when its start file is not what a rank writes (a torn
+    or hand-made file must not make the server or a rank fail in its turn). A bad end file
+    counts as none: whether the process still runs then decides."""
+    try:
+        start = _read_json(path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(start, dict):
+        return None
+    rank, pid = _int(start.get("rank"), 0), _int(start.get("pid"), 1)
+    world_size, started_at = _int(start.get("world_size"), 1), _number(start.get("started_at"))
+    if rank is None or pid is None or world_size is None or started_at is None:
+        return None
+    end_path = path.with_name(f"{rank}.end.json")
+    try:
+        end = _read_json(end_path) if end_path.is_file() else {}
+    except (OSError, ValueError):
+        end = {}
+    end = end if isinstance(end, dict) else {}
+    status = end.get("status")
+    host = start.get("host")
+    return RankInfo(
+        rank=rank, world_size=world_size, local_rank=_int(start.get("local_rank"), 0) or 0,
+        host=host if isinstance(host, str) else "", pid=pid, started_at=started_at,
+        status=status if isinstance(status, str) else None,
+        error=_error_fields(end.get("error")), ended_at=_number(end.get("t")))
+
+
 def read_ranks(run_dir: Path) -> list[RankInfo]:
-    """Every rank that wrote its start file, by rank; unreadable files are skipped."""
-    out = []
+    """Every rank that wrote its start file, by rank; unreadable or malformed files are
+    skipped, malformed fields of an end file dropped."""
     folder = ranks_dir(run_dir)
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if path.name.endswith(".end.json"):
-            continue
-        try:
-            start = json.loads(path.read_text(encoding="utf-8"))
-            end_path = path.with_name(f"{start['rank']}.end.json")
-            end = json.loads(end_path.read_text(encoding="utf-8")) if end_path.is_file() else {}
-            out.append(RankInfo(
-                rank=int(start["rank"]), world_size=int(start["world_size"]),
-                local_rank=int(start.get("local_rank", 0)), host=str(start.get("host", "")),
-                pid=int(start["pid"]), started_at=float(start["started_at"]),
-                status=end.get("status"), error=end.get("error"), ended_at=end.get("t")))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return sorted(out, key=lambda r: r.rank)
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    out = [_rank_info(p) for p in paths if not p.name.endswith(".end.json")]
+    return sorted((r for r in out if r is not None), key=lambda r: r.rank)
 
 
 # What a process sees when a peer of the run is gone or stopped answering: torch.distributed
@@ -100,7 +142,7 @@ COMMUNICATION_MARKERS = (
 
 def communication_failure(info: RankInfo) -> bool:
     """Whether the rank's recorded error is only a peer gone (a consequence, not a cause)."""
-    error = info.error or {}
+    error = _error_fields(info.error) or {}
     text = f"{error.get('error_type', '')}: {error.get('message', '')}".lower()
     return error.get("error_type") == "distributed" or \
         any(m in text for m in COMMUNICATION_MARKERS)
@@ -125,10 +167,13 @@ def first_failure(ranks: list[RankInfo], alive: Callable[[RankInfo], bool],
 def failure_event(info: RankInfo) -> dict[str, Any]:
     """The fields of the run's ``error`` event for the rank that failed first."""
     where = f"rank {info.rank} of {info.world_size} (pid {info.pid} on {info.host})"
-    if info.error:
-        return {"error_type": info.error.get("error_type", "rank_failed"),
-                "message": f"{where} failed: {info.error.get('message', '')}",
-                "hint": info.error.get("hint") or "worker.log has that rank's traceback.",
+    error = _error_fields(info.error)
+    if error is not None or info.status is not None:  # it wrote an end file: no silent death
+        error = error or {}
+        said = error.get("message") or "its end file gives no reason"
+        return {"error_type": error.get("error_type") or "rank_failed",
+                "message": f"{where} failed: {said}",
+                "hint": error.get("hint") or "worker.log has that rank's traceback.",
                 "rank": info.rank}
     return {"error_type": "rank_died",
             "message": f"{where} ended without a word: killed by a signal (SIGKILL, or the "

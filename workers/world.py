@@ -100,7 +100,7 @@ def alive(info: RankInfo) -> bool:
         if abs(process.create_time() - info.started_at) > 1.0:
             return False
         return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    except (psutil.Error, ValueError):  # ValueError: a PID psutil refuses (0, negative)
         return False
 
 
@@ -117,9 +117,11 @@ def culprit(run_dir: Path, me: int, own_error: BaseException | None, *,
     """The other rank whose failure ended the run, or None when this rank's own error (or
     cancel) stands. ``own_error``: what this rank failed of (None: it was cancelled, or
     stopped before training). A communication error, or a cancel, is this rank's own only
-    when no other rank failed; after a communication error a peer that still runs without
-    an end file is given up to ``wait_s`` to write it (it may be unwinding its own error).
-    Any other error of this rank is the cause unless a peer had already failed before it."""
+    when no other rank failed; the others are blamed in first_failure's order (the earliest
+    error of a rank's own, else one that died without a word, else the earliest "peer lost"
+    error). After a communication error a peer that still runs without an end file is given
+    up to ``wait_s`` to write it (it may be unwinding its own error, which comes first).
+    Any other error of this rank is the cause unless a peer had failed of its own before."""
     communication = is_communication_error(own_error)
     consequence = own_error is None or communication
     failed_at = time.time()
@@ -128,21 +130,11 @@ def culprit(run_dir: Path, me: int, own_error: BaseException | None, *,
     deadline = time.monotonic() + (wait_s if communication else 0.0)
     while True:
         ranks = [r for r in read_ranks(run_dir) if r.rank != me]
-        dead = [r for r in ranks if r.status is None and not is_alive(r)]
-        real = sorted((r for r in ranks if r.status == "failed"
-                       and not communication_failure(r)), key=lambda r: r.ended_at or 0.0)
-        if consequence:
-            if dead:
-                return dead[0]
-            if real:
-                return real[0]
-        elif real and (real[0].ended_at or 0.0) <= failed_at:
-            return real[0]
+        found = first_failure(ranks, is_alive)
+        own = found is not None and found.status == "failed" and not communication_failure(found)
+        if not consequence:
+            return found if own and (found.ended_at or 0.0) <= failed_at else None
         undecided = [r for r in ranks if r.status is None and is_alive(r)]
-        if not undecided or time.monotonic() >= deadline:
-            break
+        if own or not undecided or time.monotonic() >= deadline:
+            return found
         time.sleep(poll_s)
-    if not consequence:
-        return None
-    # Every other failure is a communication error too: the earliest of them (or a dead one).
-    return first_failure(read_ranks(run_dir), is_alive, exclude=me)

@@ -4,6 +4,7 @@ file, then is killed, or writes its end file late."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ import psutil
 import pytest
 
 from contract.ranks import (
+    RankInfo,
+    communication_failure,
     failure_event,
     first_failure,
     ranks_dir,
@@ -134,12 +137,107 @@ def test_alive_sees_a_running_a_killed_and_a_reaped_process(tmp_path, procs):
     assert not alive(info)
 
 
-def test_own_real_error_stands_against_a_later_communication_error(tmp_path, procs):
+def _end(run_dir: Path, rank: int, error: dict, t: float) -> None:
+    """An end file written at ``t`` (a time before or after this rank's own failure)."""
+    (ranks_dir(run_dir) / f"{rank}.end.json").write_text(json.dumps(
+        {"rank": rank, "status": "failed", "error": error, "t": t}))
+
+
+def test_own_real_error_stands_against_a_later_or_a_peer_lost_error(tmp_path, procs):
     _me(tmp_path)
-    procs.append(_rank(tmp_path, 1, then=(
-        "time.sleep(0.3); write_rank_end(sys.argv[1], 1, 'failed', {'error_type': "
-        "'RuntimeError', 'message': 'Connection closed by peer'}); time.sleep(120)")))
-    assert culprit(tmp_path, 0, MemoryError("out of memory")) is None
+    procs.append(_rank(tmp_path, 1))
+    oom = MemoryError("out of memory")
+    # The peer's "connection lost", even an earlier one, is a consequence: ours stands.
+    _end(tmp_path, 1, {"error_type": "RuntimeError", "message": "Connection closed by peer"},
+         time.time() - 60)
+    assert culprit(tmp_path, 0, oom) is None
+    # The peer's own error, but later than ours: ours came first.
+    _end(tmp_path, 1, {"error_type": "ValueError", "message": "row 3"}, time.time() + 60)
+    assert culprit(tmp_path, 0, oom) is None
+    # The same error before ours: the peer's is the cause.
+    _end(tmp_path, 1, {"error_type": "ValueError", "message": "row 3"}, time.time() - 60)
+    assert culprit(tmp_path, 0, oom).rank == 1
+
+
+def test_a_peers_own_error_after_our_peer_lost_error_is_still_the_cause(tmp_path):
+    """Rank 0 fails of "connection lost" first (its end file is the earliest); rank 1's own
+    error lands after it: rank 1 is blamed, by the server and by rank 2."""
+    for r in (0, 1, 2):
+        write_rank_start(tmp_path, r, 3, r, 1.0)
+    _end(tmp_path, 0, {"error_type": "distributed", "message": "Connection reset"}, 100.0)
+    _end(tmp_path, 1, {"error_type": "out_of_memory", "message": "oom"}, 101.0)
+    ranks = read_ranks(tmp_path)
+    assert first_failure(ranks, lambda r: True).rank == 1
+    assert first_failure(ranks, lambda r: True, exclude=2).rank == 1
+    assert culprit(tmp_path, 2, GLOO_CLOSED, is_alive=lambda r: True, wait_s=0).rank == 1
+
+
+def test_culprit_blames_in_first_failures_order(tmp_path, procs):
+    """A peer with an error of its own comes before one that died without a word, for a
+    communication error and for a stop alike (as the server blames, contract/ranks.py)."""
+    _me(tmp_path)
+    procs.append(dead := _rank(tmp_path, 1))
+    procs.append(_rank(tmp_path, 2))
+    os.kill(dead.pid, signal.SIGKILL)
+    dead.wait()
+    # Rank 2 still runs without an end file: a communication error waits for it a while.
+    assert culprit(tmp_path, 0, GLOO_CLOSED, wait_s=0.3).rank == 1
+    write_rank_end(tmp_path, 2, "failed", {"error_type": "out_of_memory", "message": "oom"})
+    for own in (GLOO_CLOSED, None):
+        found = culprit(tmp_path, 0, own, wait_s=10)
+        assert (found.rank, found.status) == (2, "failed")
+        assert first_failure(read_ranks(tmp_path), alive, exclude=0).rank == 2
+
+
+START = {"rank": 1, "world_size": 2, "local_rank": 1, "host": "h", "pid": 4242,
+         "started_at": 1.0}
+
+
+@pytest.mark.parametrize("start", [
+    "null", "[]", '"rank 1"', json.dumps({**START, "pid": -1}),
+    json.dumps({**START, "pid": "4242"}), json.dumps({**START, "rank": -1}),
+    json.dumps({**START, "rank": True}), json.dumps({**START, "started_at": "yesterday"}),
+])
+def test_a_malformed_start_file_is_skipped(tmp_path, start):
+    write_rank_start(tmp_path, 0, 2, 0, 1.0)
+    (ranks_dir(tmp_path) / "1.json").write_text(start)
+    assert [r.rank for r in read_ranks(tmp_path)] == [0]
+
+
+@pytest.mark.parametrize(("end", "error", "status", "ended_at"), [
+    ("null", None, None, None),
+    ("[]", None, None, None),
+    ('{"status": "failed", "error": "CUDA out of memory", "t": 5}',
+     {"message": "CUDA out of memory"}, "failed", 5.0),
+    ('{"status": "failed", "error": ["x"], "t": "noon"}', None, "failed", None),
+    ('{"status": 3, "error": {"error_type": 7, "message": "m", "hint": null}, "t": null}',
+     {"message": "m"}, None, None),
+])
+def test_a_malformed_end_file_is_sanitized(tmp_path, end, error, status, ended_at):
+    write_rank_start(tmp_path, 1, 2, 1, 1.0)
+    (ranks_dir(tmp_path) / "1.end.json").write_text(end)
+    (info,) = read_ranks(tmp_path)
+    assert (info.error, info.status, info.ended_at) == (error, status, ended_at)
+    # Whatever was there, the blame and its event come out whole.
+    assert first_failure([info], lambda r: False) is not None or status not in (None, "failed")
+    event = failure_event(info)
+    assert event["rank"] == 1 and isinstance(event["error_type"], str) and event["hint"]
+
+
+def test_an_error_that_is_not_a_dict_is_coped_with():
+    info = RankInfo(rank=1, world_size=2, local_rank=1, host="h", pid=5, started_at=1.0,
+                    status="failed", error="Connection closed by peer", ended_at=2.0)
+    assert communication_failure(info)
+    assert "Connection closed by peer" in failure_event(info)["message"]
+    assert not communication_failure(replace(info, error=["x"]))
+    assert failure_event(replace(info, error=["x"]))["error_type"] == "rank_failed"
+
+
+def test_a_pid_psutil_refuses_is_not_alive(tmp_path):
+    write_rank_start(tmp_path, 0, 2, 0, 1.0)
+    (info,) = read_ranks(tmp_path)
+    assert not alive(replace(info, pid=-1))
+    assert not alive(replace(info, pid=0))
 
 
 def test_communication_error_waits_for_the_peer_that_failed_first(tmp_path, procs):
