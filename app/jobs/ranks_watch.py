@@ -9,7 +9,11 @@ wrapper, is the job's PID; each rank leaves ranks/<r>.json with its own PID).
   a GPU): each one still alive is killed.
 - Why it failed, when no ``done`` came: the rank that failed first from the rank files
   (contract.ranks.first_failure), else torchrun's "Root Cause (first observed failure)" block
-  in worker.log.
+  in worker.log. That block also settles which of several ranks that died without a word
+  died first (NCCL: rank 1 OOM-killed, then torchrun SIGKILLs rank 0 stuck in a collective).
+- Neither the blame nor the leftover kill ever raises: the supervisor has already let go of
+  the worker's process when it calls them, so a raise would repeat at every pass and leave
+  the job running forever. What a worker's exit code says (any job) is here too.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import re
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 from app.jobs.worker_proc import same_process
 from app.models import Job
@@ -71,7 +76,12 @@ def signal_job(job: Job, sig: signal.Signals) -> None:
 def kill_leftover_ranks(job: Job) -> list[int]:
     """SIGKILL every rank process of this machine still running; returns their PIDs."""
     killed = []
-    for info in local_rank_processes(job.run_dir) if job.run_dir else []:
+    try:
+        leftovers = local_rank_processes(job.run_dir) if job.run_dir else []
+    except Exception:  # never raises (module docstring)
+        log.exception("job %s: its rank files could not be read to kill leftovers", job.id)
+        leftovers = []
+    for info in leftovers:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(info.pid, signal.SIGKILL)
             killed.append(info.pid)
@@ -105,17 +115,38 @@ def _read_log_tail(run_dir: str) -> str:
         return ""
 
 
+SIGKILL_HINT = ("SIGKILL with no error often means the system ran out of memory: lower the "
+                "batch size (per_device_train_batch_size, batch_size) or max_length, or turn "
+                "on gradient checkpointing, then resume the job.")
+
+
+def signal_name(number: int) -> str:
+    """SIGKILL for 9; the bare number for one Python has no name for (real-time ones)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def exit_explained(exit_code: int | None) -> tuple[str, str | None]:
+    """(error, hint) for a worker that ended without finishing, from its exit code alone."""
+    if exit_code is not None and exit_code < 0:
+        name = signal_name(-exit_code)
+        return (f"the worker was killed by {name} before it finished",
+                SIGKILL_HINT if name == "SIGKILL" else None)
+    return (f"the worker exited with code {exit_code} without finishing; see the end of its "
+            "log", None)
+
+
 def root_cause_error(cause: dict[str, str]) -> dict[str, str]:
     """The job's error fields from torchrun's root cause."""
     code = int(cause["exitcode"])
     pid = f" (pid {cause['pid']})" if cause["pid"] else ""
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        name = signal_name(-code)
         how = f"was killed by {name}"
-        hint = ("SIGKILL with no error often means the system ran out of memory: lower "
-                "per_device_train_batch_size or max_length, or turn on gradient_checkpointing, "
-                "then resume the job." if name == "SIGKILL" else
-                "Look at the end of worker.log for what stopped it, then resume the job.")
+        hint = SIGKILL_HINT if name == "SIGKILL" else \
+            "Look at the end of worker.log for what stopped it, then resume the job."
     else:
         how = f"exited with code {code}"
         hint = "worker.log has that rank's traceback; fix the cause and resume the job."
@@ -132,18 +163,43 @@ def root_cause_error(cause: dict[str, str]) -> dict[str, str]:
 def explain_failure(job: Job) -> bool:
     """Set the job's error fields to the rank that failed first, when the rank files or
     torchrun's summary say which; whether they did. Call it before kill_leftover_ranks (a
-    rank killed as a leftover would look like one that died by itself)."""
-    if not job.run_dir:
+    rank killed as a leftover would look like one that died by itself). Never raises; a
+    single-process job has no ranks to blame."""
+    if not job.run_dir or not distributed(job):
         return False
-    culprit = first_failure(read_ranks(Path(job.run_dir)), alive=rank_alive)
-    if culprit is not None:
-        fields = failure_event(culprit)
-    else:
-        cause = root_cause(_read_log_tail(job.run_dir))
-        if cause is None:
-            return False
-        fields = root_cause_error(cause)
+    try:
+        fields = _failure_fields(job.run_dir)
+    except Exception:
+        log.exception("job %s: its rank files and log could not say which rank failed", job.id)
+        return False
+    if fields is None:
+        return False
     job.error_type = fields["error_type"]
     job.error = fields["message"]
     job.hint = fields.get("hint")
     return True
+
+
+def _failure_fields(run_dir: str) -> dict[str, Any] | None:
+    ranks = read_ranks(Path(run_dir))
+    culprit = first_failure(ranks, alive=rank_alive)
+    # Several dead without a word: the lowest rank is a guess, torchrun saw which went first
+    # (believed when it names one of them: worker.log also holds earlier runs' summaries).
+    silent = {str(r.rank) for r in ranks if r.status is None and not rank_alive(r)}
+    several_silent = culprit is not None and culprit.status is None and len(silent) > 1
+    if culprit is None or several_silent:
+        cause = root_cause(_read_log_tail(run_dir))
+        if cause is not None and (culprit is None or cause["rank"] in silent):
+            return root_cause_error(cause)
+    return failure_event(culprit) if culprit is not None else None
+
+
+def settle_ranks(job: Job, blame: bool) -> bool:
+    """Once a job's worker is gone, for a distributed job: blame the rank that failed first
+    (when ``blame``), then kill the leftover ranks of this machine (after the blame: a rank
+    killed here did not die by itself). Whether a rank was blamed; never raises."""
+    if not distributed(job):
+        return False
+    blamed = blame and explain_failure(job)
+    kill_leftover_ranks(job)
+    return blamed

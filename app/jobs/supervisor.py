@@ -26,7 +26,7 @@ from sqlmodel import Session, select
 from app.config import Settings
 from app.jobs.ingest import ingest, log_tail
 from app.jobs.lifecycle import HANG_HINT, JobGone, queued_jobs, set_status
-from app.jobs.ranks_watch import distributed, explain_failure, kill_leftover_ranks, signal_job
+from app.jobs.ranks_watch import exit_explained, explain_failure, settle_ranks, signal_job
 from app.jobs.worker_proc import RUN_FOLDER_HINT, run_folder_lost, same_process, start_worker
 from app.models import Job, JobStatus, utcnow
 from contract.events import EVENTS_FILE
@@ -189,8 +189,7 @@ class Supervisor:
         ended = None
         if not job.status.is_final:
             ended = self._ended_without_done(job, exit_code, adopted)
-        if distributed(job):  # after the blame: a rank killed here did not fail by itself
-            kill_leftover_ranks(job)
+        settle_ranks(job, blame=False)  # leftover ranks; never raises (ranks_watch.py)
         if job.status in (JobStatus.failed, JobStatus.interrupted) and not job.log_tail:
             job.log_tail = log_tail(job.run_dir)  # the worker said why; the log says more
         job.pid = None
@@ -215,7 +214,7 @@ class Supervisor:
                 job.error = job.error or "the worker did not stop by itself after the " \
                                          "cancel and was killed"
             return JobStatus.cancelled
-        if job.error_type != "Hung" and distributed(job) and explain_failure(job):
+        if job.error_type != "Hung" and explain_failure(job):
             return JobStatus.failed  # the rank that failed first, from ranks/ or torchrun
         if job.error_type == "Hung" or adopted:
             # A hung worker we stopped, or one started by an earlier server (not our child,
@@ -234,16 +233,8 @@ class Supervisor:
             job.hint = RUN_FOLDER_HINT
             return JobStatus.failed
         job.error_type = job.error_type or "WorkerExited"
-        if exit_code is not None and exit_code < 0:
-            sig = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() \
-                else str(-exit_code)
-            job.error = job.error or f"the worker was killed by {sig} before it finished"
-            job.hint = job.hint or ("SIGKILL with no error often means the system ran out of "
-                                    "memory: lower the batch size or max_length, or turn on "
-                                    "gradient checkpointing" if sig == "SIGKILL" else None)
-        else:
-            job.error = job.error or f"the worker exited with code {exit_code} without " \
-                                     "finishing; see the end of its log"
+        error, hint = exit_explained(exit_code)
+        job.error, job.hint = job.error or error, job.hint or hint
         return JobStatus.failed
 
     def _poll(self, job: Job) -> tuple[bool, int | None]:
@@ -383,9 +374,7 @@ class Supervisor:
             self.adopted.add(job.id)
             return
         job.pid = None
-        blamed = not job.status.is_final and distributed(job) and explain_failure(job)
-        if distributed(job):
-            kill_leftover_ranks(job)
+        blamed = settle_ranks(job, blame=not job.status.is_final)  # never raises
         if job.status.is_final:
             session.add(job)
             session.commit()

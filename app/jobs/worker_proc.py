@@ -19,6 +19,7 @@ from contract.events import CONFIG_FILE, EVENTS_FILE, LOG_FILE
 from contract.job_config import write_config
 from contract.launch_env import worker_env
 from contract.launch_plan import LAUNCH_FILE, write_launch_plan
+from contract.ranks import clear_ranks
 
 
 def start_worker(job: Job, settings: Settings) -> tuple[subprocess.Popen, str | None]:
@@ -43,6 +44,7 @@ def start_worker(job: Job, settings: Settings) -> tuple[subprocess.Popen, str | 
         module = f"workers.{job.backend}"
     else:
         write_launch_plan(run_dir, plan)
+        clear_ranks(run_dir)  # the wrapper does too, but it may die first: no stale blame
         module = "workers.launch"
     cmd = [settings.python or sys.executable, "-m", module, "--config", str(config)]
     env = worker_env(os.environ, job.backend)
@@ -74,7 +76,7 @@ def same_process(pid: int | None, started_at: float | None) -> bool:
     try:
         p = psutil.Process(pid)
         return abs(p.create_time() - started_at) < 1 and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    except (psutil.Error, ValueError):  # ValueError: a PID psutil refuses (negative)
         return False
 
 

@@ -15,11 +15,13 @@ import pytest
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 from app.jobs.ranks_watch import (
+    exit_explained,
     explain_failure,
     kill_leftover_ranks,
     root_cause,
     root_cause_error,
     signal_job,
+    signal_name,
 )
 from app.models import Job
 from contract.ranks import write_rank_end
@@ -149,3 +151,142 @@ def test_sigterm_reaches_the_wrapper_alone_when_several(tmp_path, several):
     finally:
         if child.is_running():
             child.kill()
+
+
+def dead_process() -> tuple[int, float]:
+    """The PID and start time of a real process that has ended (and been reaped)."""
+    proc, at = started([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid, at
+
+
+@pytest.mark.parametrize(("start", "end"), [
+    ("null", None), ("[]", None), ('"rank 1"', None),
+    (None, "null"), (None, "[]"), (None, '{"status": "failed", "error": "boom", "t": 1}'),
+    (None, '{"status": "failed", "error": {"message": "boom"}, "t": "noon"}'),
+    ({"pid": -1}, None), ({"pid": "12"}, None), ({"rank": "1"}, None),
+    ({"started_at": "yesterday"}, None),
+])
+def test_malformed_rank_files_never_stop_the_blame(tmp_path, start, end):
+    """Each malformed file: explain_failure still answers (a raise would leave the job
+    running: the supervisor has already let go of its process) and kills no one."""
+    pid, at = dead_process()
+    write_start(tmp_path, 0, psutil.Process().pid, psutil.Process().create_time())
+    write_start(tmp_path, 1, pid, at)
+    rank1 = tmp_path / "ranks" / "1.json"
+    if isinstance(start, str):
+        rank1.write_text(start)
+    elif start:
+        rank1.write_text(json.dumps({**json.loads(rank1.read_text()), **start}))
+    if end:
+        (tmp_path / "ranks" / "1.end.json").write_text(end)
+    job = job_in(tmp_path)
+    blamed = explain_failure(job)
+    if start is None:  # rank 1's start file is whole: it is named, with what it said
+        assert blamed and job.error.startswith("rank 1 of 2")
+        assert ("boom" in job.error) == ("boom" in end)
+    else:  # skipped: no rank of a readable file failed, and no log names one
+        assert not blamed and job.error is None
+
+
+def test_a_real_time_signal_has_no_name_but_its_number():
+    assert signal_name(9) == "SIGKILL" and signal_name(40) == "40"
+    assert exit_explained(-40) == ("the worker was killed by 40 before it finished", None)
+    error, hint = exit_explained(-9)
+    assert "SIGKILL" in error and "out of memory" in hint
+    assert exit_explained(3)[0].startswith("the worker exited with code 3")
+    error = root_cause_error(root_cause(torchrun_summary(1, -40)))
+    assert error["message"].startswith("rank 1 (pid 4242) was killed by 40 first")
+
+
+def test_two_silent_deaths_are_settled_by_torchruns_root_cause(tmp_path):
+    """NCCL: rank 1 is OOM-killed, then torchrun SIGKILLs rank 0 stuck in a collective. Both
+    died without a word; torchrun saw rank 1 go first (the lowest rank would be wrong)."""
+    for rank in (0, 1):
+        write_start(tmp_path, rank, *dead_process())
+    job = job_in(tmp_path)
+    assert explain_failure(job) and job.error.startswith("rank 0 of 2")  # no log: a guess
+    (tmp_path / "worker.log").write_text(torchrun_summary(1, -9))
+    assert explain_failure(job)
+    assert job.error.startswith("rank 1 (pid 4242) was killed by SIGKILL first")
+    # A summary naming a rank that did not die silently (an earlier run's) is not believed.
+    (tmp_path / "worker.log").write_text(torchrun_summary(1, -9).replace("rank      : 1",
+                                                                         "rank      : 5"))
+    assert root_cause(_log(tmp_path))["rank"] == "5"
+    assert explain_failure(job) and job.error.startswith("rank 0 of 2")
+    # One rank with an error of its own is named whatever the log says.
+    write_rank_end(tmp_path, 0, "failed", {"error_type": "ValueError", "message": "row 3"})
+    (tmp_path / "worker.log").write_text(torchrun_summary(1, -9))
+    assert explain_failure(job) and job.error == \
+        f"rank 0 of 2 (pid {json.loads((tmp_path / 'ranks/0.json').read_text())['pid']} " \
+        f"on {socket.gethostname()}) failed: row 3"
+
+
+def _log(run_dir: Path) -> str:
+    return (run_dir / "worker.log").read_text()
+
+
+def test_a_distributed_start_clears_the_last_runs_rank_files(tmp_path):
+    """start_worker empties ranks/ itself: a wrapper that dies before it does must not leave
+    the previous run's files to be blamed. (/bin/true stands for an interpreter whose wrapper
+    never ran.)"""
+    from app.config import Settings
+    from app.jobs.worker_proc import start_worker
+
+    job = job_in(tmp_path / "run")
+    write_start(tmp_path / "run", 1, *dead_process())
+    proc, _ = start_worker(job, Settings(home=tmp_path, python="/bin/true"))
+    assert proc.wait(timeout=30) == 0
+    assert not (tmp_path / "run" / "ranks").exists()
+    assert not explain_failure(job)
+
+
+def test_a_blame_that_hits_an_unexpected_error_is_logged_not_raised(tmp_path, caplog):
+    job = job_in(tmp_path)
+    job.run_dir = f"{tmp_path}/bad\0name"  # open() raises ValueError, not OSError
+    assert not explain_failure(job) and job.error is None
+    assert kill_leftover_ranks(job) == []
+    assert "could not say which rank failed" in caplog.text
+
+
+@pytest.mark.parametrize("after", ["a pass", "a restart"])
+def test_a_distributed_job_with_malformed_rank_files_still_ends(tmp_path, after):
+    """The supervisor, once the wrapper is gone, blames from rank files it cannot fully
+    read (rank 0's start file is null, rank 1's error a bare string) and the job is final:
+    failed, naming rank 1, with its log tail."""
+    from sqlmodel import Session
+
+    from app.models import JobStatus
+    from tests.helpers.workers import fake_world
+
+    settings, engine, sup = fake_world(tmp_path)
+    wrapper, at = started([sys.executable, "-c", "print('the wrapper ends')"],
+                          stdout=subprocess.DEVNULL)
+    wrapper.wait()
+    with Session(engine) as s:
+        job = Job(name="d", backend="torch", method="kto", model="m", dataset="d",
+                  params={"num_processes": 2}, status=JobStatus.running, pid=wrapper.pid,
+                  pid_started_at=at)
+        s.add(job)
+        s.commit()
+        run_dir = settings.runs_dir / f"{job.id:06d}"
+        job.run_dir = str(run_dir)
+        s.add(job)
+        s.commit()
+        job_id = job.id
+    run_dir.mkdir(parents=True)
+    (run_dir / "worker.log").write_text("rank 1 said why\n")
+    write_start(run_dir, 1, *dead_process())
+    (run_dir / "ranks" / "0.json").write_text("null")
+    (run_dir / "ranks" / "1.end.json").write_text('{"status": "failed", "error": "boom", '
+                                                  '"t": "noon"}')
+    if after == "a pass":
+        sup.procs[job_id] = wrapper
+        assert sup.tick()
+    else:
+        sup.recover()
+    with Session(engine) as s:
+        job = s.get(Job, job_id)
+        assert job.status == JobStatus.failed and job.pid is None
+        assert job.error.startswith("rank 1 of 2") and job.error.endswith("failed: boom")
+        assert "rank 1 said why" in job.log_tail
