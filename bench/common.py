@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -63,8 +64,11 @@ class Server:
         req = urllib.request.Request(self.url + path, method="POST" if body else "GET",
                                      data=json.dumps(body).encode() if body else None,
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:  # the refusal's own words, not just its code
+            raise SystemExit(f"{path}: HTTP {exc.code}: {exc.read().decode()[:2000]}") from None
 
     def run_job(self, job: dict) -> dict:
         """Submit, wait (sampling the server's RSS), return the finished job; fail loudly."""
