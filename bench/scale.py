@@ -125,10 +125,11 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "app.cli", "init"], cwd=ROOT, check=True,
                        env={**os.environ, "PROSPECT_HOME": str(root / "home")},
                        stdout=subprocess.DEVNULL)
-        synthetic.build(root / "synthetic", "qwen2-0.5b", 256, 500)
-        model = str(root / "synthetic" / "model")
-        dataset = rows_for(str(root / "synthetic" / "kto.jsonl"), 64 * args.steps,
-                           root / "rows.jsonl")
+        # inside the server's home: Prospect reads no folder outside it
+        made = root / "home" / "synthetic"
+        synthetic.build(made, "qwen2-0.5b", 256, 500)
+        model = str(made / "model")
+        dataset = rows_for(str(made / "kto.jsonl"), 64 * args.steps, made / "rows.jsonl")
         results = []
 
         def record(r: dict) -> dict:
