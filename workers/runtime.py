@@ -42,6 +42,7 @@ from contract.rows import DatasetError, Row, kto_stats, load_kto_dataset
 from workers.checkpoints import NoIntactCheckpoint, resume_from_intact
 from workers.keep_awake import KeepAwake, keep_awake
 from workers.memory import MemorySampler
+from workers.peer_watch import Ending, PeerWatch
 from workers.world import ONE_PROCESS, World, culprit, single, started_at
 
 # Read by huggingface_hub / datasets / tokenizers at import time: set before any of them loads.
@@ -224,6 +225,7 @@ class Session:
     stop: StopFlag
     awake: KeepAwake = field(default_factory=KeepAwake)
     world: World = ONE_PROCESS  # which process of a distributed run this is
+    ending: Ending = field(default_factory=Ending)  # the done event is written once
 
     def keep_awake(self) -> None:
         self.awake = keep_awake()  # on macOS: no idle sleep until this process ends
@@ -260,6 +262,7 @@ def run_worker(backend: Backend, argv: list[str] | None = None, *, silent: bool 
                       world=world)
     if world.distributed:
         write_rank_start(folder, world.rank, world.size, world.local_rank, started_at())
+        PeerWatch(world, folder, events.emit, session.ending, events.close).start()
     try:
         stop.arm()
         if error is not None:
@@ -283,6 +286,8 @@ def fail(session: Session, folder: Path, fields: dict[str, Any], exc: BaseExcept
     first (the others may be asking who failed); rank 0 reports the rank that failed first
     when its own error is only the consequence (contract/ranks.py, workers/world.py)."""
     world = session.world
+    if not session.ending.claim():  # the peer watch has ended the run already
+        return 1
     if world.distributed:
         write_rank_end(folder, world.rank, "failed", fields)
         if world.rank == 0 and (other := culprit(folder, world.rank, exc)) is not None:
@@ -297,6 +302,8 @@ def end(session: Session, folder: Path, result: RunResult) -> int:
     """``done`` with the body's result; a distributed rank 0 that was stopped because another
     rank failed or died reports that rank's error and ``done`` failed instead."""
     world = session.world
+    if not session.ending.claim():  # the peer watch has ended the run already
+        return 1
     if world.distributed:
         write_rank_end(folder, world.rank, result.status)
         if world.rank == 0 and result.status == "cancelled" \
@@ -311,6 +318,8 @@ def end(session: Session, folder: Path, result: RunResult) -> int:
 
 def finish(session: Session, result: RunResult) -> None:
     """The ``done`` event, with the memory peaks the sampler saw; nothing is stopped after."""
+    if not session.ending.claim():  # the peer watch ended the run (workers/peer_watch.py)
+        return
     StopFlag.ignore_further()
     session.awake.stop()
     session.sampler.stop()  # a last memory event, and the peaks it saw
