@@ -21,6 +21,7 @@ from tests.helpers.server import LiveServer, kill_workers, served_copy, submit
 
 pytestmark = pytest.mark.slow
 
+CANCEL_STEPS = 40
 RUN = {"max_steps": 6, "logging_steps": 1, "gradient_accumulation_steps": 1,
        "per_device_train_batch_size": 2, "max_length": 64, "save_steps": 1000,
        "device": "cpu", "num_processes": 2, "eval_fraction": 0}
@@ -103,7 +104,9 @@ def test_two_processes_write_each_event_once(demo_home, tmp_path):
 
 def test_cancel_then_resume_on_one_process(demo_home, tmp_path):
     with server_for(demo_home, tmp_path) as server:
-        job = submit(server, "cancel-resume", **{**RUN, "max_steps": 8})
+        # steps enough that the cancel (API, wrapper, torchrun, the ranks' next step end)
+        # lands well before the last one on a slow machine
+        job = submit(server, "cancel-resume", **{**RUN, "max_steps": CANCEL_STEPS})
         server.wait_step(job["id"], 2, timeout=WAIT_S)
         status, _ = server.post(f"/api/jobs/{job['id']}/cancel")
         assert status == 200
@@ -122,7 +125,7 @@ def test_cancel_then_resume_on_one_process(demo_home, tmp_path):
         assert done["status"] == "succeeded", (done["error"], done["log_tail"])
         assert not (Path(done["run_dir"]) / "launch.json").exists()  # one process
         steps = assert_each_step_once(server, done)
-        assert steps == list(range(steps[0], 9)) and steps[0] <= 1, steps
+        assert steps == list(range(steps[0], CANCEL_STEPS + 1)) and steps[0] <= 1, steps
         assert any(a["job_id"] == job["id"] for a in server.get("/api/adapters"))
 
 

@@ -30,7 +30,7 @@ HERE = {"name": "here", "ssh": "127.0.0.1", "ips": ["127.0.0.1"]}
 TWIN = {"name": "twin", "ssh": "127.0.0.1", "ips": ["127.0.0.1"]}  # this machine again
 FAR = {"name": "far", "ssh": "unreachable.invalid", "ips": ["192.0.2.1"]}
 # Long enough to stop in the middle (a step takes ~0.1-0.5 s here), nothing saved on the way.
-LONG = {**KTO_FAST, "iters": 30, "steps_per_report": 5, "steps_per_save": 1000}
+LONG = {**KTO_FAST, "iters": 60, "steps_per_report": 5, "steps_per_save": 1000}
 
 
 @pytest.fixture(scope="module")
