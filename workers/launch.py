@@ -43,8 +43,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from contract.events import EVENTS_FILE, EventWriter
 from contract.launch_plan import (
     LaunchPlan,
@@ -53,6 +51,7 @@ from contract.launch_plan import (
     read_launch_plan,
 )
 from contract.ranks import RankInfo, clear_ranks, read_ranks
+from workers.world import alive
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SSH = "127.0.0.1"  # the one host mlx.launch starts without ssh
@@ -261,16 +260,7 @@ def shutdown_timeout_s(grace: str | None) -> int:
 def local_ranks(run_dir: Path) -> list[RankInfo]:
     """The ranks of ranks/ that run on this machine and are still the process they were."""
     here = socket.gethostname()
-    return [r for r in read_ranks(run_dir) if r.host == here and _same_process(r)]
-
-
-def _same_process(info: RankInfo) -> bool:
-    try:
-        proc = psutil.Process(info.pid)
-        return abs(proc.create_time() - info.started_at) < 1 and \
-            proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    return [r for r in read_ranks(run_dir) if r.host == here and alive(r)]
 
 
 class Forwarder:
